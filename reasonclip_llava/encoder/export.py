@@ -1,0 +1,137 @@
+"""Export a training checkpoint as a drop-in CLIP/SigLIP checkpoint.
+
+The result is what a user of transformers, open_clip or LLaVA expects from a CLIP: config.json with the
+stock model_type, model.safetensors with exactly the base architecture's weights, the preprocessor and
+tokenizer files and a README model card. Training-only heads are left out; provenance is kept as extra
+`reasonclip_*` config fields, which transformers carries through save/load untouched.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import AutoModel
+
+from .. import __version__
+from .modeling import HEADS_FILE, SUPPORTED_MODEL_TYPES, TRAINING_FILE, TrainingInfo, copy_sidecar_files, load_dual_encoder_config
+
+PROVENANCE_KEYS = ("reasonclip_base_model", "reasonclip_stage", "reasonclip_recipe", "reasonclip_version")
+WEIGHTS_FILE = "model.safetensors"
+
+
+def expected_weight_names(model: torch.nn.Module) -> set[str]:
+    """Names a checkpoint of this architecture must hold: parameters and persistent buffers."""
+    return set(model.state_dict().keys())
+
+
+def saved_weight_names(directory: Path) -> set[str]:
+    names: set[str] = set()
+    for path in sorted(directory.glob("*.safetensors")):
+        if path.name == HEADS_FILE:
+            continue
+        with safe_open(str(path), framework="pt") as handle:
+            names.update(handle.keys())
+    return names
+
+
+def export_encoder(
+    train_ckpt: str | Path,
+    out_dir: str | Path,
+    *,
+    stage: str | None = None,
+    recipe: str | None = None,
+    base_model: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the plain CLIP/SigLIP checkpoint of a ReasonCLIP training checkpoint (or any dual encoder).
+
+    Refuses to write anything when the weights in `train_ckpt` do not match the architecture exactly,
+    and never replaces a non-empty `out_dir` unless `overwrite` is set.
+    """
+    train_ckpt, out_dir = Path(train_ckpt), Path(out_dir)
+    if not train_ckpt.is_dir():
+        raise FileNotFoundError(f"training checkpoint directory not found: {train_ckpt}")
+    config = load_dual_encoder_config(train_ckpt)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"export directory is not empty: {out_dir} (pass overwrite=True / --overwrite)")
+
+    model, loading = AutoModel.from_pretrained(str(train_ckpt), dtype=torch.float32, output_loading_info=True)
+    problems = {k: v for k, v in loading.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if problems:
+        raise ValueError(f"{train_ckpt}: weights do not match the {config.model_type} architecture: {_short(problems)}")
+
+    info = TrainingInfo.load(train_ckpt) or TrainingInfo()
+    provenance = {
+        "reasonclip_base_model": base_model or info.base_model or getattr(config, "reasonclip_base_model", "") or str(train_ckpt),
+        "reasonclip_stage": stage or info.stage or getattr(config, "reasonclip_stage", ""),
+        "reasonclip_recipe": recipe or info.recipe or getattr(config, "reasonclip_recipe", ""),
+        "reasonclip_version": __version__,
+    }
+    for key, value in provenance.items():
+        setattr(model.config, key, value)
+
+    # Write into a sibling temp dir and move into place, so a failed export leaves nothing half-written.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        copy_sidecar_files(train_ckpt, staging)
+        for leftover in (HEADS_FILE, TRAINING_FILE):
+            (staging / leftover).unlink(missing_ok=True)
+        check_exported_weights(staging, model)
+        write_export_card(staging, config.model_type, provenance)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def check_exported_weights(directory: Path, model: torch.nn.Module) -> None:
+    """Fail when the written weights would drop or add tensors relative to the architecture."""
+    expected, saved = expected_weight_names(model), saved_weight_names(directory)
+    dropped, added = sorted(expected - saved), sorted(saved - expected)
+    if dropped or added:
+        raise ValueError(f"export would drop {len(dropped)} weight(s) {dropped[:3]} and add {len(added)} {added[:3]}")
+
+
+def write_export_card(directory: Path, model_type: str, provenance: dict[str, str]) -> Path:
+    """A short model card; `reasonclip card` replaces it with one carrying evaluation results."""
+    model_class = {"clip": "CLIPModel", "siglip": "SiglipModel", "siglip2": "Siglip2Model"}[model_type]
+    family = SUPPORTED_MODEL_TYPES[model_type][0]
+    text = f"""---
+library_name: transformers
+pipeline_tag: zero-shot-image-classification
+base_model: {provenance['reasonclip_base_model']}
+tags: [reasonclip, {family}, vision-language]
+---
+# ReasonCLIP encoder ({provenance['reasonclip_stage'] or 'unspecified stage'})
+
+A plain `{model_class}` continually pretrained with reasoning supervision (ReasonCLIP / READ recipes,
+`reasonclip-llava` {provenance['reasonclip_version']}). Same architecture and inference cost as the base
+model `{provenance['reasonclip_base_model']}`; the training-only heads are not included.
+
+```python
+from transformers import {model_class}, AutoProcessor
+model = {model_class}.from_pretrained("path/to/this/checkpoint")
+processor = AutoProcessor.from_pretrained("path/to/this/checkpoint")
+```
+
+As a LLaVA vision tower: set `mm_vision_tower` to this checkpoint's path, or use its vision config and
+weights in transformers' `LlavaNextForConditionalGeneration`.
+
+Recipe: {provenance['reasonclip_recipe'] or 'n/a'}.
+"""
+    path = directory / "README.md"
+    path.write_text(text)
+    return path
+
+
+def _short(problems: dict) -> str:
+    return "; ".join(f"{k}={sorted(map(str, v))[:3]}{'...' if len(v) > 3 else ''}" for k, v in problems.items())

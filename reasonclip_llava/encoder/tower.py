@@ -1,0 +1,146 @@
+"""The LLaVA vision-tower interface over a ReasonCLIP (or any CLIP/SigLIP) checkpoint.
+
+Behaves like LLaVA's `CLIPVisionTower` (same constructor, `load_model`, `feature_select`, properties),
+with the two fixes LLaVA-NeXT users need: no blanket `torch.no_grad()` (an unfrozen tower trains) and
+an `image_size` property (anyres needs it). SigLIP towers have no CLS token, so 'patch' keeps every token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, PretrainedConfig, PreTrainedModel, SiglipVisionModel
+from transformers.utils import logging as hf_logging
+
+SELECT_FEATURES = ("patch", "cls_patch")
+# vision sub-config model_type -> (vision model class, has a CLS token)
+VISION_MODELS: dict[str, tuple[type, bool]] = {
+    "clip_vision_model": (CLIPVisionModel, True),
+    "siglip_vision_model": (SiglipVisionModel, False),
+}
+
+
+def load_vision_config(name_or_path: str | Path) -> PretrainedConfig:
+    """The vision sub-config of a CLIP/SigLIP checkpoint (dual encoder or vision-only)."""
+    try:
+        config = AutoConfig.from_pretrained(str(name_or_path))
+    except OSError as error:
+        raise FileNotFoundError(f"cannot read a model config from '{name_or_path}': {error}") from None
+    vision_config = getattr(config, "vision_config", config)
+    if vision_config.model_type not in VISION_MODELS:
+        raise ValueError(
+            f"'{name_or_path}' has vision model_type '{vision_config.model_type}'; a vision tower needs one of {sorted(VISION_MODELS)}"
+        )
+    return vision_config
+
+
+def load_vision_model(name_or_path: str | Path, device_map: str | dict | None = None, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """The vision half of a CLIP/SigLIP checkpoint, strictly: every vision weight must be present.
+
+    The text weights of a dual-encoder checkpoint are expected leftovers, so transformers' load report
+    about them is silenced; a missing or mismatched *vision* weight is an error naming the checkpoint.
+    """
+    model_class, _ = VISION_MODELS[load_vision_config(name_or_path).model_type]
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = model_class.from_pretrained(str(name_or_path), device_map=device_map, dtype=dtype, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    bad = {k: sorted(map(str, info[k]))[:3] for k in ("missing_keys", "mismatched_keys") if info.get(k)}
+    if bad:
+        raise ValueError(f"'{name_or_path}': vision weights missing or mismatched: {bad}")
+    return model
+
+
+class ReasonCLIPVisionTower(nn.Module):
+    """LLaVA vision tower: `ReasonCLIPVisionTower(name, args, delay_load=False)`.
+
+    `args` is LLaVA's model/config namespace; it provides `mm_vision_select_layer` (default -2),
+    `mm_vision_select_feature` ('patch' or 'cls_patch') and `unfreeze_mm_vision_tower`.
+    """
+
+    def __init__(self, vision_tower: str | Path, args: Any = None, delay_load: bool = False):
+        super().__init__()
+        args = args if args is not None else SimpleNamespace()
+        self.is_loaded = False
+        self.vision_tower_name = str(vision_tower)
+        self.select_layer = int(getattr(args, "mm_vision_select_layer", -2))
+        self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
+        if self.select_feature not in SELECT_FEATURES:
+            raise ValueError(f"mm_vision_select_feature must be one of {SELECT_FEATURES}, got '{self.select_feature}'")
+        self.cfg_only = load_vision_config(self.vision_tower_name)
+        self._model_class, self.has_cls_token = VISION_MODELS[self.cfg_only.model_type]
+        if not self.has_cls_token and self.select_feature == "cls_patch":
+            raise ValueError(f"'{self.vision_tower_name}' is a SigLIP tower without a CLS token: use mm_vision_select_feature='patch'")
+        if not delay_load or getattr(args, "unfreeze_mm_vision_tower", False):
+            self.load_model()
+
+    def load_model(self, device_map: str | dict | None = None) -> None:
+        if self.is_loaded:
+            return
+        self.image_processor = AutoImageProcessor.from_pretrained(self.vision_tower_name)
+        self.vision_tower = load_vision_model(self.vision_tower_name, device_map=device_map)
+        # Frozen by default as in LLaVA; a trainer unfreezes it with requires_grad_(True).
+        self.vision_tower.requires_grad_(False)
+        self.is_loaded = True
+
+    def load_empty(self, device: str | torch.device = "meta") -> None:
+        """Instantiate the architecture without weights (meta device): shapes, counts and FLOPs for free."""
+        with torch.device(device):
+            self.vision_tower = self._model_class(self.cfg_only)
+        self.vision_tower.requires_grad_(False)
+        self.is_loaded = True
+
+    def feature_select(self, image_forward_outs: Any) -> torch.Tensor:
+        features = image_forward_outs.hidden_states[self.select_layer]
+        if self.select_feature == "patch" and self.has_cls_token:
+            features = features[:, 1:]
+        return features
+
+    def forward(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        # No torch.no_grad(): when the tower is frozen autograd records nothing anyway, and when it is
+        # unfrozen (LLaVA-NeXT's mm_vision_tower_lr) gradients must reach it.
+        if isinstance(images, list):
+            return [self._encode(image.unsqueeze(0)) for image in images]
+        return self._encode(images)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        outputs = self.vision_tower(images.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
+        return self.feature_select(outputs).to(images.dtype)
+
+    @property
+    def dummy_feature(self) -> torch.Tensor:
+        return torch.zeros(1, self.hidden_size, device=self.device, dtype=self.dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision_tower.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.vision_tower.device
+
+    @property
+    def config(self) -> PretrainedConfig:
+        return self.vision_tower.config if self.is_loaded else self.cfg_only
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return self.config.image_size // self.config.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.num_patches_per_side**2
