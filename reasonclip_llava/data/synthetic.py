@@ -1,0 +1,528 @@
+"""Synthetic compositional data in the ReasonLite / ReasonPro / RCLIP-Bench schemas.
+
+Every image holds two shapes (circle, square, triangle) of different colours and different kinds, each
+small or large, filled or outlined, in one unambiguous relation (left of / right of / above / below:
+the other axis differs by at most 15% of the image). Triangles point up/down/left/right; sometimes one
+shape leaves a faint motion trail (two lighter dots behind it). Everything is a pure function of
+(seed, image index): ``generate_synthetic(out, num_images=n)`` yields the same first images for any n.
+
+Files written by ``generate_synthetic(out_dir, ...)`` (image paths are relative to ``out_dir``):
+
+- ``images/000000.png`` ...
+- ``reasonlite_train.parquet``: ``image_path: string, tb: list<string> (3), trl: list<string> (3)``
+- ``reasonpro_train.parquet``: ``image_path: string, trp: string,
+  trp_cls: struct<text: string, image: list<string>>`` e.g. ``{"text": "S", "image": ["S", "A", "P"]}``
+  (decoding of this and the other accepted encodings: ``reasonclip_llava.data.categories``)
+- held-out images only (the last ``eval_fraction`` of the indices):
+  ``swap_eval.parquet``: ``image_path, caption, negative_caption, swap_type`` with swap_type in
+  ``swap_att`` (the two colours exchanged), ``swap_obj`` (the two shapes exchanged), ``swap_rel`` (the two
+  noun phrases around the relation exchanged); each negative has exactly the caption's bag of words.
+  ``rclip_bench.parquet``: ``image_path, category (letter), options: list<string> (5), answer: int``.
+- with ``write_jsonl=True`` also ``reasonlite_train.jsonl`` / ``reasonpro_train.jsonl`` (same fields).
+
+How the 5 ReasonPro categories are realised (each caption <= 30 words, true of its image):
+
+- S spatial: the relation and what follows from it ("the red circle is left of the blue square, so the
+  blue square is right of the red circle"; which side of a shape the other is on; nearer image edge).
+- A attribute/state: colour with a world association ("the circle is red, the colour of ripe tomatoes"),
+  size comparison, filled/outlined state ("... is outlined, so the white background shows through it").
+- H human/action (no people in the images; realised as agent-like action): a triangle "points" like an
+  arrow, toward or away from the other shape, "as if chasing / fleeing it".
+- T temporal/phase: a motion trail implies where a shape was a moment ago and where it is heading
+  ("... leaves a faint trail on its left side, so it is moving right"; getting closer or farther).
+- P physical intuition: size as mass ("the large square would be harder to push than the small
+  circle"), falling under gravity ("... is above ..., so if it fell straight down it would land on ...").
+
+S, A, P apply to every image, H only with a triangle, T only with a trail. An image's 3 annotated
+categories (``trp_cls.image``) are H and T where present, topped up at random from S, A, P; ``trp`` is a
+caption of one of those 3. RCLIP-Bench negatives (and the ``trl``-style reasoning captions they are
+built from) come from re-rendering the same template on a perturbed scene (colours or shapes
+exchanged, relation flipped or changed, sizes, fill, pointing or motion changed), keeping only
+perturbed scenes whose facts differ from the true one, so every negative is false for the image.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw
+
+from .categories import CATEGORIES
+from .hard_negatives import stable_seed
+
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (140, 60, 180),
+    "orange": (245, 140, 30),
+}
+COLOUR_THINGS = {
+    "red": "ripe tomatoes", "green": "fresh grass", "blue": "a clear sky",
+    "yellow": "a banana", "purple": "grapes", "orange": "a pumpkin",
+}
+SHAPES = ("circle", "square", "triangle")
+SIZE_RADIUS = {"small": 0.10, "large": 0.17}  # radius as a fraction of the image side
+FILLS = ("filled", "outlined")
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+RELATIONS = {"left of": "left", "right of": "right", "above": "up", "below": "down"}
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up",
+            "left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+SIDE_WORD = {"left": "left", "right": "right", "up": "top", "down": "bottom"}
+SWAP_TYPES = ("swap_att", "swap_obj", "swap_rel")
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    colour: str
+    shape: str
+    size: str  # "small" | "large"
+    fill: str  # "filled" | "outlined"
+    points: str | None = None  # pointing direction, triangles only
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Two objects; `relation` says where objects[0] is relative to objects[1]."""
+
+    objects: tuple[SceneObject, SceneObject]
+    relation: str
+    mover: int | None = None  # index of the object with a motion trail
+    motion: str | None = None  # its direction of motion
+
+    def canonical(self) -> tuple:
+        """Facts of the scene independent of which object is listed first."""
+        a, b = self.objects
+        rel = self.relation
+        if rel in ("right of", "below"):
+            a, b, rel = b, a, OPPOSITE[rel]
+        moving = None if self.mover is None else (self.objects[self.mover], self.motion)
+        return (a, b, rel, moving)
+
+    def categories(self) -> tuple[str, ...]:
+        applicable = ["S", "A", "P"]
+        if any(o.shape == "triangle" for o in self.objects):
+            applicable.append("H")
+        if self.mover is not None:
+            applicable.append("T")
+        return tuple(c for c in CATEGORIES if c in applicable)
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+# ---------------------------------------------------------------- caption templates (scene -> text)
+
+
+def _s_inverse(s: Scene) -> str:
+    a, b = s.objects
+    return f"the {a.name} is {s.relation} the {b.name}, so the {b.name} is {OPPOSITE[s.relation]} the {a.name}"
+
+
+def _s_side(s: Scene) -> str:
+    a, b = s.objects
+    side = SIDE_WORD[RELATIONS[s.relation]]
+    return f"the {b.name} has the {a.name} on its {side} side"
+
+
+def _s_edge(s: Scene) -> str:
+    a, b = s.objects
+    edge = SIDE_WORD[RELATIONS[s.relation]]
+    return f"the {a.name} is {s.relation} the {b.name}, so it is nearer the {edge} edge of the image"
+
+
+def _a_colour(s: Scene) -> str:
+    a = s.objects[0]
+    return f"the {a.shape} is {a.colour}, the colour of {COLOUR_THINGS[a.colour]}"
+
+
+def _a_size(s: Scene) -> str:
+    a, b = s.objects
+    if a.size == b.size:
+        return f"the {a.name} and the {b.name} are the same size"
+    comparison = "larger" if a.size == "large" else "smaller"
+    return f"the {a.name} is {comparison} than the {b.name}"
+
+
+def _a_fill(s: Scene) -> str:
+    a = s.objects[1]
+    if a.fill == "outlined":
+        return f"the {a.name} is only outlined, so the white background shows through it"
+    return f"the {a.name} is filled in, so no background shows through it"
+
+
+def _h_pointing(s: Scene) -> str:
+    t = 0 if s.objects[0].shape == "triangle" else 1
+    tri, other = s.objects[t], s.objects[1 - t]
+    towards = RELATIONS[s.relation] if t == 1 else OPPOSITE[RELATIONS[s.relation]]  # from tri to other
+    if tri.points == towards:
+        return f"the {tri.name} points toward the {other.name}, as if it is chasing it"
+    if tri.points == OPPOSITE[towards]:
+        return f"the {tri.name} points away from the {other.name}, as if it is fleeing from it"
+    return f"the {tri.name} points {tri.points}, so it is not heading for the {other.name}"
+
+
+def _h_arrow(s: Scene) -> str:
+    tri = next(o for o in s.objects if o.shape == "triangle")
+    return f"the {tri.name} points {tri.points} like an arrow, so it would go {tri.points} if it moved forward"
+
+
+def _t_trail(s: Scene) -> str:
+    mover = s.objects[s.mover]
+    side = SIDE_WORD[OPPOSITE[s.motion]]
+    return f"the {mover.name} leaves a faint trail on its {side} side, so it is moving {s.motion}"
+
+
+def _t_approach(s: Scene) -> str:
+    mover, other = s.objects[s.mover], s.objects[1 - s.mover]
+    towards = RELATIONS[s.relation] if s.mover == 1 else OPPOSITE[RELATIONS[s.relation]]
+    if s.motion == towards:
+        return f"the {mover.name} is moving toward the {other.name}, so soon they will be closer together"
+    return f"the {mover.name} is moving away from the {other.name}, so soon they will be farther apart"
+
+
+def _p_push(s: Scene) -> str:
+    a, b = s.objects
+    if a.size == b.size:
+        return f"the {a.name} and the {b.name} are the same size, so they would be about as hard to push"
+    big, small = (a, b) if a.size == "large" else (b, a)
+    return f"the large {big.name} would be harder to push than the small {small.name}"
+
+
+def _p_fall(s: Scene) -> str:
+    a, b = s.objects
+    if s.relation in ("above", "below"):
+        upper, lower = (a, b) if s.relation == "above" else (b, a)
+        return f"the {upper.name} is above the {lower.name}, so if it fell straight down it would land on it"
+    return f"the {a.name} is beside the {b.name}, so if it fell straight down it would miss the {b.name}"
+
+
+TEMPLATES: dict[str, tuple[Callable[[Scene], str], ...]] = {
+    "S": (_s_inverse, _s_side, _s_edge),
+    "A": (_a_colour, _a_size, _a_fill),
+    "H": (_h_pointing, _h_arrow),
+    "T": (_t_trail, _t_approach),
+    "P": (_p_push, _p_fall),
+}
+
+
+def descriptive_captions(s: Scene) -> list[str]:
+    a, b = s.objects
+    return [
+        f"{_a(a.name)} and {_a(b.name)}",
+        f"{_a(a.size)} {a.fill} {a.name} and {_a(b.size)} {b.fill} {b.name} on a white background",
+        f"{_a(a.name)} {s.relation} {_a(b.name)}",
+    ]
+
+
+def relation_caption(s: Scene) -> str:
+    a, b = s.objects
+    return f"the {a.name} is {s.relation} the {b.name}"
+
+
+# ---------------------------------------------------------------- perturbations (for false captions)
+
+
+def _swap_field(s: Scene, name: str) -> Scene:
+    a, b = s.objects
+    if name == "shape":  # a triangle keeps its pointing direction
+        a, b = replace(a, shape=b.shape, points=b.points), replace(b, shape=a.shape, points=a.points)
+    else:
+        a, b = replace(a, **{name: getattr(b, name)}), replace(b, **{name: getattr(a, name)})
+    return replace(s, objects=(a, b))
+
+
+def _perturbations(s: Scene, rng: random.Random) -> list[Scene]:
+    a, b = s.objects
+    out = [
+        _swap_field(s, "colour"),
+        _swap_field(s, "shape"),
+        replace(s, relation=OPPOSITE[s.relation]),
+        replace(s, relation=rng.choice([r for r in RELATIONS if r not in (s.relation, OPPOSITE[s.relation])])),
+        _swap_field(s, "size"),
+        _swap_field(s, "fill"),
+        replace(s, objects=(replace(a, size="large" if a.size == "small" else "small"), b)),
+        replace(s, objects=(a, replace(b, fill="filled" if b.fill == "outlined" else "outlined"))),
+        replace(s, objects=(replace(a, colour=rng.choice([c for c in PALETTE if c not in (a.colour, b.colour)])), b)),
+    ]
+    for i, obj in enumerate(s.objects):
+        if obj.points is not None:
+            for direction in DIRECTIONS:
+                if direction != obj.points:
+                    objects = list(s.objects)
+                    objects[i] = replace(obj, points=direction)
+                    out.append(replace(s, objects=tuple(objects)))
+    if s.mover is not None:
+        out += [replace(s, motion=d) for d in DIRECTIONS if d != s.motion]
+        out.append(replace(s, mover=1 - s.mover))
+    return out
+
+
+def _reversed(s: Scene) -> Scene:
+    """The same scene with the objects listed the other way round."""
+    mover = None if s.mover is None else 1 - s.mover
+    return Scene((s.objects[1], s.objects[0]), OPPOSITE[s.relation], mover, s.motion)
+
+
+def false_captions(s: Scene, template: Callable[[Scene], str], n: int, rng: random.Random) -> list[str]:
+    """Up to n distinct captions from `template` on perturbed scenes that are not equivalent to `s`."""
+    # A caption is true of `s` when it renders from s listed in either object order.
+    truths = {template(view) for view in (s, _reversed(s))}
+    facts = s.canonical()
+    singles = _perturbations(s, rng)
+    rng.shuffle(singles)
+    doubles = [q for p in singles for q in _perturbations(p, rng)]
+    rng.shuffle(doubles)
+    out: list[str] = []
+    for scene in singles + doubles:
+        if scene.canonical() == facts:
+            continue
+        try:
+            text = template(scene)
+        except (StopIteration, TypeError, KeyError):  # template does not apply to the perturbed scene
+            continue
+        if text not in truths and text not in out:
+            out.append(text)
+            if len(out) == n:
+                break
+    return out
+
+
+# ---------------------------------------------------------------- scene sampling and drawing
+
+
+def sample_scene(rng: random.Random) -> Scene:
+    colours = rng.sample(list(PALETTE), 2)
+    shapes = rng.sample(SHAPES, 2)
+    objects = tuple(
+        SceneObject(
+            colour=c,
+            shape=sh,
+            size=rng.choice(tuple(SIZE_RADIUS)),
+            fill=rng.choice(FILLS),
+            points=rng.choice(tuple(DIRECTIONS)) if sh == "triangle" else None,
+        )
+        for c, sh in zip(colours, shapes)
+    )
+    relation = rng.choice(tuple(RELATIONS))
+    mover = motion = None
+    if rng.random() < 0.5:  # motion only along the relation axis, so "toward/away" is well defined
+        mover = rng.randrange(2)
+        axis = RELATIONS[relation]
+        motion = rng.choice((axis, OPPOSITE[axis]))
+    return Scene(objects, relation, mover, motion)  # type: ignore[arg-type]
+
+
+def _layout(scene: Scene, size: int, rng: random.Random) -> list[tuple[float, float]] | None:
+    """Object centres satisfying the relation, inside the image, trails included; None if none found."""
+    radii = [SIZE_RADIUS[o.size] * size for o in scene.objects]
+    dx, dy = DIRECTIONS[RELATIONS[scene.relation]]
+    margin = 0.04 * size
+    for _ in range(200):
+        centres = [(rng.uniform(r + margin, size - r - margin), rng.uniform(r + margin, size - r - margin)) for r in radii]
+        (x0, y0), (x1, y1) = centres
+        along = (x0 - x1) * dx + (y0 - y1) * dy  # > 0 when object 0 lies in the relation's direction
+        across = abs((x0 - x1) * dy) + abs((y0 - y1) * dx)
+        if along < radii[0] + radii[1] + 0.06 * size or across > 0.15 * size:
+            continue
+        circles = [_circles(scene, i, centres[i], radii[i]) for i in range(2)]
+        inside = all(margin <= cx - r and cx + r <= size - margin and margin <= cy - r and cy + r <= size - margin
+                     for group in circles for cx, cy, r in group)
+        apart = all((ax - bx) ** 2 + (ay - by) ** 2 > (ar + br + 1) ** 2
+                    for ax, ay, ar in circles[0] for bx, by, br in circles[1])
+        if inside and apart:
+            return centres
+    return None
+
+
+def _circles(scene: Scene, i: int, centre: tuple[float, float], r: float) -> list[tuple[float, float, float]]:
+    """Bounding circles of object i and of its trail dots."""
+    out = [(centre[0], centre[1], r)]
+    if scene.mover == i:
+        mx, my = DIRECTIONS[scene.motion]
+        for dist, radius in ((1.45, 0.3), (2.05, 0.22)):
+            out.append((centre[0] - mx * dist * r, centre[1] - my * dist * r, radius * r))
+    return out
+
+
+def _lighter(rgb: tuple[int, int, int], amount: float) -> tuple[int, int, int]:
+    return tuple(int(c + (255 - c) * amount) for c in rgb)  # type: ignore[return-value]
+
+
+def draw_scene(scene: Scene, centres: list[tuple[float, float]], size: int) -> Image.Image:
+    image = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    width = max(1, round(size / 32))
+    for i, (obj, (cx, cy)) in enumerate(zip(scene.objects, centres)):
+        r = SIZE_RADIUS[obj.size] * size
+        colour = PALETTE[obj.colour]
+        for tx, ty, tr in _circles(scene, i, (cx, cy), r)[1:]:
+            draw.ellipse((tx - tr, ty - tr, tx + tr, ty + tr), fill=_lighter(colour, 0.6))
+        fill = colour if obj.fill == "filled" else None
+        if obj.shape == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=colour, width=width)
+        elif obj.shape == "square":
+            h = 0.85 * r
+            draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=fill, outline=colour, width=width)
+        else:
+            px, py = DIRECTIONS[obj.points]
+            apex = (cx + px * r, cy + py * r)
+            base = [(cx - px * r * 0.7 + py * r * 0.9, cy - py * r * 0.7 + px * r * 0.9),
+                    (cx - px * r * 0.7 - py * r * 0.9, cy - py * r * 0.7 - px * r * 0.9)]
+            draw.polygon([apex, *base], fill=fill, outline=colour, width=width)
+    return image
+
+
+# ---------------------------------------------------------------- one image's records
+
+
+@dataclass
+class SyntheticItem:
+    image: Image.Image
+    scene: Scene
+    tb: list[str]
+    trl: list[str]
+    trp: str
+    trp_text: str
+    trp_image: list[str]
+
+
+def make_item(seed: int, index: int, image_size: int = 64) -> SyntheticItem:
+    """Image and captions of synthetic image `index`; a pure function of (seed, index, image_size)."""
+    rng = random.Random(stable_seed("reasonclip-synthetic", seed, index))
+    while True:
+        scene = sample_scene(rng)
+        centres = _layout(scene, image_size, rng)
+        if centres is not None:
+            break
+    applicable = scene.categories()
+    trl_categories = rng.sample(applicable, 3)
+    trl = [rng.choice(TEMPLATES[c])(scene) for c in trl_categories]
+    image_categories = [c for c in ("H", "T") if c in applicable]
+    image_categories += rng.sample(["S", "A", "P"], 3 - len(image_categories))
+    image_categories = [c for c in CATEGORIES if c in image_categories]
+    trp_text = rng.choice(image_categories)
+    trp = rng.choice(TEMPLATES[trp_text])(scene)
+    return SyntheticItem(
+        image=draw_scene(scene, centres, image_size),
+        scene=scene,
+        tb=descriptive_captions(scene),
+        trl=trl,
+        trp=trp,
+        trp_text=trp_text,
+        trp_image=image_categories,
+    )
+
+
+def swap_negatives(scene: Scene) -> dict[str, str]:
+    """Bag-of-words-identical false versions of `relation_caption(scene)`, one per swap type."""
+    a, b = scene.objects
+    return {
+        "swap_att": relation_caption(_swap_field(scene, "colour")),
+        "swap_obj": relation_caption(_swap_field(scene, "shape")),
+        "swap_rel": relation_caption(replace(scene, objects=(b, a))),
+    }
+
+
+def rclip_items(scene: Scene, categories: list[str], rng: random.Random) -> list[dict]:
+    """One 5-way item per category: the true caption and 4 false ones from the same template."""
+    items = []
+    for category in categories:
+        templates = list(TEMPLATES[category])
+        rng.shuffle(templates)
+        for template in templates:
+            negatives = false_captions(scene, template, 4, rng)
+            if len(negatives) == 4:
+                break
+        else:  # pragma: no cover - every template has >= 4 perturbations that change its text
+            raise RuntimeError(f"no 5-way item for category {category} in scene {scene}")
+        options = [template(scene)] + negatives
+        order = list(range(5))
+        rng.shuffle(order)
+        items.append({"category": category, "options": [options[i] for i in order], "answer": order.index(0)})
+    return items
+
+
+# ---------------------------------------------------------------- writer
+
+LITE_SCHEMA = pa.schema([("image_path", pa.string()), ("tb", pa.list_(pa.string())), ("trl", pa.list_(pa.string()))])
+PRO_SCHEMA = pa.schema([
+    ("image_path", pa.string()),
+    ("trp", pa.string()),
+    ("trp_cls", pa.struct([("text", pa.string()), ("image", pa.list_(pa.string()))])),
+])
+SWAP_SCHEMA = pa.schema([(n, pa.string()) for n in ("image_path", "caption", "negative_caption", "swap_type")])
+BENCH_SCHEMA = pa.schema([
+    ("image_path", pa.string()), ("category", pa.string()), ("options", pa.list_(pa.string())), ("answer", pa.int64()),
+])
+
+
+def generate_synthetic(
+    out_dir: str | Path,
+    num_images: int = 500,
+    seed: int = 0,
+    image_size: int = 64,
+    eval_fraction: float = 0.2,
+    write_jsonl: bool = False,
+) -> dict[str, Path]:
+    """Write the synthetic dataset (see module docstring) and return its paths.
+
+    Keys: ``root`` (the image root: image paths in every file are relative to it), ``images``,
+    ``reasonlite``, ``reasonpro``, ``swap_eval``, ``rclip_bench`` and, with write_jsonl,
+    ``reasonlite_jsonl``, ``reasonpro_jsonl``.
+    """
+    if num_images < 2:
+        raise ValueError(f"num_images must be >= 2, got {num_images}")
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    if image_size < 32:
+        raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
+    root = Path(out_dir)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    num_eval = min(num_images - 1, max(1, round(num_images * eval_fraction)))
+    num_train = num_images - num_eval
+    lite, pro, swaps, bench = [], [], [], []
+    for index in range(num_images):
+        item = make_item(seed, index, image_size)
+        image_path = f"images/{index:06d}.png"
+        item.image.save(root / image_path, format="PNG", compress_level=1)
+        if index < num_train:
+            lite.append({"image_path": image_path, "tb": item.tb, "trl": item.trl})
+            pro.append({"image_path": image_path, "trp": item.trp,
+                        "trp_cls": {"text": item.trp_text, "image": item.trp_image}})
+            continue
+        caption = relation_caption(item.scene)
+        for swap_type, negative in swap_negatives(item.scene).items():
+            swaps.append({"image_path": image_path, "caption": caption, "negative_caption": negative,
+                          "swap_type": swap_type})
+        rng = random.Random(stable_seed("reasonclip-bench", seed, index))
+        bench += [{"image_path": image_path, **row} for row in rclip_items(item.scene, item.trp_image, rng)]
+
+    paths = {
+        "root": root,
+        "images": root / "images",
+        "reasonlite": root / "reasonlite_train.parquet",
+        "reasonpro": root / "reasonpro_train.parquet",
+        "swap_eval": root / "swap_eval.parquet",
+        "rclip_bench": root / "rclip_bench.parquet",
+    }
+    for key, rows, schema in (("reasonlite", lite, LITE_SCHEMA), ("reasonpro", pro, PRO_SCHEMA),
+                              ("swap_eval", swaps, SWAP_SCHEMA), ("rclip_bench", bench, BENCH_SCHEMA)):
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), paths[key])
+    if write_jsonl:
+        for key, rows in (("reasonlite", lite), ("reasonpro", pro)):
+            paths[f"{key}_jsonl"] = root / f"{key}_train.jsonl"
+            paths[f"{key}_jsonl"].write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return paths
