@@ -1,0 +1,225 @@
+"""LLaVA conversation templates as data.
+
+A template turns a LLaVA conversation (`[{"from": "human"|"gpt", "value": ...}, ...]`) into text segments,
+each marked supervised or not. Supervised = what the model must generate after the assistant header:
+the answer plus the end-of-turn token (`</s>`, `<|im_end|>`, `<|eot_id|>`), as in LLaVA's `preprocess_v1`
+/ `preprocess_llama_2` / LLaVA-NeXT's `preprocess_qwen` / `preprocess_llama3`. (LLaVA-NeXT additionally
+unmasks the structural tokens `<|im_start|>`, `\\n`, headers in every turn; here they stay masked.)
+
+The strings reproduce LLaVA's `conversation.py` (haotian-liu/LLaVA, LLaVA-VL/LLaVA-NeXT):
+
+* ``plain``             projector pretraining: ``<image>`` + caption + ``\\n``; the human text is dropped.
+* ``vicuna_v1`` (``v1``) ``{system} USER: {q} ASSISTANT: {a}</s>USER: ...``
+* ``llama_3``           Llama-3-Instruct headers with LLaVA-NeXT's system prompt.
+* ``qwen_1_5`` (``qwen``, ``chatml``) ChatML with newlines, system "You are a helpful assistant."
+* ``chatml_direct``     LLaVA-1.6-34B ChatML without newlines between turns, system "Answer the questions."
+* ``mistral_instruct`` (``mistral``) ``[INST] {q} [/INST] {a} </s>[INST] ...``
+* ``auto``              the tokenizer's own chat template (`tokenizer.apply_chat_template`).
+
+Templates never write the tokenizer's BOS unless the official template writes it as text (Llama-3);
+`prefix_bos=True` tells the dataset to prepend BOS the way LLaVA gets it from `tokenizer(...)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+IMAGE_PLACEHOLDER = "<image>"
+ROLE_ALIASES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    supervised: bool
+
+
+def normalize_conversation(conversations: list[dict[str, Any]]) -> tuple[str | None, list[tuple[str, str]]]:
+    """(system override or None, [(role 'human'|'gpt', text), ...]) with strict human/gpt alternation.
+
+    A leading gpt turn is dropped, as LLaVA does ("skip the first one if it is not from human").
+    """
+    if not isinstance(conversations, list) or not conversations:
+        raise ValueError("conversation is empty or not a list")
+    system = None
+    turns: list[tuple[str, str]] = []
+    for position, message in enumerate(conversations):
+        if not isinstance(message, dict) or "from" not in message or "value" not in message:
+            raise ValueError(f"message {position} needs 'from' and 'value' keys, got {message!r:.80}")
+        role = ROLE_ALIASES.get(message["from"])
+        if role is None:
+            raise ValueError(f"message {position} has unknown role {message['from']!r} (expected human/gpt/system)")
+        if role == "system":
+            if position != 0:
+                raise ValueError(f"system message at position {position}; only the first message may be system")
+            system = str(message["value"])
+            continue
+        turns.append((role, str(message["value"])))
+    if turns and turns[0][0] == "gpt":
+        turns = turns[1:]
+    for position, (role, _) in enumerate(turns):
+        expected = "human" if position % 2 == 0 else "gpt"
+        if role != expected:
+            raise ValueError(f"roles must alternate human/gpt; turn {position} is {role!r}")
+    if not turns:
+        raise ValueError("conversation has no human turn")
+    return system, turns
+
+
+def merge_segments(segments: list[Segment]) -> list[Segment]:
+    merged: list[Segment] = []
+    for segment in segments:
+        if not segment.text:
+            continue
+        if merged and merged[-1].supervised == segment.supervised:
+            merged[-1] = Segment(merged[-1].text + segment.text, segment.supervised)
+        else:
+            merged.append(segment)
+    return merged
+
+
+@dataclass(frozen=True)
+class ConversationTemplate:
+    """One chat format. Every `*_format` is a str.format pattern with `{content}` (or `{system}`).
+
+    Rendering: system_format, then per round user_format (unsupervised), assistant_prefix (unsupervised),
+    assistant_format (supervised), assistant_suffix (unsupervised). `plain` is LLaVA's pretraining format.
+    """
+
+    name: str
+    system: str = ""
+    system_format: str = ""
+    user_format: str = "{content}"
+    assistant_prefix: str = ""
+    assistant_format: str = "{content}"
+    assistant_suffix: str = ""
+    strip_content: bool = False  # Llama-3's chat template trims every message
+    prefix_bos: bool = True  # prepend the tokenizer's BOS if its tokenizer(...) adds one
+    plain: bool = False
+
+    def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None) -> list[Segment]:
+        system, turns = normalize_conversation(conversations)
+        if self.plain:
+            return self._render_plain(turns)
+        if system is not None and "{system}" not in self.system_format:
+            raise ValueError(f"template {self.name!r} has no system prompt slot; drop the system message")
+        segments = [Segment(self.system_format.format(system=self.system if system is None else system), False)]
+        for role, text in turns:
+            text = text.strip() if self.strip_content else text
+            if role == "human":
+                segments.append(Segment(self.user_format.format(content=text) + self.assistant_prefix, False))
+            else:
+                segments.append(Segment(self.assistant_format.format(content=text), True))
+                segments.append(Segment(self.assistant_suffix, False))
+        return merge_segments(segments)
+
+    def _render_plain(self, turns: list[tuple[str, str]]) -> list[Segment]:
+        # LLaVA preprocess_plain: exactly one (image, caption) pair; the human text is replaced by the image.
+        if len(turns) != 2 or IMAGE_PLACEHOLDER not in turns[0][1]:
+            raise ValueError(f"template 'plain' needs exactly one human turn with {IMAGE_PLACEHOLDER} and one gpt turn")
+        return [Segment(IMAGE_PLACEHOLDER, False), Segment(turns[1][1] + "\n", True)]
+
+
+class TokenizerChatTemplate:
+    """'auto': the tokenizer's own jinja chat template.
+
+    Assistant spans are found by rendering prefixes: the answer starts where
+    `apply_chat_template(messages[:i], add_generation_prompt=True)` ends and stops where
+    `apply_chat_template(messages[:i + 1])` ends (trailing whitespace after the end-of-turn token is left
+    unsupervised, matching the named templates).
+    """
+
+    name = "auto"
+    prefix_bos = False  # chat templates write bos_token themselves
+
+    def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None) -> list[Segment]:
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("template 'auto' needs a tokenizer with a chat_template")
+        system, turns = normalize_conversation(conversations)
+        messages = [] if system is None else [{"role": "system", "content": system}]
+        messages += [{"role": "user" if role == "human" else "assistant", "content": text} for role, text in turns]
+
+        def render_text(upto: int, generation_prompt: bool) -> str:
+            return tokenizer.apply_chat_template(
+                messages[:upto], tokenize=False, add_generation_prompt=generation_prompt
+            )
+
+        full = render_text(len(messages), False)
+        segments, cursor = [], 0
+        for index, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            start = len(render_text(index, True))
+            end = len(render_text(index + 1, False).rstrip())
+            if not (full.startswith(render_text(index, True)) and full.startswith(render_text(index + 1, False))):
+                raise ValueError("the tokenizer's chat template does not render conversation prefixes consistently; use a named template")
+            segments += [Segment(full[cursor:start], False), Segment(full[start:end], True)]
+            cursor = end
+        segments.append(Segment(full[cursor:], False))
+        return merge_segments(segments)
+
+
+LLAVA_NEXT_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the "
+    "user provides, and assist the user with a variety of tasks using natural language."
+)
+
+TEMPLATES: dict[str, ConversationTemplate | TokenizerChatTemplate] = {
+    "plain": ConversationTemplate(name="plain", plain=True),
+    "vicuna_v1": ConversationTemplate(
+        name="vicuna_v1",
+        system="A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+        system_format="{system} ",
+        user_format="USER: {content} ",
+        assistant_prefix="ASSISTANT:",
+        assistant_format=" {content}</s>",
+    ),
+    "llama_3": ConversationTemplate(
+        name="llama_3",
+        system=LLAVA_NEXT_SYSTEM,
+        system_format="<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
+        user_format="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+        assistant_prefix="<|start_header_id|>assistant<|end_header_id|>\n\n",
+        assistant_format="{content}<|eot_id|>",
+        strip_content=True,
+        prefix_bos=False,
+    ),
+    "qwen_1_5": ConversationTemplate(
+        name="qwen_1_5",
+        system="You are a helpful assistant.",
+        system_format="<|im_start|>system\n{system}<|im_end|>\n",
+        user_format="<|im_start|>user\n{content}<|im_end|>\n",
+        assistant_prefix="<|im_start|>assistant\n",
+        assistant_format="{content}<|im_end|>",
+        assistant_suffix="\n",
+    ),
+    "chatml_direct": ConversationTemplate(
+        name="chatml_direct",
+        system="Answer the questions.",
+        system_format="<|im_start|>system\n{system}<|im_end|>",
+        user_format="<|im_start|>user\n{content}<|im_end|>",
+        assistant_prefix="<|im_start|>assistant\n",
+        assistant_format="{content}<|im_end|>",
+    ),
+    "mistral_instruct": ConversationTemplate(
+        name="mistral_instruct",
+        user_format="[INST] {content} [/INST]",
+        assistant_format=" {content} </s>",
+    ),
+    "auto": TokenizerChatTemplate(),
+}
+ALIASES = {"v1": "vicuna_v1", "qwen": "qwen_1_5", "chatml": "qwen_1_5", "mistral": "mistral_instruct"}
+
+
+def template_names() -> list[str]:
+    return sorted([*TEMPLATES, *ALIASES])
+
+
+def get_template(name: str) -> ConversationTemplate | TokenizerChatTemplate:
+    """The conversation template registered as `name` (or one of its aliases)."""
+    key = ALIASES.get(name, name)
+    if key not in TEMPLATES:
+        raise ValueError(f"unknown conversation template {name!r}; valid: {', '.join(template_names())}")
+    return TEMPLATES[key]
