@@ -71,6 +71,7 @@ def _load_in_original_llava(encoder_dir: Path) -> dict:
     register_with_llava()
     args = SimpleNamespace(mm_vision_tower=str(encoder_dir), mm_vision_select_layer=-2, mm_vision_select_feature="patch")
     tower = build_vision_tower(args)
-    features = tower(torch.randn(1, 3, tower.image_size, tower.image_size))
+    size = tower.config.image_size  # original LLaVA towers have no image_size property
+    features = tower(torch.randn(1, 3, size, size))
     print(f"   {type(tower).__name__}: features {tuple(features.shape)} (patches={tower.num_patches}, hidden={tower.hidden_size})")
     return {}
