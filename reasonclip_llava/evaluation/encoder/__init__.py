@@ -1,0 +1,123 @@
+"""Encoder-only evaluation (`reasonclip eval clip`): compositional matching, retrieval, zero-shot.
+
+One registry, one decision point: `evaluate_encoder` looks the benchmark up in BENCHMARKS, loads the
+checkpoint into an EncoderEmbedder (batched, no_grad, cached by image/text key) and writes one JSON
+per run with every subset's result, macro and micro averages and the headline numbers for reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from .compositional import aro, crepe, rclip_bench, sugarcrepe, sugarcrepe_pp, valse, whatsup, winoground
+from .embed import EncoderEmbedder, ImageRef
+from .retrieval import coco_retrieval, flickr30k_retrieval, retrieval
+from .zeroshot import zeroshot
+
+RESULT_FORMAT = "reasonclip.encoder_eval/1"
+
+BenchmarkFn = Callable[[EncoderEmbedder, Path, Path], dict]
+
+BENCHMARKS: dict[str, BenchmarkFn] = {
+    "sugarcrepe": sugarcrepe,
+    "sugarcrepe_pp": sugarcrepe_pp,
+    "whatsup": whatsup,
+    "valse": valse,
+    "crepe": crepe,
+    "winoground": winoground,
+    "aro": aro,
+    "rclip_bench": rclip_bench,
+    "retrieval": retrieval,
+    "coco_retrieval": coco_retrieval,
+    "flickr30k_retrieval": flickr30k_retrieval,
+    "zeroshot": zeroshot,
+}
+
+ALIASES = {
+    "sugarcrepe++": "sugarcrepe_pp",
+    "scpp": "sugarcrepe_pp",
+    "rclip-bench": "rclip_bench",
+    "rclipbench": "rclip_bench",
+    "coco": "coco_retrieval",
+    "flickr30k": "flickr30k_retrieval",
+    "flickr": "flickr30k_retrieval",
+    "zero-shot": "zeroshot",
+    "zeroshot_classification": "zeroshot",
+}
+
+__all__ = ["BENCHMARKS", "EncoderEmbedder", "ImageRef", "evaluate_encoder", "resolve_benchmark", "write_result"]
+
+
+def resolve_benchmark(name: str) -> str:
+    """Canonical benchmark name, or a ValueError listing the known ones."""
+    key = name.strip().lower().replace(" ", "_")
+    key = ALIASES.get(key, key).replace("-", "_")
+    if key not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    return key
+
+
+def evaluate_encoder(
+    model_dir: str | Path,
+    benchmark: str,
+    data: str | Path | None,
+    images: str | Path,
+    out_dir: str | Path | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    *,
+    model_name: str | None = None,
+    embedder: EncoderEmbedder | None = None,
+) -> dict:
+    """Evaluate a CLIP/SigLIP checkpoint on one benchmark; returns (and writes to out_dir) the result record.
+
+    data: the benchmark's annotation file or folder (optional for zeroshot); images: the image root.
+    Pass an existing `embedder` to share its cache across benchmarks on the same images.
+    """
+    name = resolve_benchmark(benchmark)
+    data = Path(data) if data is not None else None
+    images = Path(images)
+    if data is None and name != "zeroshot":
+        raise ValueError(f"benchmark {name!r} needs --data (its annotation file or folder)")
+    if data is not None and not data.exists():
+        raise FileNotFoundError(f"benchmark data not found: {data}")
+    if not images.is_dir():
+        raise FileNotFoundError(f"image folder not found: {images}")
+    model_dir = Path(model_dir)
+    if embedder is None:
+        embedder = EncoderEmbedder.from_pretrained(model_dir, batch_size=batch_size, device=device)
+
+    started = time.perf_counter()
+    scores = BENCHMARKS[name](embedder, data, images)
+    record = {
+        "format": RESULT_FORMAT,
+        "model": model_name or model_dir.name,
+        "model_dir": str(model_dir.resolve()),
+        "benchmark": name,
+        "data": str(data.resolve()) if data is not None else None,
+        "images": str(images.resolve()),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - started, 3),
+        **scores,
+        "provenance": embedder.provenance(),
+        "embedding": embedder.stats(),
+    }
+    if out_dir is not None:
+        record["path"] = str(write_result(record, out_dir))
+    return record
+
+
+def write_result(record: dict, out_dir: str | Path) -> Path:
+    """Write <out_dir>/<benchmark>.json atomically (a crash never leaves half a file behind)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{record['benchmark']}.json"
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+    return path

@@ -1,0 +1,399 @@
+"""Compositional image-text matching benchmarks, each read in its released format.
+
+Decision rules follow the official scorers (EVAL.md), including how ties fall:
+SugarCrepe / SugarCrepe++ / VALSE / ARO / Winoground use strict ">" (a tie is wrong); WhatsUp takes
+np.argmax over the options with the correct one first (a tie goes to the correct option); CREPE and
+RCLIP-Bench rank the correct text by how many candidates score strictly higher.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from .embed import EncoderEmbedder
+from .scoring import MatchItem, option_scores, prefetch, summarize
+from .sources import (
+    field,
+    find_image,
+    mean,
+    percent,
+    read_csv,
+    read_json,
+    read_jsonl,
+    read_parquet,
+    subset_files,
+    text_field,
+)
+
+
+def _trailing_paths(path: str) -> list[str]:
+    # "data/controlled_images/a.jpeg" -> itself, "controlled_images/a.jpeg", "a.jpeg": released JSONs
+    # carry the authors' relative paths, users unpack images under their own root.
+    parts = Path(path).parts
+    return [str(Path(*parts[i:])) for i in range(len(parts))]
+
+
+def _require_items(items: list, path: Path) -> list:
+    if not items:
+        raise ValueError(f"{path}: no items")
+    return items
+
+
+# ---- SugarCrepe -------------------------------------------------------------------------------------
+
+SUGARCREPE_SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
+SUGARCREPE_GROUPS = {"add": ("add_att", "add_obj"), "replace": ("replace_att", "replace_obj", "replace_rel"),
+                     "swap": ("swap_att", "swap_obj")}
+
+
+def sugarcrepe(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
+    """{id: {filename, caption, negative_caption}} per subset; right when sim(I, caption) > sim(I, negative)."""
+    parsed = {}
+    for name, path in subset_files(data, SUGARCREPE_SUBSETS).items():
+        rows = read_json(path)
+        if not isinstance(rows, dict):
+            raise ValueError(f"{path}: expected an object {{id: item}}, got {type(rows).__name__}")
+        items = []
+        for key, row in rows.items():
+            where = f"{path} item {key}"
+            image = find_image(images, [text_field(row, "filename", where)], where)
+            items.append(MatchItem(str(key), image, (text_field(row, "caption", where), text_field(row, "negative_caption", where))))
+        parsed[name] = _require_items(items, path)
+    prefetch(embedder, parsed)
+    subsets = {}
+    for name, items in parsed.items():
+        scores = option_scores(embedder, items)
+        subsets[name] = {"n": len(items), "accuracy": percent((scores[:, 0] > scores[:, 1]).sum(), len(items))}
+    groups = {group: mean([subsets[s]["accuracy"] for s in members])
+              for group, members in SUGARCREPE_GROUPS.items() if all(s in subsets for s in members)}
+    return summarize(subsets, {"SugarCrepe": ("macro", "accuracy")}, groups=groups)
+
+
+# ---- SugarCrepe++ -----------------------------------------------------------------------------------
+
+SUGARCREPE_PP_SUBSETS = ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
+
+
+def sugarcrepe_pp(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
+    """[{id, filename, caption, caption2, negative_caption}] per subset; ITT and TOT as in EVAL.md."""
+    parsed = {}
+    for name, path in subset_files(data, SUGARCREPE_PP_SUBSETS).items():
+        rows = read_json(path)
+        rows = list(rows.values()) if isinstance(rows, dict) else rows
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a list of items, got {type(rows).__name__}")
+        items = []
+        for index, row in enumerate(rows):
+            where = f"{path} item {row.get('id', index) if isinstance(row, dict) else index}"
+            image = find_image(images, [text_field(row, "filename", where)], where)
+            texts = tuple(text_field(row, key, where) for key in ("caption", "caption2", "negative_caption"))
+            items.append(MatchItem(str(row.get("id", index)), image, texts))
+        parsed[name] = _require_items(items, path)
+    prefetch(embedder, parsed)
+    subsets = {}
+    for name, items in parsed.items():
+        image_text = option_scores(embedder, items)  # columns: P1, P2, N
+        p1, p2, neg = (embedder.embed_texts([item.texts[k] for item in items]) for k in range(3))
+        p1_p2, p1_n, p2_n = (p1 * p2).sum(-1), (p1 * neg).sum(-1), (p2 * neg).sum(-1)
+        itt = (image_text[:, 0] > image_text[:, 2]) & (image_text[:, 1] > image_text[:, 2])
+        tot = (p1_p2 > p1_n) & (p1_p2 > p2_n)
+        subsets[name] = {"n": len(items), "itt": percent(itt.sum(), len(items)), "tot": percent(tot.sum(), len(items))}
+    return summarize(subsets, {"SugarCrepe++ ITT": ("macro", "itt"), "SugarCrepe++ TOT": ("macro", "tot")})
+
+
+# ---- WhatsUp ----------------------------------------------------------------------------------------
+
+WHATSUP_FILES = {
+    "controlled_a": "controlled_images_dataset.json",
+    "controlled_b": "controlled_clevr_dataset.json",
+    "coco_qa_one": "coco_qa_one_obj.json",
+    "coco_qa_two": "coco_qa_two_obj.json",
+    "vg_qa_one": "vg_qa_one_obj.json",
+    "vg_qa_two": "vg_qa_two_obj.json",
+}
+
+
+def _whatsup_item(name: str, row, index: int, path: Path, images: Path) -> MatchItem:
+    where = f"{path} item {index}"
+    if name.startswith("controlled"):
+        image_path = text_field(row, "image_path", where)
+        options = field(row, "caption_options", where, list)
+        image = find_image(images, _trailing_paths(image_path), where)
+    else:  # [image_id, correct caption, wrong caption]
+        if not isinstance(row, list) or len(row) < 3:
+            raise ValueError(f"{where}: expected [image_id, caption, caption, ...]")
+        image_id, options = row[0], row[1:]
+        if name.startswith("coco"):
+            stem = f"{int(image_id):012d}.jpg"
+            image = find_image(images, [f"val2017/{stem}", stem], where)
+        else:
+            image = find_image(images, [f"vg_images/{image_id}.jpg", f"{image_id}.jpg"], where)
+    if len(options) < 2 or not all(isinstance(option, str) and option.strip() for option in options):
+        raise ValueError(f"{where}: caption options must be at least two non-empty strings")
+    return MatchItem(str(index), image, tuple(options))
+
+
+def whatsup(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
+    """Controlled-A/B, COCO-QA and VG-QA one/two objects; the first option is correct; macro over subsets."""
+    parsed = {}
+    for name, path in subset_files(data, tuple(WHATSUP_FILES), file_names=WHATSUP_FILES).items():
+        rows = read_json(path)
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a list of items, got {type(rows).__name__}")
+        parsed[name] = _require_items([_whatsup_item(name, row, i, path, images) for i, row in enumerate(rows)], path)
+    prefetch(embedder, parsed)
+    subsets = {}
+    for name, items in parsed.items():
+        correct = option_scores(embedder, items).argmax(dim=1) == 0  # argmax takes the first of tied maxima
+        subsets[name] = {"n": len(items), "accuracy": percent(correct.sum(), len(items))}
+    return summarize(subsets, {"WhatsUp": ("macro", "accuracy")})
+
+
+# ---- VALSE ------------------------------------------------------------------------------------------
+
+VALSE_MIN_VOTES = 2  # a foil is valid when >= 2 of 3 annotators chose the caption and not the foil
+
+
+def _first_text(value, key: str, where: str) -> str:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: field {key!r} should be a non-empty string (or list of strings)")
+    return value
+
+
+def valse(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
+    """One JSON per piece {id: {dataset, image_file, caption, foil, mturk}}; caption vs foil on valid items."""
+    files = sorted(data.glob("*.json")) if data.is_dir() else [data]
+    if not files or not all(path.is_file() for path in files):
+        raise FileNotFoundError(f"no VALSE piece files (*.json) at {data}")
+    parsed, dropped = {}, {}
+    for path in files:
+        rows = read_json(path)
+        if not isinstance(rows, dict):
+            raise ValueError(f"{path}: expected an object {{id: item}}, got {type(rows).__name__}")
+        items, dropped[path.stem] = [], 0
+        for key, row in rows.items():
+            where = f"{path} item {key}"
+            votes = field(field(row, "mturk", where, dict), "caption", f"{where} mturk", (int, float))
+            if votes < VALSE_MIN_VOTES:
+                dropped[path.stem] += 1
+                continue
+            caption = _first_text(field(row, "caption", where), "caption", where)
+            foil = _first_text(row["foil"] if row.get("foil") is not None else field(row, "foils", where), "foil", where)
+            image_file = text_field(row, "image_file", where)
+            candidates = [f"{row['dataset']}/{image_file}"] if isinstance(row.get("dataset"), str) else []
+            items.append(MatchItem(str(key), find_image(images, candidates + [image_file], where), (caption, foil)))
+        parsed[path.stem] = _require_items(items, path)
+    prefetch(embedder, parsed)
+    subsets = {}
+    for name, items in parsed.items():
+        scores = option_scores(embedder, items)
+        subsets[name] = {"n": len(items), "n_dropped": dropped[name],
+                         "accuracy": percent((scores[:, 0] > scores[:, 1]).sum(), len(items))}
+    return summarize(subsets, {"VALSE": ("macro", "accuracy")}, n_dropped=sum(dropped.values()))
+
+
+# ---- CREPE ------------------------------------------------------------------------------------------
+
+CREPE_RECALL_AT = (1, 3, 5, 10)
+CREPE_COLUMNS = ("image_id", "x", "y", "width", "height", "caption", "hard_negs")
+
+
+def _crepe_item(row: dict, index: int, path: Path, images: Path) -> MatchItem:
+    where = f"{path} row {index + 2}"  # + header line, 1-based
+    for column in CREPE_COLUMNS:
+        if not str(row.get(column) or "").strip():
+            raise ValueError(f"{where}: missing column {column!r}")
+    try:
+        box = tuple(float(row[key]) for key in ("x", "y", "width", "height"))
+        negatives = ast.literal_eval(row["hard_negs"])
+    except (ValueError, SyntaxError):
+        raise ValueError(f"{where}: malformed box or hard_negs") from None
+    if not isinstance(negatives, (list, tuple)) or not negatives or not all(isinstance(n, str) for n in negatives):
+        raise ValueError(f"{where}: hard_negs should be a non-empty list of strings")
+    image_id = row["image_id"].strip()
+    image_id = image_id[:-2] if image_id.endswith(".0") else image_id  # pandas writes int ids as floats
+    candidates = [f"{image_id}.jpg", f"VG_100K/{image_id}.jpg", f"VG_100K_2/{image_id}.jpg"]
+    return MatchItem(str(index), find_image(images, candidates, where, box=box), (row["caption"], *negatives))
+
+
+def crepe(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
+    """CSV per (negative type, complexity); one image vs its caption + hard negatives; recall@k."""
+    files = sorted(data.rglob("*.csv")) if data.is_dir() else [data]
+    if not files or not all(path.is_file() for path in files):
+        raise FileNotFoundError(f"no CREPE files (*.csv) at {data}")
+    parsed = {}
+    for path in files:
+        name = path.relative_to(data).with_suffix("").as_posix() if data.is_dir() else path.stem
+        parsed[name] = _require_items([_crepe_item(row, i, path, images) for i, row in enumerate(read_csv(path))], path)
+    prefetch(embedder, parsed)
+    subsets = {}
+    for name, items in parsed.items():
+        scores = option_scores(embedder, items)
+        rank = (scores[:, 1:] > scores[:, :1]).sum(dim=1)  # -inf padding never outranks
+        subsets[name] = {"n": len(items), **{f"recall@{k}": percent((rank < k).sum(), len(items)) for k in CREPE_RECALL_AT}}
+    return summarize(subsets, {"CREPE R@1": ("macro", "recall@1")})
+
+
+# ---- Winoground -------------------------------------------------------------------------------------
+
+
+def _winoground_image(images: Path, name: str, where: str):
+    return find_image(images, [f"{name}.png", f"{name}.jpg", name, f"images/{name}.png"], where)
+
+
+def winoground(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
+    """examples.jsonl {id, image_0, image_1, caption_0, caption_1}; text / image / group scores."""
+    path = data / "examples.jsonl" if data.is_dir() else data
+    rows = read_jsonl(path)
+    items = []  # per example: (c0, c1) against image_0 and image_1
+    tags = []
+    for index, row in enumerate(rows):
+        where = f"{path} id {row.get('id', index) if isinstance(row, dict) else index}"
+        captions = (text_field(row, "caption_0", where), text_field(row, "caption_1", where))
+        for key in ("image_0", "image_1"):
+            items.append(MatchItem(f"{row.get('id', index)}/{key}", _winoground_image(images, text_field(row, key, where), where), captions))
+        tags.append(row.get("collapsed_tag"))
+    _require_items(items, path)
+    prefetch(embedder, {"all": items})
+    scores = option_scores(embedder, items).view(-1, 2, 2)  # [example, image, caption]
+    c0_i0, c1_i0, c0_i1, c1_i1 = scores[:, 0, 0], scores[:, 0, 1], scores[:, 1, 0], scores[:, 1, 1]
+    text = (c0_i0 > c1_i0) & (c1_i1 > c0_i1)
+    image = (c0_i0 > c0_i1) & (c1_i1 > c1_i0)
+    group = text & image
+    # Subsets by collapsed_tag (Object / Relation / Both) when every row has one; the headline is over all.
+    use_tags = all(isinstance(tag, str) and tag for tag in tags)
+    by_tag: dict[str, list[int]] = defaultdict(list)
+    for index, tag in enumerate(tags):
+        by_tag[tag if use_tags else "all"].append(index)
+    subsets = {}
+    for tag, indices in sorted(by_tag.items()):
+        picked = torch.tensor(indices)
+        subsets[tag] = {"n": len(indices), **{name: percent(flags[picked].sum(), len(indices))
+                                              for name, flags in (("text", text), ("image", image), ("group", group))}}
+    headline = {f"Winoground {name}": ("micro", name) for name in ("text", "image", "group")}
+    return summarize(subsets, headline)
+
+
+# ---- ARO (VG-Relation, VG-Attribution) ---------------------------------------------------------------
+
+ARO_FILES = {"vg_relation": "visual_genome_relation.json", "vg_attribution": "visual_genome_attribution.json"}
+ARO_MIN_ATTRIBUTE_COUNT = 25  # the official VG-Attribution scorer averages attribute pairs seen >= 25 times
+
+
+def aro(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
+    """[{image_path, bbox_x/y/w/h, true_caption, false_caption, relation_name | attributes}] per subset."""
+    parsed, groups = {}, {}
+    for name, path in subset_files(data, tuple(ARO_FILES), file_names=ARO_FILES).items():
+        rows = read_json(path)
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a list of items, got {type(rows).__name__}")
+        items, groups[name] = [], []
+        for index, row in enumerate(rows):
+            where = f"{path} item {index}"
+            box = tuple(float(field(row, key, where, (int, float))) for key in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
+            image_path = text_field(row, "image_path", where)
+            image = find_image(images, [image_path, f"images/{image_path}"], where, box=box)
+            items.append(MatchItem(str(index), image, (text_field(row, "true_caption", where), text_field(row, "false_caption", where))))
+            if name == "vg_relation":
+                groups[name].append(str(row.get("relation_name", "")))
+            else:
+                attributes = row.get("attributes") or []
+                groups[name].append("_".join(map(str, attributes)))
+        parsed[name] = _require_items(items, path)
+    prefetch(embedder, parsed)
+    subsets = {}
+    for name, items in parsed.items():
+        scores = option_scores(embedder, items)
+        correct = (scores[:, 0] > scores[:, 1]).tolist()
+        by_group: dict[str, list[bool]] = defaultdict(list)
+        for group, flag in zip(groups[name], correct):
+            by_group[group].append(flag)
+        min_count = ARO_MIN_ATTRIBUTE_COUNT if name == "vg_attribution" else 1
+        kept = [percent(sum(flags), len(flags)) for flags in by_group.values() if len(flags) >= min_count]
+        subsets[name] = {"n": len(items), "accuracy": percent(sum(correct), len(items)),
+                         "macro_accuracy": mean(kept) if kept else None, "n_groups": len(kept)}
+    headline = {}
+    for name, label in (("vg_relation", "ARO VG-Relation"), ("vg_attribution", "ARO VG-Attribution")):
+        if name in subsets:
+            subset = subsets[name]
+            headline[label] = subset["macro_accuracy"] if subset["macro_accuracy"] is not None else subset["accuracy"]
+    result = summarize(subsets, {})
+    result["headline"] = headline
+    return result
+
+
+# ---- RCLIP-Bench ------------------------------------------------------------------------------------
+
+RCLIP_CATEGORIES = ("S", "A", "H", "T", "P")
+_CATEGORY_WORDS = {"spatial": "S", "geometric": "S", "attribute": "A", "state": "A", "human": "H", "action": "H",
+                   "temporal": "T", "phase": "T", "physical": "P"}
+_OPTION_COLUMNS = (tuple(f"option_{i}" for i in range(5)), tuple(f"option_{c}" for c in "abcde"), tuple("ABCDE"))
+
+
+def _rclip_category(value, where: str) -> str:
+    text = str(value).strip()
+    if text.upper() in RCLIP_CATEGORIES:
+        return text.upper()
+    word = text.lower().replace("/", " ").split()[0] if text else ""
+    if word in _CATEGORY_WORDS:
+        return _CATEGORY_WORDS[word]
+    raise ValueError(f"{where}: unknown category {value!r} (expected one of S, A, H, T, P)")
+
+
+def _rclip_options(row: dict, where: str) -> list[str]:
+    options = row.get("options")
+    if options is None:
+        for columns in _OPTION_COLUMNS:
+            if all(column in row for column in columns):
+                options = [row[column] for column in columns]
+                break
+    if not isinstance(options, (list, tuple)) or len(options) != 5 or not all(isinstance(o, str) and o.strip() for o in options):
+        raise ValueError(f"{where}: expected 5 non-empty options (column 'options' or option_0..option_4)")
+    return list(options)
+
+
+def _rclip_answer(value, where: str) -> int:
+    if isinstance(value, str) and value.strip().upper() in tuple("ABCDE"):
+        return "ABCDE".index(value.strip().upper())
+    try:
+        answer = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: answer {value!r} is not an option index 0-4 or a letter A-E") from None
+    if not 0 <= answer < 5:
+        raise ValueError(f"{where}: answer {answer} out of range 0-4")
+    return answer
+
+
+def rclip_bench(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
+    """Parquet rows {image_path, category, options[5], answer}: 5-way accuracy per category and overall."""
+    files = sorted(data.glob("*.parquet")) if data.is_dir() else [data]
+    if not files or not all(path.is_file() for path in files):
+        raise FileNotFoundError(f"no RCLIP-Bench parquet files at {data}")
+    by_category: dict[str, list[tuple[MatchItem, int]]] = defaultdict(list)
+    for path in files:
+        rows = read_parquet(path)
+        if not rows:
+            raise ValueError(f"{path}: no items")
+        for index, row in enumerate(rows):
+            where = f"{path} row {row.get('id', index)}"
+            category = _rclip_category(field(row, "category", where), where)
+            answer = _rclip_answer(field(row, "answer", where), where)
+            image = find_image(images, [text_field(row, "image_path", where)], where)
+            by_category[category].append((MatchItem(str(row.get("id", index)), image, tuple(_rclip_options(row, where))), answer))
+    parsed = {c: [item for item, _ in by_category[c]] for c in RCLIP_CATEGORIES if c in by_category}
+    prefetch(embedder, parsed)
+    subsets = {}
+    for category, items in parsed.items():
+        scores = option_scores(embedder, items)
+        answers = torch.tensor([answer for _, answer in by_category[category]])
+        correct_score = scores.gather(1, answers[:, None])
+        correct = (scores > correct_score).sum(dim=1) == 0  # ties with a wrong option count as wrong
+        correct &= (scores == correct_score).sum(dim=1) == 1
+        subsets[category] = {"n": len(items), "accuracy": percent(correct.sum(), len(items))}
+    return summarize(subsets, {"RCLIP-Bench": ("micro", "accuracy")})

@@ -1,0 +1,67 @@
+"""Small shared pieces: an image with its candidate texts, their similarity matrix, subset summaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from .embed import EncoderEmbedder, ImageRef
+from .sources import mean
+
+
+@dataclass(frozen=True)
+class MatchItem:
+    """One image and its candidate texts (which one is correct is the benchmark's business)."""
+
+    id: str
+    image: ImageRef
+    texts: tuple[str, ...]
+
+
+def prefetch(embedder: EncoderEmbedder, items_by_subset: Mapping[str, Sequence[MatchItem]]) -> None:
+    # Embed the union of all subsets up front: full batches, and every image/text encoded once.
+    items = [item for subset in items_by_subset.values() for item in subset]
+    embedder.embed_images([item.image for item in items])
+    embedder.embed_texts([text for item in items for text in item.texts])
+
+
+def option_scores(embedder: EncoderEmbedder, items: Sequence[MatchItem]) -> torch.Tensor:
+    """(N, K_max) cosine similarity of each image with each of its texts; -inf pads ragged rows."""
+    images = embedder.embed_images([item.image for item in items])
+    texts = embedder.embed_texts([text for item in items for text in item.texts])
+    counts = torch.tensor([len(item.texts) for item in items])
+    owner = torch.repeat_interleave(torch.arange(len(items)), counts)
+    flat = (images[owner] * texts).sum(-1)
+    scores = torch.full((len(items), int(counts.max())), float("-inf"))
+    column = torch.arange(len(flat)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    scores[owner, column] = flat
+    return scores
+
+
+def summarize(subsets: dict[str, dict], headline: Mapping[str, tuple[str, str]], **extra) -> dict:
+    """Add macro (mean over subsets) and micro (mean over items) averages of every numeric metric.
+
+    headline maps a report column label to (average, metric), e.g. {"SugarCrepe": ("macro", "accuracy")}.
+    """
+    # Counts ("n", "n_dropped", ...) are not metrics; everything else numeric (or None) is averaged.
+    metrics = [key for key in next(iter(subsets.values())) if key != "n" and not key.startswith("n_")]
+    total = sum(subset["n"] for subset in subsets.values())
+    macro, micro = {}, {}
+    for metric in metrics:
+        scored = [subset for subset in subsets.values() if subset.get(metric) is not None]
+        if not scored:
+            macro[metric] = micro[metric] = None
+            continue
+        macro[metric] = mean([subset[metric] for subset in scored])
+        micro[metric] = sum(subset[metric] * subset["n"] for subset in scored) / sum(subset["n"] for subset in scored)
+    averages = {"macro": macro, "micro": micro}
+    return {
+        "subsets": subsets,
+        "macro": macro,
+        "micro": micro,
+        "n_items": total,
+        "headline": {label: averages[average][metric] for label, (average, metric) in headline.items()},
+        **extra,
+    }
