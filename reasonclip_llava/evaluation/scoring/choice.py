@@ -7,7 +7,7 @@ Reading the chosen letter:
 - The others use `extract_choice`, the exact-matching stage of the MMBench / VLMEvalKit extractor
   (the official MMBench protocol falls back to an LLM judge, which is not used here), in order:
   1. the answer is just a letter, optionally in brackets or followed by '.', ':' or ')';
-  2. it starts with a letter in brackets or followed by '.', ':' or ')' ("B. dog", "(C) cat");
+  2. it starts with a letter in brackets or followed by '.', ':' or ')' ("B. dog", "(c) cat");
   3. "answer is X" / "answer: X";
   4. exactly one option letter appears as a word once '.()[],:;!*#{}' are spaces (a lone 'A' in a
      longer sentence is read as the article and ignored);
@@ -28,7 +28,7 @@ MODES = ("official",)
 _SCIENCEQA_OPTIONS = "ABCDE"   # LLaVA's --options default
 _THE_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 _BARE_LETTER = re.compile(r"^[(\[]?([A-Za-z])[)\].:]?$")
-_LEADING_LETTER = re.compile(r"^[(\[]([A-Z])[)\]]|^([A-Z])[.:)]")
+_LEADING_LETTER = re.compile(r"^[(\[]([A-Za-z])[)\]]|^([A-Z])[.:)]")
 _ANSWER_IS = re.compile(r"answer(?:\s+is)?\s*:?\s*[(\[]?([A-Z])(?![A-Za-z])", re.IGNORECASE)
 _SEPARATORS = str.maketrans({c: " " for c in ".()[],:;!*#{}"})
 
@@ -56,8 +56,8 @@ def extract_choice(text: str, n_options: int, options: Sequence[str] | None = No
     if bare and bare.group(1).upper() in letters:
         return bare.group(1).upper()
     leading = _LEADING_LETTER.match(text)
-    if leading and (leading.group(1) or leading.group(2)) in letters:
-        return leading.group(1) or leading.group(2)
+    if leading and (leading.group(1) or leading.group(2)).upper() in letters:
+        return (leading.group(1) or leading.group(2)).upper()
     stated = _ANSWER_IS.search(text)
     if stated and stated.group(1) in letters:
         return stated.group(1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,10 +92,12 @@ def _clean_whitespace(text: str) -> str:
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
+@lru_cache(maxsize=1 << 18)  # human answers repeat: VQAv2 val has 2M answers, far fewer distinct ones
 def official_normalize(text: str) -> str:
     return process_digit_article(process_punctuation(_clean_whitespace(text)))
 
 
+@lru_cache(maxsize=1 << 18)
 def evalai_normalize(text: str) -> str:
     """EvalAIAnswerProcessor.__call__ (LLaVA m4c_evaluator.py, lmms-eval)."""
     text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
