@@ -15,7 +15,7 @@ from __future__ import annotations
 from .categories import CATEGORIES, CATEGORY_NAMES, TrpLabels, decode_trp_cls, encode_trp_cls
 from .collator import ReasonCollator
 from .datasets import ImageTextDataset, ReadDataset, ReasonLiteDataset, ReasonProDataset
-from .hard_negatives import HardNegativeGenerator, RuleTagger, SpacyTagger, hard_negatives
+from .hard_negatives import HardNegativeGenerator, RuleTagger, SpacyTagger, hard_negatives, write_negatives
 from .rows import LiteSchema, ProSchema, ReadSchema, RowTable
 from .sampler import ResumableDistributedSampler
 from .synthetic import generate_synthetic
@@ -45,5 +45,6 @@ __all__ = [
     "encode_trp_cls",
     "generate_synthetic",
     "hard_negatives",
+    "write_negatives",
     "write_wds_shards",
 ]

@@ -29,9 +29,10 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "black", "white", "gray", "grey")
 SIZE_OPPOSITES = {
@@ -335,3 +336,43 @@ def swap_negative(tagged_or_text: TaggedCaption | str, kind: str) -> str | None:
     tagged = tagged_or_text if isinstance(tagged_or_text, TaggedCaption) else default_tagger()(tagged_or_text)
     candidates = swap_candidates(tagged, kind)
     return candidates[0] if candidates else None
+
+
+def write_negatives(
+    source: str | Path,
+    out_path: str | Path,
+    caption_columns: Sequence[str] = ("captions",),
+    k: int = 3,
+    seed: int = 0,
+    column: str = "neg",
+) -> Path:
+    """Copy a parquet file adding `column`: per row, k negatives for each pooled caption (list<list<string>>).
+
+    Precomputing lets a large run tag once (e.g. with spaCy on a CPU box) instead of in every epoch;
+    ``ReadDataset`` uses these negatives first (the epoch then no longer changes them).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .rows import caption_list
+
+    source, out_path = Path(source), Path(out_path)
+    if not source.is_file():
+        raise FileNotFoundError(f"data file not found: {source}")
+    table = pq.read_table(source)
+    missing = [c for c in caption_columns if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {missing}; found {table.column_names}")
+    generator = HardNegativeGenerator(k=k, seed=seed)
+    pooled = zip(*(table.column(c).to_pylist() for c in caption_columns))
+    negatives = []
+    for index, values in enumerate(pooled):
+        row = dict(zip(caption_columns, values))
+        captions = [c for name in caption_columns for c in caption_list(row, name, f"{source} row {index}")]
+        negatives.append([generator(caption) for caption in captions])
+    if column in table.column_names:
+        table = table.drop_columns([column])
+    table = table.append_column(column, pa.array(negatives, type=pa.list_(pa.list_(pa.string()))))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out_path)
+    return out_path

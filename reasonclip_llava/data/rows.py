@@ -51,7 +51,7 @@ class RowTable:
             missing = [c for c in self.required if c not in names]
             if missing:
                 raise ValueError(f"{self.path}: missing column(s) {missing}; found {names}")
-            columns = list(self.required) + [c for c in self.optional if c in names]
+            columns = list(dict.fromkeys([*self.required, *(c for c in self.optional if c in names)]))
             self._table = pq.read_table(self.path, columns=columns, memory_map=True)
             if validate:
                 for column in self.required:

@@ -13,11 +13,23 @@ ranks x workers of them.
 
 Resume granularity: exact sample. A batch is built inside one worker; the trainer passes each batch
 to ``dataset.advance(batch)``, which counts positions per worker (``batch["worker_id"]``,
-``batch["num_drawn"]``, skipped images included). ``state_dict()`` = {epoch, num_workers, consumed
-per worker}. After ``load_state_dict`` each worker skips its consumed count: whole shards when
-``shard_sizes`` (samples per shard) is given, otherwise by reading past the samples without decoding
-them. Resuming needs the same world size and number of workers (checked), and ``persistent_workers``
-off, because the state reaches the workers when the DataLoader iterator is created.
+``batch["num_drawn"]``, skipped images included). ``state_dict()`` = {epoch, num_workers, world_size,
+batches, consumed per worker}. After ``load_state_dict`` each worker skips its consumed count: whole
+shards when ``shard_sizes`` (samples per shard) is given, otherwise by reading past the samples
+without decoding them. The workers are rotated so the DataLoader's round-robin continues with the
+worker whose turn it was: the resumed run yields the same batches in the same order as an
+uninterrupted one (while no worker had run out of shards at the checkpoint; after that, the same
+remaining samples in a different batch order). Resuming needs the same world size and number of
+workers (checked), and ``persistent_workers`` off, because the state reaches the workers when the
+DataLoader iterator is created::
+
+    dataset.load_state_dict(checkpoint["data"])          # optional, on resume
+    for epoch in range(dataset.epoch, num_epochs):
+        dataset.set_epoch(epoch)                          # same epoch keeps the position
+        for batch in DataLoader(dataset, batch_size=b, num_workers=n, collate_fn=collator):
+            ...
+            dataset.advance(batch)
+            checkpoint["data"] = dataset.state_dict()
 """
 
 from __future__ import annotations
@@ -74,7 +86,9 @@ class WdsReasonDataset(IterableDataset):
         self.shard_sizes = dict(shard_sizes or {})
         self.epoch = 0
         self.num_workers: int | None = None
-        self.consumed: dict[int, int] = {}
+        self.consumed: dict[int, int] = {}  # logical worker -> positions used this epoch
+        self.batches = 0  # batches used this epoch (all workers)
+        self.rotation = 0  # physical worker w plays logical worker (w + rotation) % num_workers
         self.skipped = 0  # counted in the process that decodes; batches report num_skipped
 
     # ------------------------------------------------------------ epoch, progress and state
@@ -82,18 +96,21 @@ class WdsReasonDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.epoch = int(epoch)
-            self.consumed = {}
+            self.consumed, self.batches, self.rotation = {}, 0, 0
 
     def advance(self, batch: Mapping[str, Any]) -> None:
-        worker = int(batch["worker_id"])
+        """Record a batch the trainer used (needs its worker_id, num_workers and num_drawn fields)."""
         self.num_workers = int(batch["num_workers"])
+        worker = (int(batch["worker_id"]) + self.rotation) % self.num_workers
         self.consumed[worker] = self.consumed.get(worker, 0) + int(batch["num_drawn"])
+        self.batches += 1
 
     def state_dict(self) -> dict:
         return {
             "epoch": self.epoch,
             "num_workers": self.num_workers,
             "world_size": self.world_size,
+            "batches": self.batches,
             "consumed": {str(w): n for w, n in self.consumed.items()},
         }
 
@@ -103,6 +120,10 @@ class WdsReasonDataset(IterableDataset):
         self.epoch = int(state["epoch"])
         self.num_workers = state.get("num_workers")
         self.consumed = {int(w): int(n) for w, n in state.get("consumed", {}).items()}
+        self.batches = int(state.get("batches", 0))
+        # The DataLoader restarts its round-robin at worker 0; rotate so the worker whose turn it was
+        # goes first, which reproduces the uninterrupted batch order.
+        self.rotation = self.batches % self.num_workers if self.num_workers else 0
 
     # ------------------------------------------------------------ reading
 
@@ -116,9 +137,10 @@ class WdsReasonDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict | None]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        skip = self.consumed.get(worker, 0)
-        if skip and self.num_workers not in (None, num_workers):
+        if self.consumed and self.num_workers not in (None, num_workers):
             raise ValueError(f"webdataset state was saved with {self.num_workers} workers, the DataLoader has {num_workers}")
+        worker = (worker + self.rotation) % num_workers
+        skip = self.consumed.get(worker, 0)
         shards = self.shards_for(worker, num_workers)
         while skip and shards and shards[0] in self.shard_sizes and self.shard_sizes[shards[0]] <= skip:
             skip -= self.shard_sizes[shards.pop(0)]

@@ -1,0 +1,164 @@
+"""Synthetic compositional data: determinism, published schemas, and captions that agree with the pixels."""
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from reasonclip_llava.data import CATEGORIES, decode_trp_cls, generate_synthetic
+from reasonclip_llava.data.synthetic import PALETTE, SHAPES, SWAP_TYPES
+
+NUM_IMAGES = 40
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return generate_synthetic(tmp_path_factory.mktemp("synth"), num_images=NUM_IMAGES, seed=3, write_jsonl=True)
+
+
+def _tables(paths):
+    return {k: pq.read_table(paths[k]) for k in ("reasonlite", "reasonpro", "swap_eval", "rclip_bench")}
+
+
+def test_same_seed_same_files_other_seed_other_files(synth, tmp_path):
+    again = generate_synthetic(tmp_path / "again", num_images=NUM_IMAGES, seed=3)
+    other = generate_synthetic(tmp_path / "other", num_images=NUM_IMAGES, seed=4)
+    for key, table in _tables(synth).items():
+        assert table.equals(pq.read_table(again[key])), key
+    assert not _tables(synth)["reasonlite"].equals(pq.read_table(other["reasonlite"]))
+    first = sorted(Path(synth["images"]).iterdir())
+    assert len(first) == NUM_IMAGES
+    assert all(p.read_bytes() == (again["images"] / p.name).read_bytes() for p in first)
+    assert any(p.read_bytes() != (other["images"] / p.name).read_bytes() for p in first)
+
+
+def test_image_depends_only_on_seed_and_index(synth, tmp_path):
+    bigger = generate_synthetic(tmp_path / "bigger", num_images=NUM_IMAGES + 10, seed=3)
+    for name in ("000000.png", "000017.png"):
+        assert (synth["images"] / name).read_bytes() == (bigger["images"] / name).read_bytes()
+
+
+def test_reasonlite_schema(synth):
+    table = pq.read_table(synth["reasonlite"])
+    assert table.schema.field("image_path").type == pa.string()
+    assert table.schema.field("tb").type == pa.list_(pa.string())
+    assert table.schema.field("trl").type == pa.list_(pa.string())
+    assert table.num_rows == NUM_IMAGES - round(0.2 * NUM_IMAGES)
+    for row in table.to_pylist():
+        assert len(row["tb"]) == 3 and len(row["trl"]) == 3
+        assert len(set(row["trl"])) == 3
+        assert all(0 < len(c.split()) <= 30 for c in row["tb"] + row["trl"])
+        image = Image.open(Path(synth["root"]) / row["image_path"])
+        assert image.size == (64, 64) and image.mode == "RGB"
+
+
+def test_reasonpro_schema_and_categories(synth):
+    table = pq.read_table(synth["reasonpro"])
+    assert table.schema.field("trp").type == pa.string()
+    assert table.schema.field("trp_cls").type == pa.struct([("text", pa.string()), ("image", pa.list_(pa.string()))])
+    seen = Counter()
+    for i, row in enumerate(table.to_pylist()):
+        assert set(row["trp_cls"]["image"]) <= set(CATEGORIES) and len(set(row["trp_cls"]["image"])) == 3
+        labels = decode_trp_cls(row["trp_cls"], f"row {i}")
+        assert labels.text in labels.image  # the caption is about one of the image's categories
+        assert len(row["trp"].split()) <= 30
+        seen[row["trp_cls"]["text"]] += 1
+    assert set(seen) == set(CATEGORIES)  # every category is realised
+
+
+def test_jsonl_copies_match_parquet(synth):
+    import json
+
+    rows = [json.loads(line) for line in Path(synth["reasonpro_jsonl"]).read_text().splitlines()]
+    assert rows == pq.read_table(synth["reasonpro"]).to_pylist()
+
+
+def test_eval_images_are_held_out(synth):
+    train = set(pq.read_table(synth["reasonlite"]).column("image_path").to_pylist())
+    for key in ("swap_eval", "rclip_bench"):
+        held_out = set(pq.read_table(synth[key]).column("image_path").to_pylist())
+        assert held_out and not held_out & train
+
+
+def test_swap_negatives_are_bag_of_words_identical(synth):
+    rows = pq.read_table(synth["swap_eval"]).to_pylist()
+    assert Counter(r["swap_type"] for r in rows) == {t: round(0.2 * NUM_IMAGES) for t in SWAP_TYPES}
+    for row in rows:
+        assert row["negative_caption"] != row["caption"]
+        assert Counter(row["negative_caption"].split()) == Counter(row["caption"].split())
+
+
+def _colour_centre(image: np.ndarray, colour: str) -> np.ndarray:
+    mask = np.all(image == np.array(PALETTE[colour]), axis=-1)  # exact colour: PNG is lossless
+    assert mask.any(), colour
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()])
+
+
+def _relation_holds(image: np.ndarray, caption: str) -> bool:
+    """Check 'the <colour> <shape> is <relation> the <colour> <shape>' against the pixels."""
+    words = caption.split()
+    first, second = words[1], words[-2]
+    relation = " ".join(words[4:-3])
+    (x0, y0), (x1, y1) = _colour_centre(image, first), _colour_centre(image, second)
+    return {"left of": x0 < x1, "right of": x0 > x1, "above": y0 < y1, "below": y0 > y1}[relation]
+
+
+def test_swap_eval_captions_agree_with_pixels(synth):
+    for row in pq.read_table(synth["swap_eval"]).to_pylist():
+        image = np.asarray(Image.open(Path(synth["root"]) / row["image_path"]))
+        assert _relation_holds(image, row["caption"])
+        words = row["caption"].split()
+        assert words[2] in SHAPES and words[-1] in SHAPES
+        if row["swap_type"] in ("swap_att", "swap_rel"):  # colours trade places: the pixels refute it
+            assert not _relation_holds(image, row["negative_caption"])
+
+
+def test_rclip_bench_items(synth):
+    table = pq.read_table(synth["rclip_bench"])
+    assert table.schema.field("options").type == pa.list_(pa.string())
+    rows = table.to_pylist()
+    assert {r["category"] for r in rows} == set(CATEGORIES)
+    answers = Counter()
+    for row in rows:
+        assert len(row["options"]) == 5 and len(set(row["options"])) == 5
+        assert 0 <= row["answer"] < 5
+        answers[row["answer"]] += 1
+    assert len(answers) > 1  # the correct option is not always in the same slot
+
+
+def _head_objects(head: str) -> set[tuple[str, str]] | None:
+    """{(colour, shape)} named by 'the <c> <s> is <relation> the <c> <s>', or None for other sentences."""
+    words = head.split()
+    if len(words) not in (7, 8) or words[0] != "the" or words[3] != "is" or words[-3] != "the":
+        return None
+    return {(words[1], words[2]), (words[-2], words[-1])}
+
+
+def test_relation_options_of_bench_agree_with_pixels(synth):
+    """In S items of the form '<a> is <rel> <b>, so ...', the pixels confirm the answer and refute every
+    option that names the image's two real objects."""
+    checked = 0
+    for row in pq.read_table(synth["rclip_bench"]).to_pylist():
+        heads = [o.split(",")[0] for o in row["options"]]
+        real = _head_objects(heads[row["answer"]])
+        if row["category"] != "S" or real is None:
+            continue
+        image = np.asarray(Image.open(Path(synth["root"]) / row["image_path"]))
+        assert _relation_holds(image, heads[row["answer"]])
+        for i, head in enumerate(heads):
+            if i != row["answer"] and _head_objects(head) == real:
+                assert not _relation_holds(image, head), head
+                checked += 1
+    assert checked > 0
+
+
+def test_bad_arguments_raise(tmp_path):
+    with pytest.raises(ValueError, match="num_images"):
+        generate_synthetic(tmp_path, num_images=1)
+    with pytest.raises(ValueError, match="eval_fraction"):
+        generate_synthetic(tmp_path, num_images=10, eval_fraction=1.5)
