@@ -216,3 +216,35 @@ def test_tiny_lm_reloads(tmp_path, family):
     assert torch.isfinite(loss) and abs(loss.item() - torch.log(torch.tensor(float(len(tokenizer)))).item()) < 1.0
     with pytest.raises(ValueError, match="unknown tiny LM family 'gpt2'"):
         build_tiny_tokenizer("gpt2")
+
+
+def test_sentencepiece_style_tokenizer_is_not_a_false_mismatch():
+    """Llama-2 / Vicuna / Mistral-v0.1 tokenizers prepend '▁' to the start of a string: tokenizing the
+    segment 'USER: ...' alone would add a '▁' that the full text does not have after '</s>'. Segments are
+    tokenized in context, so the vicuna_v1 template works and each answer keeps its own tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from reasonclip_llava.llava_next.tiny_lm import CORPUS
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    backend.train_from_iterator([*CORPUS, "USER: ASSISTANT: On the left. Where is the dog?\n"], trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+    segments = get_template("vicuna_v1").render(CONVERSATION[2:])
+    alone = [tokenizer(s.text, add_special_tokens=False)["input_ids"] for s in segments]
+    ids, labels = tokenize_segments(segments, tokenizer, "sp", "vicuna_v1")
+    assert ids == tokenizer("".join(s.text for s in segments), add_special_tokens=False)["input_ids"]
+    supervised = [t for t, label in zip(ids, labels) if label != IGNORE_INDEX]
+    # The answer's own tokens ("▁On", "▁the", ...) followed by </s>.
+    assert supervised == tokenizer("On the left.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert labels[: ids.index(supervised[0])] == [IGNORE_INDEX] * ids.index(supervised[0])
+    assert sum(alone, []) == ids  # one round: no segment starts mid-text after a special token
+
+    two_rounds = get_template("vicuna_v1").render(CONVERSATION)
+    ids, labels = tokenize_segments(two_rounds, tokenizer, "sp", "vicuna_v1")  # no false mismatch
+    naive = sum((tokenizer(s.text, add_special_tokens=False)["input_ids"] for s in two_rounds), [])
+    assert naive != ids  # tokenizing segments alone would have misaligned the second round

@@ -67,33 +67,31 @@ def tokenize_segments(
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels for rendered segments, with the tokenization-mismatch guard.
 
-    Segment by segment: the tokens of segment k are those that tokenizing the text up to the end of
-    segment k adds to the tokens of the text up to its start. Tokenizing each piece in its context (not
-    alone) keeps SentencePiece-style tokenizers, which add a prefix space at the start of a string, exact.
-    The result must equal one tokenization of the full text; if it does not (a token spans a
-    supervised/unsupervised boundary, e.g. a template whose answer starts after a space that BPE merges
-    into the answer's first word) the labels would be misaligned, so this raises instead of training on a
-    zero or shifted loss.
+    The full rendered text is tokenized once; then segment by segment, the text up to the end of each
+    segment is tokenized and must be a prefix of the full tokens: segment k owns the full tokens between
+    the ends of prefixes k-1 and k. Tokenizing each piece in its context (not alone) keeps
+    SentencePiece-style tokenizers, which add a prefix space at the start of a string, exact. If a
+    prefix's tokens disagree with the full tokens, a token spans a supervised/unsupervised boundary (e.g.
+    a template whose answer starts after a space that BPE merges into the answer's first word) and the
+    labels would be misaligned: this raises instead of training on a zero or shifted loss.
     """
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    input_ids: list[int] = []
+    full_text = "".join(segment.text for segment in segments)
+    input_ids = encode(full_text)
     labels: list[int] = []
     prefix = ""
-    for segment in segments:
+    for position, segment in enumerate(segments):
         prefix += segment.text
-        prefix_ids = encode(prefix)
-        if prefix_ids[: len(input_ids)] != input_ids:
+        prefix_ids = input_ids if position == len(segments) - 1 else encode(prefix)
+        if input_ids[: len(prefix_ids)] != prefix_ids or len(prefix_ids) < len(labels):
             raise ValueError(
                 f"tokenization mismatch in sample {sample_id!r} with template {template_name!r}: a token crosses the "
-                f"boundary before {segment.text[:30]!r}; the template does not fit this tokenizer"
+                f"boundary after {segment.text[-30:]!r}; the template does not fit this tokenizer"
             )
-        new_ids = prefix_ids[len(input_ids):]
-        input_ids = prefix_ids
+        new_ids = prefix_ids[len(labels):]
         labels += new_ids if segment.supervised else [IGNORE_INDEX] * len(new_ids)
-    if encode(prefix) != input_ids or len(labels) != len(input_ids):
-        raise ValueError(f"tokenization mismatch in sample {sample_id!r} with template {template_name!r}")
     if prepend_bos:
         input_ids = [tokenizer.bos_token_id] + input_ids
         labels = [IGNORE_INDEX] + labels
@@ -303,7 +301,8 @@ def split_to_even_chunks(indices: list[int], lengths: list[int], num_chunks: int
 
 
 def length_grouped_indices(lengths: list[int], batch_size: int, world_size: int, generator: torch.Generator) -> list[int]:
-    """Random megabatches of world_size * batch_size, each sorted longest first and split evenly across devices."""
+    """Random megabatches of world_size * batch_size, each sorted longest first and split across the
+    devices so that their total lengths are balanced."""
     order = torch.randperm(len(lengths), generator=generator).tolist()
     megabatch_size = world_size * batch_size
     result = []
@@ -341,9 +340,11 @@ def modality_length_grouped_indices(
 
 
 class LengthGroupedSampler(Sampler[int]):
-    """Yields every index once per epoch, grouped so that each batch of `batch_size` (on each of
-    `world_size` devices) holds samples of one modality and similar length. Deterministic for a given
-    (seed, epoch); call `set_epoch` each epoch. lengths: `LlavaConversationDataset.modality_lengths`."""
+    """LLaVA's LengthGroupedSampler: every index once per epoch, in megabatches of world_size * batch_size
+    random samples of one modality (image / text-only), each split so that the `world_size` per-device
+    batches get similar total lengths. Deterministic for a given (seed, epoch); call `set_epoch` each
+    epoch. lengths: `LlavaConversationDataset.modality_lengths`. With gradient accumulation, pass
+    world_size * accumulation_steps so that a whole optimizer step is one modality (as LLaVA does)."""
 
     def __init__(
         self,
