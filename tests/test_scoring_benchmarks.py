@@ -77,7 +77,7 @@ def test_prompts_follow_llava():
                                                     FIXTURES / "scienceqa/images/test")}
     assert sqa["2"].image is None  # text-only question
     assert sqa["2"].prompt == ("Context: Read the guide words.\nWhich word would you find on a dictionary page?\n"
-                               "A. cat\nB. dog\nC. emu\nAnswer with the option's letter from the given choices directly.")
+                               "A. cat\nB. dog\nC. emu\n" + MULTIPLE_CHOICE_PROMPT)
     assert sqa["1"].prompt.startswith("Which object has more thermal energy?\nA. a cold chest\n")  # no empty context
     pope = load_questions("pope", FIXTURES / "pope/coco_pope_random.json", FIXTURES / "pope/val2014")
     assert [q.question_id for q in pope] == ["random/1", "random/2"]
@@ -98,7 +98,10 @@ def test_mme_layouts_agree():
     images = FIXTURES / "mme/MME_Benchmark_release_version"
     release = load_questions("mme", images, images)
     results = load_questions("mme", FIXTURES / "mme/eval_tool/Your_Results", images)
-    assert [(q.question_id, q.image, q.prompt) for q in release] == [(q.question_id, q.image, q.prompt) for q in results]
+    def fields(questions):
+        return [(q.question_id, q.image, q.prompt) for q in questions]
+
+    assert fields(release) == fields(results)
     artwork = next(q for q in release if q.question_id == "artwork/10002.jpg/1")
     assert artwork.image.endswith("artwork/images/10002.jpg")
     assert artwork.prompt == ("Is this artwork created by gerard? Please answer yes or no.\n"
@@ -159,7 +162,8 @@ def test_choice_reader_errors(tmp_path):
     tsv.write_text("index\tquestion\tA\tB\tanswer\timage\n3\tWhich?\tx\ty\tA\t\n")
     with pytest.raises(ValueError, match="row 3 has no image"):
         load_questions("mmbench", tsv, tmp_path / "cache")
-    csv_path = _write(tmp_path / "Questions.csv", "Index,Question,Options,Correct Answer\n1,Which?,Open or closed,(a)\n")
+    csv_path = _write(tmp_path / "Questions.csv",
+                      "Index,Question,Options,Correct Answer\n1,Which?,Open or closed,(a)\n")
     with pytest.raises(ValueError, match="row 1 has options 'Open or closed'"):
         load_questions("mmvp", csv_path, tmp_path, check_images=False)
     _write(tmp_path / "sqa/problems.json", json.dumps({"1": {"question": "q", "choices": ["a", "b"], "answer": 0}}))

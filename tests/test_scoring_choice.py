@@ -82,7 +82,8 @@ def test_mmbench_llava_round_ids(tmp_path):
             f.write(json.dumps({"question_id": int(qid) % 1_000_000, "round_id": int(qid) // 1_000_000,
                                 "text": text}) + "\n")
     assert read_answers(path) == MMBENCH_ANSWERS
-    assert score_answers("mmbench", path, FIXTURES / "mmbench" / "mmbench_dev.tsv")["accuracy"] == pytest.approx(200 / 3)
+    summary = score_answers("mmbench", path, FIXTURES / "mmbench" / "mmbench_dev.tsv")
+    assert summary["accuracy"] == pytest.approx(200 / 3)
 
 
 def test_mmbench_single_pass_when_no_rotation_answered(tmp_path):
