@@ -43,7 +43,7 @@ def _keys(batches):
     return [desc.split()[-1] for batch in batches for desc in batch]
 
 
-def _collect(dataset, workers, batch_size=4, tokenizer=None):
+def _collect(dataset, workers, batch_size=4):
     """Descriptions read through a DataLoader (batches of raw sample dicts)."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=lambda s: s)
     return [[x["desc"] for x in batch if x is not None] for batch in loader]
