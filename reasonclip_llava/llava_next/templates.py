@@ -150,10 +150,12 @@ class TokenizerChatTemplate:
         for index, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            start = len(render_text(index, True))
-            end = len(render_text(index + 1, False).rstrip())
-            if not (full.startswith(render_text(index, True)) and full.startswith(render_text(index + 1, False))):
-                raise ValueError("the tokenizer's chat template does not render conversation prefixes consistently; use a named template")
+            before, through = render_text(index, True), render_text(index + 1, False)
+            if not (full.startswith(before) and full.startswith(through)):
+                raise ValueError(
+                    "the tokenizer's chat template does not render conversation prefixes consistently; use a named template"
+                )
+            start, end = len(before), len(through.rstrip())
             segments += [Segment(full[cursor:start], False), Segment(full[start:end], True)]
             cursor = end
         segments.append(Segment(full[cursor:], False))
