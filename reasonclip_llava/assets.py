@@ -75,7 +75,7 @@ def _default_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / "reasonclip_clip_bpe"
 
 
-SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field", "immunohistochemistry", "retina")
+SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "colorwheel", "hubble_deep_field", "immunohistochemistry", "camera")
 
 
 def sample_photos(names: tuple[str, ...] = SAMPLE_PHOTOS) -> list:

@@ -240,3 +240,13 @@ def test_cli_export_verify_and_errors(trained_clip, tiny_clip_dir, tmp_path, cap
     assert main(["export", str(tmp_path / "nope"), str(tmp_path / "x")]) == 2
     assert "nope" in capsys.readouterr().err
     shutil.rmtree(out)
+
+
+def test_real_assets_load_offline(clip_tokenizer):
+    from reasonclip_llava.assets import SAMPLE_PHOTOS, sample_photos
+
+    photos = sample_photos()
+    assert len(photos) == len(SAMPLE_PHOTOS) and all(p.mode == "RGB" and min(p.size) >= 300 for p in photos)
+    # ids of the real CLIP BPE vocabulary (openai/clip-vit-base-patch32's tokenizer gives the same)
+    ids = clip_tokenizer("a photo of a cat").input_ids
+    assert ids == [49406, 320, 1125, 539, 320, 2368, 49407] and len(clip_tokenizer) == 49408
