@@ -250,3 +250,20 @@ def test_real_assets_load_offline(clip_tokenizer):
     # ids of the real CLIP BPE vocabulary (openai/clip-vit-base-patch32's tokenizer gives the same)
     ids = clip_tokenizer("a photo of a cat").input_ids
     assert ids == [49406, 320, 1125, 539, 320, 2368, 49407] and len(clip_tokenizer) == 49408
+
+
+def test_clip_tokenizer_matches_open_clip_simple_tokenizer(clip_tokenizer):
+    """The HF tokenizer built from the wheel's BPE file encodes exactly like open_clip's own tokenizer."""
+    import importlib.util
+
+    from reasonclip_llava.assets import open_clip_bpe_path
+
+    pytest.importorskip("ftfy")
+    spec = importlib.util.spec_from_file_location("open_clip_tokenizer", open_clip_bpe_path().parent / "tokenizer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # loads the file alone: `import open_clip` would need torchvision
+    reference = module.SimpleTokenizer(str(open_clip_bpe_path()))
+    texts = ["a photo of a cat", "The red circle is LEFT of the blue square, so it's closer!", "two dogs; 3 cats & 1,000 birds"]
+    for text in texts:
+        ours = clip_tokenizer(text).input_ids
+        assert ours == [reference.sot_token_id, *reference.encode(text), reference.eot_token_id], text
