@@ -36,6 +36,37 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_synth(args: argparse.Namespace) -> int:
+    from .data import generate_synthetic
+
+    paths = generate_synthetic(args.out, num_images=args.num_images, seed=args.seed, image_size=args.image_size, eval_fraction=args.eval_fraction, write_jsonl=args.jsonl)
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    return 0
+
+
+def _data_shards(args: argparse.Namespace) -> int:
+    from .data import write_wds_shards
+
+    shards = write_wds_shards(args.source, args.out, image_root=args.image_root, samples_per_shard=args.samples_per_shard, prefix=args.prefix)
+    print("\n".join(map(str, shards)))
+    return 0
+
+
+def _data_negatives(args: argparse.Namespace) -> int:
+    from .data import write_negatives
+
+    print(write_negatives(args.source, args.out, caption_columns=tuple(args.caption_columns), k=args.k, seed=args.seed))
+    return 0
+
+
+def _eval_score(args: argparse.Namespace) -> int:
+    from .evaluation.scoring import score_answers
+
+    summary = score_answers(args.benchmark, args.answers, args.annotations, questions=args.questions, mode=args.mode, out_dir=args.out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reasonclip", description="ReasonCLIP encoders: pretraining, export, LLaVA-NeXT, evaluation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +85,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, help="base checkpoint id or path")
     p.add_argument("--layer", type=int, default=-2, help="vision feature layer compared bitwise (LLaVA's select layer)")
     p.set_defaults(handler=_verify)
+
+    data = commands.add_parser("data", help="pretraining data tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="write the synthetic compositional data set (ReasonLite/ReasonPro parquet + eval splits)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--num-images", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--eval-fraction", type=float, default=0.2)
+    p.add_argument("--jsonl", action="store_true", help="also write JSONL copies")
+    p.set_defaults(handler=_data_synth)
+    p = data.add_parser("shards", help="parquet/JSONL rows -> webdataset tar shards (img2dataset layout)")
+    p.add_argument("source")
+    p.add_argument("--out", required=True)
+    p.add_argument("--image-root", default=None)
+    p.add_argument("--samples-per-shard", type=int, default=1000)
+    p.add_argument("--prefix", default="shard")
+    p.set_defaults(handler=_data_shards)
+    p = data.add_parser("negatives", help="precompute k span-swap hard negatives per caption into a column")
+    p.add_argument("source")
+    p.add_argument("--out", required=True)
+    p.add_argument("--caption-columns", nargs="+", default=["captions"])
+    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_data_negatives)
+
+    evaluation = commands.add_parser("eval", help="evaluation: VQA generation and scoring, encoder benchmarks, reports")
+    evals = evaluation.add_subparsers(dest="eval_command", required=True)
+    p = evals.add_parser("score", help="score an answers file with the benchmark's official scorer")
+    p.add_argument("--benchmark", required=True)
+    p.add_argument("--answers", required=True)
+    p.add_argument("--annotations", required=True, help="VQAv2: the annotations JSON; other benchmarks: the same path as --data")
+    p.add_argument("--questions", default=None, help="score only the questions in this file")
+    p.add_argument("--mode", default="official", choices=["official", "evalai", "lmms_eval"], help="VQA answer normalisation (VQA family and GQA)")
+    p.add_argument("--out", default=None, help="directory for per-question scores and the summary JSON")
+    p.set_defaults(handler=_eval_score)
+    # later: eval vqa / clip / report are added next to score
 
     p = commands.add_parser("demo", help="tiny offline end-to-end run of the whole pipeline")
     p.add_argument("--work-dir", default="reasonclip_demo")
