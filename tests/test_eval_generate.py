@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from reasonclip_llava.evaluation.benchmarks import VQAQuestion
 from reasonclip_llava.evaluation.generate import (
     build_prompt,
     generate_answers,
@@ -20,18 +20,6 @@ from reasonclip_llava.evaluation.generate import (
 )
 from reasonclip_llava.evaluation.tiny_llava import save_tiny_llava_next
 from reasonclip_llava.llava_next.tiny_lm import QWEN2_CHAT_TEMPLATE
-
-try:
-    from reasonclip_llava.evaluation.benchmarks import VQAQuestion
-except ImportError:  # benchmarks.py is written in parallel; same fields as its VQAQuestion
-
-    @dataclass
-    class VQAQuestion:  # type: ignore[no-redef]
-        question_id: str
-        image: str | None
-        prompt: str
-        max_new_tokens: int = 16
-
 
 # (height, width): under the pinpoints [[32,64],[64,32],[64,64]] these pick different grids and unpad
 # to different token counts, so the rows of a batch differ in length before padding.
@@ -168,12 +156,19 @@ def test_missing_image_names_question_and_path(tiny_llava_dir, questions, tmp_pa
     assert not out.exists()
 
 
-def test_unreadable_image_names_question(tiny_llava_dir, tmp_path):
+def test_unreadable_image_mid_run_keeps_earlier_answers(tiny_llava_dir, questions, one_by_one, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
+    run = [*questions[:4], VQAQuestion("q-broken", str(broken), "What?", max_new_tokens=10)]
+    out = tmp_path / "a.jsonl"
     with pytest.raises(ValueError, match=r"q-broken.*broken\.png"):
-        generate_answers(tiny_llava_dir, [VQAQuestion("q-broken", str(broken), "What?")], tmp_path / "a.jsonl",
-                         progress=False)
+        generate_answers(tiny_llava_dir, run, out, batch_size=2, progress=False)
+    reference = texts_by_id(one_by_one)
+    assert texts_by_id(out) == {q.question_id: reference[q.question_id] for q in questions[:4]}
+
+    shutil.copy(questions[5].image, broken)  # fixed: the rerun answers only the missing question
+    generate_answers(tiny_llava_dir, run, out, batch_size=2, progress=False)
+    assert [row["question_id"] for row in read_answers(out)] == [q.question_id for q in run]
 
 
 def test_duplicate_question_ids_are_rejected(tiny_llava_dir, questions, tmp_path):
@@ -255,3 +250,27 @@ def test_text_lm_template_checkpoint_batches_exactly(tiny_llama_llava_dir, quest
 def test_model_id_follows_llava_naming(tmp_path):
     assert model_name_from_path(tmp_path / "run" / "checkpoint-500") == "run_checkpoint-500"
     assert model_name_from_path(tmp_path / "llava-reasonclip") == "llava-reasonclip"
+
+
+def test_run_vqa_reads_the_benchmark_and_honours_limit(tiny_llava_dir, tmp_path):
+    from reasonclip_llava.evaluation.benchmarks import load_questions
+    from reasonclip_llava.evaluation.generate import run_vqa
+
+    images = tmp_path / "val2014"
+    images.mkdir()
+    rows = []
+    for i, ((height, width), thing) in enumerate(zip(IMAGE_SIZES, ["cat", "dog", "car", "cup", "bus"])):
+        name = f"COCO_val2014_{i:012d}.jpg"
+        Image.new("RGB", (width, height), (40 * i, 255 - 40 * i, 90)).save(images / name)
+        rows.append({"question_id": i + 1, "image": name, "text": f"Is there a {thing} in the image?",
+                     "label": "yes" if i % 2 else "no"})
+    data = tmp_path / "coco_pope_random.json"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    out = run_vqa(tiny_llava_dir, "pope", data, images, tmp_path / "answers.jsonl", limit=3, batch_size=2,
+                  progress=False)
+    expected = load_questions("pope", data, images)[:3]
+    reference = generate_answers(tiny_llava_dir, expected, tmp_path / "one_by_one.jsonl", batch_size=1,
+                                 progress=False)
+    assert [row["question_id"] for row in read_answers(out)] == [q.question_id for q in expected]
+    assert texts_by_id(out) == texts_by_id(reference)

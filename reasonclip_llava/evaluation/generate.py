@@ -11,9 +11,12 @@ mask, so a batch gives the same greedy answers as one question at a time (tests/
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +48,7 @@ def generate_answers(
 
     conv_template: None uses the processor's chat template, else the tokenizer's, else the plain prompt
     "<image>\\n{prompt}"; "plain" forces the plain prompt; any other string is a Jinja chat template
-    (see `build_prompt`). dtype: None means float32 on CPU, bfloat16 (float16 where unsupported) on CUDA.
+    (see `prompt_renderer`). dtype: None means float32 on CPU, bfloat16 (float16 where unsupported) on CUDA.
     Questions are answered in batches of image questions, then of text-only ones. Returns out_path.
     """
     if batch_size < 1:
@@ -61,18 +64,18 @@ def generate_answers(
     model, processor = load_llava_next(model_dir, device=device, dtype=dtype)
     model_id = model_name_from_path(model_dir)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(questions), initial=len(questions) - len(pending), unit="q", disable=not progress,
-               desc=f"vqa {model_id}")
-    with open(out_path, "a", encoding="utf-8") as out:
-        for batch in _batches(pending, batch_size):
-            texts = answer_batch(model, processor, batch, conv_template=conv_template)
+    with open(out_path, "a", encoding="utf-8") as out, tqdm(
+        total=len(questions), initial=len(questions) - len(pending), unit="q", disable=not progress,
+        desc=f"vqa {model_id}",
+    ) as bar:
+        for batch, texts in answer_questions(model, processor, pending, batch_size=batch_size,
+                                             conv_template=conv_template):
             for question, text in zip(batch, texts):
                 record = {"question_id": question.question_id, "prompt": question.prompt, "text": text,
                           "model_id": model_id}
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            out.flush()
+            out.flush()  # a crash loses at most the batch in flight
             bar.update(len(batch))
-    bar.close()
     return out_path
 
 
@@ -113,34 +116,59 @@ def load_llava_next(
     torch_dtype = _resolve_dtype(dtype, device)
     model = LlavaNextForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
+    if processor.tokenizer.pad_token is None:  # batches need a pad id; left-padded rows are masked anyway
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
     return model, processor
 
 
-@torch.inference_mode()
-def answer_batch(
+def answer_questions(
     model: LlavaNextForConditionalGeneration,
     processor: ProcessorMixin,
     questions: Sequence[VQAQuestion],
     *,
+    batch_size: int = 8,
     conv_template: str | None = None,
+) -> Iterator[tuple[list[VQAQuestion], list[str]]]:
+    """Yield (batch, greedy answers) for consecutive batches: image questions first, then text-only.
+
+    The next batch's inputs (image decoding, anyres tiling, tokenization) are prepared in a background
+    thread while the current batch generates; the thread has its own copy of the processor because a
+    fast tokenizer is not safe to call from two threads at once.
+    """
+    batches = list(_batches(questions, batch_size))
+    if not batches:
+        return
+    worker_processor = copy.deepcopy(processor)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqa-inputs") as pool:
+        prepare = partial(prepare_inputs, worker_processor, conv_template=conv_template)
+        pending = pool.submit(prepare, batches[0])
+        for i, batch in enumerate(batches):
+            inputs = pending.result()
+            if i + 1 < len(batches):
+                pending = pool.submit(prepare, batches[i + 1])
+            yield batch, generate_batch(model, processor.tokenizer, inputs, [q.max_new_tokens for q in batch])
+
+
+@torch.inference_mode()
+def generate_batch(
+    model: LlavaNextForConditionalGeneration, tokenizer: Any, inputs: BatchFeature, max_new_tokens: Sequence[int]
 ) -> list[str]:
-    """Greedy answers for a batch whose questions all have an image or all have none."""
-    tokenizer = processor.tokenizer
-    inputs = prepare_inputs(processor, questions, conv_template=conv_template).to(model.device)
+    """Greedy answers for left-padded `inputs`; row i keeps at most max_new_tokens[i] tokens."""
+    inputs = inputs.to(model.device)
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     output = model.generate(
         **inputs,
         do_sample=False,
         num_beams=1,
-        max_new_tokens=max(q.max_new_tokens for q in questions),
+        max_new_tokens=max(max_new_tokens),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         eos_token_id=_stop_token_ids(model, tokenizer),
     )
     new_tokens = output[:, inputs["input_ids"].shape[1]:]
     # Greedy decoding is prefix-stable, so cutting at each question's own limit equals generating to it.
-    return [tokenizer.decode(tokens[: q.max_new_tokens], skip_special_tokens=True).strip()
-            for tokens, q in zip(new_tokens, questions)]
+    return [tokenizer.decode(tokens[:limit], skip_special_tokens=True).strip()
+            for tokens, limit in zip(new_tokens, max_new_tokens)]
 
 
 def prepare_inputs(
@@ -151,42 +179,50 @@ def prepare_inputs(
     if len(has_image) != 1:
         raise ValueError("a batch must be all image questions or all text-only questions")
     tokenizer = processor.tokenizer
-    prompts = [build_prompt(processor, q.prompt, q.image is not None, conv_template) for q in questions]
+    render = prompt_renderer(processor, conv_template)
+    prompts = [render(q.prompt, q.image is not None) for q in questions]
     images = [_open_image(q) for q in questions] if has_image.pop() else None
     # A template that already starts with BOS must not get a second one from the tokenizer.
     add_special_tokens = not (tokenizer.bos_token and prompts[0].startswith(tokenizer.bos_token))
-
-    saved = tokenizer.padding_side, tokenizer.pad_token
-    tokenizer.padding_side = "left"  # generation appends on the right: real tokens must end every row
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    try:
-        return processor(text=prompts, images=images, padding=True, return_tensors="pt",
-                         add_special_tokens=add_special_tokens)
-    finally:
-        tokenizer.padding_side, tokenizer.pad_token = saved
+    # Left padding: generation appends on the right, so the real tokens must end every row. Passed per
+    # call rather than set on the tokenizer, which stays as it was.
+    return processor(text=prompts, images=images, padding=True, padding_side="left", return_tensors="pt",
+                     add_special_tokens=add_special_tokens)
 
 
 def build_prompt(processor: ProcessorMixin, prompt: str, has_image: bool, conv_template: str | None = None) -> str:
-    """The model's input text for one question (with the "<image>" placeholder when it has an image).
+    """The model's input text for one question (with the "<image>" placeholder when it has an image)."""
+    return prompt_renderer(processor, conv_template)(prompt, has_image)
 
-    The chat template is conv_template, else the processor's, else the tokenizer's. A multimodal
-    template takes content items (image, then text); a text-LM template (what LLaVA-trained checkpoints
-    save) takes a string, so it gets "<image>\n{prompt}" as the user message, like LLaVA's data.
+
+def prompt_renderer(processor: ProcessorMixin, conv_template: str | None = None) -> Callable[[str, bool], str]:
+    """A function (prompt, has_image) -> model input text, with the chat template chosen once.
+
+    The template is conv_template, else the processor's, else the tokenizer's; "plain" or no template
+    gives "<image>\\n{prompt}". A multimodal template takes content items (image, then text); a text-LM
+    template (what LLaVA-trained checkpoints save) takes a string, so it gets "<image>\\n{prompt}" as
+    the user message, like LLaVA's training data.
     """
     image_token = getattr(processor, "image_token", "<image>")
-    plain = f"{image_token}\n{prompt}" if has_image else prompt
-    if conv_template == PLAIN_TEMPLATE:
-        return plain
+
+    def plain(prompt: str, has_image: bool) -> str:
+        return f"{image_token}\n{prompt}" if has_image else prompt
+
     template = conv_template or getattr(processor, "chat_template", None) or processor.tokenizer.chat_template
-    if not template:
+    if conv_template == PLAIN_TEMPLATE or not template:
         return plain
-    if _takes_content_items(processor, template):
+
+    def with_content_items(prompt: str, has_image: bool) -> str:
         content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": prompt}]
         return processor.apply_chat_template([{"role": "user", "content": content}], chat_template=template,
                                              add_generation_prompt=True, tokenize=False)
-    return processor.tokenizer.apply_chat_template([{"role": "user", "content": plain}], chat_template=template,
-                                                   add_generation_prompt=True, tokenize=False)
+
+    def with_string_content(prompt: str, has_image: bool) -> str:
+        return processor.tokenizer.apply_chat_template([{"role": "user", "content": plain(prompt, has_image)}],
+                                                       chat_template=template, add_generation_prompt=True,
+                                                       tokenize=False)
+
+    return with_content_items if _takes_content_items(processor, template) else with_string_content
 
 
 def read_answered_ids(out_path: str | Path) -> set[str]:
