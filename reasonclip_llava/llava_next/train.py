@@ -1,0 +1,505 @@
+"""LLaVA-NeXT training on transformers' Trainer: projector pretraining and instruction tuning (full or LoRA).
+
+One trainer, two stages as configs (train/llava_next_*.yaml):
+  stage A  mm_tunable_parts=mm_mlp_adapter, template plain, lr 1e-3   (tower and LM frozen)
+  stage B  mm_tunable_parts=mm_mlp_adapter,mm_language_model[,mm_vision_tower], a chat template,
+           LM lr 1e-5..2e-5 (or LoRA, lr 2e-4), mm_projector_lr, mm_vision_tower_lr.
+
+Option names follow LLaVA / LLaVA-NeXT's train.py so their scripts translate line by line. DeepSpeed is
+the Trainer's own integration (`deepspeed: train/zero3.json`). The model is loaded in full *before* the
+TrainingArguments exist, so ZeRO-3 partitions complete tensors at engine start (LLaVA's size-0 tower
+and lost-projector problems cannot happen). The output loads with plain
+`LlavaNextForConditionalGeneration.from_pretrained`, vision tower included; LoRA runs write the adapter +
+`non_lora_trainables.safetensors`, which `merge.py` folds into such a checkpoint.
+
+Launch: `deepspeed --num_gpus 8 --module reasonclip_llava.llava_next.train CONFIG.yaml --key=value ...`
+(or `reasonclip llava-train ...`, or `torchrun -m ...`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from transformers import (
+    LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
+    Trainer,
+    TrainingArguments,
+)
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+from .build import build_llava_next
+from .data import LengthGroupedSampler, LlavaConversationDataset, LlavaDataCollator
+
+TUNABLE_PARTS = ("mm_mlp_adapter", "mm_vision_tower", "mm_language_model")
+NON_LORA_TRAINABLES = "non_lora_trainables.safetensors"
+TRAIN_CONFIG_NAME = "reasonclip_llava_train.yaml"
+PROJECTOR_KEYS = ("multi_modal_projector", "image_newline")
+TOWER_KEYS = ("vision_tower",)
+
+
+@dataclass
+class LlavaTrainConfig:
+    """Everything a LLaVA-NeXT run needs. YAML keys and `--key=value` overrides use these names."""
+
+    # model: an existing LlavaNext checkpoint, or build one from a causal LM and a CLIP/SigLIP encoder
+    model_name_or_path: str | None = None
+    language_model: str | None = None
+    vision_tower: str | None = None
+    mm_vision_select_layer: int = -2
+    mm_projector_type: str = "mlp2x_gelu"
+    image_grid_pinpoints: list | None = None
+    # data (LLaVA JSON/JSONL)
+    data_path: str | None = None
+    image_folder: str | None = None
+    template: str = "plain"  # LLaVA's --version: plain, vicuna_v1, llama_3, qwen_1_5, mistral_instruct, auto
+    image_aspect_ratio: str = "anyres"
+    model_max_length: int = 2048
+    group_by_modality_length: bool = False
+    dataloader_num_workers: int = 0
+    # what trains, and how fast
+    mm_tunable_parts: str = "mm_mlp_adapter"
+    learning_rate: float = 1e-3
+    mm_projector_lr: float | None = None
+    mm_vision_tower_lr: float | None = None
+    weight_decay: float = 0.0
+    lora_enable: bool = False
+    lora_r: int = 128
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05
+    # schedule, precision, parallelism
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.03
+    lr_scheduler_type: str = "cosine"
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    tf32: bool | None = None
+    gradient_checkpointing: bool = False
+    deepspeed: str | None = None
+    seed: int = 42
+    # output
+    output_dir: str = "checkpoints/llava-next"
+    save_steps: int = 500
+    save_total_limit: int | None = 1
+    logging_steps: int = 1
+    resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest" for the last one in output_dir
+    report_to: str = "none"
+
+    @property
+    def tunable_parts(self) -> list[str]:
+        return [part.strip() for part in self.mm_tunable_parts.split(",") if part.strip()]
+
+    def validate(self) -> None:
+        """Raise ValueError / FileNotFoundError naming the offending option."""
+        if self.model_name_or_path and (self.language_model or self.vision_tower):
+            raise ValueError("give model_name_or_path (a LlavaNext checkpoint) or language_model + vision_tower, not both")
+        if not self.model_name_or_path and not (self.language_model and self.vision_tower):
+            raise ValueError("model_name_or_path, or both language_model and vision_tower, must be set")
+        if self.mm_projector_type != "mlp2x_gelu":
+            raise ValueError(f"mm_projector_type {self.mm_projector_type!r}: LlavaNext supports mlp2x_gelu only")
+        parts = self.tunable_parts
+        if not parts:
+            raise ValueError("mm_tunable_parts is empty; name at least one of " + ", ".join(TUNABLE_PARTS))
+        for part in parts:
+            if part not in TUNABLE_PARTS:
+                raise ValueError(f"mm_tunable_parts: unknown part {part!r}; valid: {', '.join(TUNABLE_PARTS)}")
+        if self.lora_enable and "mm_language_model" not in parts:
+            raise ValueError("lora_enable trains the language model through LoRA: add mm_language_model to mm_tunable_parts")
+        for name in ("data_path", "deepspeed"):
+            path = getattr(self, name)
+            if name == "data_path" and not path:
+                raise ValueError("data_path must be set (a LLaVA JSON/JSONL file)")
+            if path and not Path(path).is_file():
+                raise FileNotFoundError(f"{name}: file not found: {path}")
+        if self.image_folder and not Path(self.image_folder).is_dir():
+            raise FileNotFoundError(f"image_folder: directory not found: {self.image_folder}")
+        for name in ("learning_rate", "mm_projector_lr", "mm_vision_tower_lr"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+# ---- config loading -------------------------------------------------------------------------------
+
+_TYPE_HINTS = typing.get_type_hints(LlavaTrainConfig)
+_IGNORED_KEYS = {"local_rank"}  # appended by the deepspeed launcher
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """YAML / command-line value -> the field's type (PyYAML reads '1e-3' as a string, '--bf16' has no value)."""
+    hint = _TYPE_HINTS[key]
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    nullable = type(None) in allowed
+    if value is None or (nullable and isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
+        if nullable:
+            return None
+        raise ValueError(f"config key {key!r} cannot be null")
+    target = next(t for t in allowed if t is not type(None))
+    try:
+        if target is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "1", "yes", "on"):
+                return True
+            if text in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(value)
+        if target in (int, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = float(value) if target is float else int(float(value)) if float(value).is_integer() else None
+            if number is None:
+                raise ValueError(value)
+            return number
+        if target is list or typing.get_origin(target) is list:
+            return yaml.safe_load(value) if isinstance(value, str) else list(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {key!r}: cannot read {value!r} as {getattr(target, '__name__', target)}") from None
+
+
+def config_from_dict(values: dict[str, Any]) -> LlavaTrainConfig:
+    """Build a config; an unknown key raises ValueError naming it."""
+    known = {f.name for f in dataclasses.fields(LlavaTrainConfig)}
+    kwargs = {}
+    for key, value in values.items():
+        if key in _IGNORED_KEYS:
+            continue
+        if key not in known:
+            raise ValueError(f"unknown config key {key!r}")
+        kwargs[key] = _coerce(key, value)
+    return LlavaTrainConfig(**kwargs)
+
+
+def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
+    """`--key=value`, `--key value` and bare `--flag` (= true) -> {key: raw value}."""
+    overrides: dict[str, Any] = {}
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if not token.startswith("--"):
+            raise ValueError(f"unexpected argument {token!r}; overrides look like --key=value")
+        key, has_value, value = token[2:].partition("=")
+        key = key.replace("-", "_")
+        if not has_value:
+            if index + 1 < len(argv) and not argv[index + 1].startswith("--"):
+                value, index = argv[index + 1], index + 1
+            else:
+                value = "true"
+        overrides[key] = value
+        index += 1
+    return overrides
+
+
+def load_train_config(path: str | Path | None = None, overrides: Sequence[str] | dict[str, Any] = ()) -> LlavaTrainConfig:
+    """YAML recipe (optional) + overrides (a dict, or `--key=value` strings) -> LlavaTrainConfig."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of option: value")
+        values.update(loaded)
+    values.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    return config_from_dict(values)
+
+
+def save_train_config(config: LlavaTrainConfig, out_dir: str | Path) -> Path:
+    path = Path(out_dir) / TRAIN_CONFIG_NAME
+    path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    return path
+
+
+# ---- model: load/build, freeze, LoRA -------------------------------------------------------------------
+
+def load_model(config: LlavaTrainConfig) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
+    """The full, unpartitioned model (bf16 weights under DeepSpeed bf16, as LLaVA; else fp32 master weights)."""
+    dtype = torch.bfloat16 if (config.bf16 and config.deepspeed) else torch.float32
+    if config.model_name_or_path:
+        model = LlavaNextForConditionalGeneration.from_pretrained(config.model_name_or_path, dtype=dtype)
+        processor = LlavaNextProcessor.from_pretrained(config.model_name_or_path)
+    else:
+        model, processor = build_llava_next(
+            config.language_model,
+            config.vision_tower,
+            image_grid_pinpoints=config.image_grid_pinpoints,
+            vision_feature_layer=config.mm_vision_select_layer,
+            torch_dtype=dtype,
+        )
+    return model, processor
+
+
+def part_of(name: str) -> str:
+    """Which LLaVA part a parameter name belongs to: mm_mlp_adapter, mm_vision_tower or mm_language_model."""
+    if any(key in name for key in PROJECTOR_KEYS):
+        return "mm_mlp_adapter"
+    if any(key in name for key in TOWER_KEYS):
+        return "mm_vision_tower"
+    return "mm_language_model"
+
+
+def set_tunable_parts(model: torch.nn.Module, parts: Sequence[str], lora: bool = False) -> None:
+    """requires_grad = True exactly for the named parts (with LoRA, the LM trains only via its adapters)."""
+    for name, parameter in model.named_parameters():
+        part = part_of(name)
+        if lora and part == "mm_language_model":
+            parameter.requires_grad_("lora_" in name)
+        else:
+            parameter.requires_grad_(part in parts)
+
+
+def lora_target_regex(model: LlavaNextForConditionalGeneration) -> str:
+    """A regex (peft fullmatch) for every nn.Linear inside the LM; never the tower, projector or lm_head."""
+    leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.model.language_model.named_modules()
+                     if isinstance(module, torch.nn.Linear)})
+    return rf".*language_model\..*\.({'|'.join(leaves)})"
+
+
+def add_lora(model: LlavaNextForConditionalGeneration, config: LlavaTrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora_config = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=lora_target_regex(model),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora_config)
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def strip_peft_prefix(name: str) -> str:
+    return name.removeprefix("base_model.model.")
+
+
+def uses_cpu_offload(deepspeed_config: str | None) -> bool:
+    if not deepspeed_config:
+        return False
+    zero = json.loads(Path(deepspeed_config).read_text()).get("zero_optimization", {})
+    return zero.get("offload_optimizer", {}).get("device") == "cpu"
+
+
+# ---- trainer --------------------------------------------------------------------------------------------
+
+class LlavaTrainer(Trainer):
+    """Trainer + per-part learning rates, modality-grouped batches, LoRA side weights in every save."""
+
+    def __init__(self, *args, llava_config: LlavaTrainConfig, **kwargs) -> None:
+        self.llava_config = llava_config
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """AdamW over parameter groups: LM at learning_rate, projector at mm_projector_lr, tower at
+        mm_vision_tower_lr, each split into weight-decay / no-decay."""
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        config = self.llava_config
+        part_lr = {
+            "mm_language_model": config.learning_rate,
+            "mm_mlp_adapter": config.mm_projector_lr if config.mm_projector_lr is not None else config.learning_rate,
+            "mm_vision_tower": config.mm_vision_tower_lr if config.mm_vision_tower_lr is not None else config.learning_rate,
+        }
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+        for name, parameter in opt_model.named_parameters():
+            if parameter.requires_grad:
+                groups.setdefault((part_of(name), name in decay), []).append(parameter)
+        param_groups = [
+            {"params": params, "lr": part_lr[part], "weight_decay": self.args.weight_decay if decayed else 0.0,
+             "name": f"{part}{'' if decayed else '_no_decay'}"}
+            for (part, decayed), params in sorted(groups.items())
+        ]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs.pop("lr", None)
+        if uses_cpu_offload(config.deepspeed):
+            # ZeRO-Offload wants DeepSpeed's CPU Adam; it keeps per-group learning rates.
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer_cls = DeepSpeedCPUAdam
+            optimizer_kwargs = {key: optimizer_kwargs[key] for key in ("betas", "eps") if key in optimizer_kwargs}
+        self.optimizer = optimizer_cls(param_groups, lr=config.learning_rate, **optimizer_kwargs)
+        return self.optimizer
+
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.llava_config.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        # As LLaVA: megabatches of world_size * grad_accum batches, so each optimizer step is one modality.
+        return LengthGroupedSampler(
+            dataset.modality_lengths,
+            batch_size=self.args.train_batch_size,
+            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+            group_by_modality=True,
+            seed=self.args.seed,
+        )
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        save_train_config(self.llava_config, output_dir)  # every checkpoint-N is self-describing (merge, resume)
+        if is_peft(self.model):
+            save_non_lora_trainables(self.model, output_dir, state_dict)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = self.model if model is None else model
+        if is_peft(model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model=model)  # the adapter
+            side = Path(resume_from_checkpoint) / NON_LORA_TRAINABLES
+            if side.is_file():
+                load_non_lora_trainables(model, side)
+            return
+        # transformers 5 saves LlavaNext under its legacy key names (language_model.model.*, ...) and the
+        # Trainer's own resume loads them with strict=False, i.e. silently not at all. from_pretrained
+        # knows the renaming; copy its tensors in, strictly.
+        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
+        model.load_state_dict(saved.state_dict(), strict=True)
+        del saved
+
+
+def save_non_lora_trainables(model, output_dir: str | Path, state_dict: dict | None = None) -> Path | None:
+    """LoRA runs: projector / image_newline / tower tensors that trained outside the adapters (LLaVA's file)."""
+    trainable = {strip_peft_prefix(name) for name, p in model.named_parameters() if p.requires_grad and "lora_" not in name}
+    source = state_dict if state_dict else model.state_dict()
+    tensors = {strip_peft_prefix(name): tensor.detach().cpu().contiguous() for name, tensor in source.items()
+               if strip_peft_prefix(name) in trainable}
+    if not tensors:
+        return None
+    path = Path(output_dir) / NON_LORA_TRAINABLES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return path
+
+
+def load_non_lora_trainables(model, path: str | Path) -> None:
+    """Copy the side weights into a plain LlavaNext or into the base of a PeftModel."""
+    tensors = load_file(str(path))
+    target = model.get_base_model() if is_peft(model) else model
+    missing = set(tensors) - set(target.state_dict())
+    if missing:
+        raise ValueError(f"{path}: tensors {sorted(missing)[:3]} do not belong to this model")
+    with torch.no_grad():
+        state = target.state_dict()
+        for name, tensor in tensors.items():
+            state[name].copy_(tensor)
+
+
+def training_arguments(config: LlavaTrainConfig) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        warmup_steps=config.warmup_ratio,  # < 1 is a ratio in transformers 5
+        lr_scheduler_type=config.lr_scheduler_type,
+        max_grad_norm=config.max_grad_norm,
+        bf16=config.bf16,
+        tf32=config.tf32,
+        activation_checkpointing=config.gradient_checkpointing,
+        # non-reentrant: frozen embeddings (stage A, LoRA) would otherwise cut the gradient path
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        deepspeed=config.deepspeed,
+        seed=config.seed,
+        data_seed=config.seed,  # the shuffle order is a function of the seed alone: resume replays it exactly
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        report_to=config.report_to,
+        dataloader_num_workers=config.dataloader_num_workers,
+        remove_unused_columns=False,  # the collator needs pixel_values / image_sizes
+        optim="adamw_torch",
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def resume_argument(config: LlavaTrainConfig) -> str | bool | None:
+    value = config.resume_from_checkpoint
+    if value is None:
+        return None
+    if value.lower() in ("latest", "true", "last"):
+        return True
+    if not Path(value).is_dir():
+        raise FileNotFoundError(f"resume_from_checkpoint: checkpoint not found: {value}")
+    return value
+
+
+def build_trainer(config: LlavaTrainConfig) -> LlavaTrainer:
+    """Model (loaded in full), frozen/LoRA parts, dataset, collator and TrainingArguments, in that order."""
+    config.validate()
+    unset_hf_deepspeed_config()  # build the full model first: no zero.Init partitioning at load time
+    model, processor = load_model(config)
+    model.config.use_cache = False
+    parts = config.tunable_parts
+    set_tunable_parts(model, parts)
+    if config.lora_enable:
+        model = add_lora(model, config)
+        set_tunable_parts(model, parts, lora=True)
+
+    dataset = LlavaConversationDataset(
+        config.data_path, config.image_folder, processor, config.template,
+        config.model_max_length, image_aspect_ratio=config.image_aspect_ratio,
+    )
+    return LlavaTrainer(
+        model=model,
+        args=training_arguments(config),
+        train_dataset=dataset,
+        data_collator=LlavaDataCollator(pad_token_id=processor.tokenizer.pad_token_id),
+        processing_class=processor,
+        llava_config=config,
+    )
+
+
+def train_llava(config: LlavaTrainConfig) -> Path:
+    """Run one stage; return output_dir (a plain LlavaNext checkpoint, or LoRA adapter + side weights).
+
+    output_dir also gets trainer_state.json (loss history) and the resolved config (TRAIN_CONFIG_NAME).
+    """
+    trainer = build_trainer(config)
+    trainer.train(resume_from_checkpoint=resume_argument(config))
+    model = trainer.model
+    (model.get_base_model() if is_peft(model) else model).config.use_cache = True
+    trainer.save_model(config.output_dir)
+    trainer.save_state()
+    return Path(config.output_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """`python -m reasonclip_llava.llava_next.train CONFIG.yaml [--key=value ...]`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path = argv.pop(0) if argv and not argv[0].startswith("--") else None
+    return train_llava(load_train_config(path, argv))
+
+
+if __name__ == "__main__":
+    main()
