@@ -1,0 +1,274 @@
+"""The pretraining config: one typed dataclass, loaded from a YAML recipe plus `--key=value` overrides.
+
+A recipe has six sections (model, data, stage, optim, schedule, runtime); every key is a typed field
+below, so a typo or a wrong type fails at load time with one line naming the key:
+
+    unknown config key 'optim.lr_vison'
+    config key 'optim.lr' expects float, got 'fast'
+
+Overrides are `--section.key=value` or, when the field name is unique across sections, `--key=value`
+(`--lr=1e-5`, `--deepspeed=train/ds_zero2_pretrain.json`). Values are parsed as YAML, then coerced to
+the field's type (so `--optim.lr=1e-5` is a float even though YAML 1.1 reads `1e-5` as a string).
+
+The stage decides which objective terms are active (see `trainer.compute_loss`):
+
+    stage0  contrastive on one caption stream (stage.captions), optionally with hard negatives
+    stage1  w(t) * CLIP(img, desc) + (1 - w(t)) * CLIP(img, reason) + beta * ||theta - theta0||^2
+    stage2  CLIP(img, reason) + gamma * [CE(text head) + BCE(image head)]
+    read    hard-negative CLIP (k negatives) + recon_weight * T5 reconstruction + align_weight * paraphrase
+            alignment
+
+SigLIP backbones use the sigmoid loss wherever the contrastive loss appears (stage.contrastive=auto).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGES = ("stage0", "stage1", "stage2", "read")
+CAPTION_STREAMS = ("descriptive", "reasoning")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+LOGIT_SCALE_MAX = math.log(50.0)
+
+
+@dataclass
+class ModelConfig:
+    # A Hub id or a local dir: a plain CLIP/SigLIP checkpoint or a ReasonCLIP training checkpoint.
+    name_or_path: str = ""
+    tokenizer: str | None = None  # default: name_or_path
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    # A parquet file or a dir of them (ReasonLite/ReasonPro layout), a .jsonl file, or webdataset shards
+    # (.tar, a brace pattern, or a dir of .tar).
+    train: str = ""
+    format: str = "auto"  # auto | parquet | jsonl | webdataset
+    image_root: str = ""  # where relative image_path values point; default: beside the data
+    batch_size: int = 32  # per device
+    num_workers: int = 0
+    max_length: int = 77
+    caption_columns: list[str] = field(default_factory=lambda: ["captions"])  # read: captions pooled per image
+
+
+@dataclass
+class StageConfig:
+    name: str = "stage1"  # stage0 | stage1 | stage2 | read
+    captions: str = "descriptive"  # stage0 only: descriptive | reasoning
+    contrastive: str = "auto"  # auto (CLIP -> softmax, SigLIP -> sigmoid) | clip | siglip
+    # w(t) for stage 1: [w_start, p_hold, w_mid, p_ramp_end, w_final] (p = step / max_steps):
+    # w_start while p <= p_hold, linear to w_mid at p_ramp_end, then w_final.
+    w_schedule: list[float] = field(default_factory=lambda: [0.70, 0.2, 0.50, 0.8, 0.60])
+    anchor_beta: float = 1e-5  # stage 1 L2 anchor on the vision/text transformer weights
+    category_gamma: float = 0.05  # stage 2 category heads
+    hard_negatives: int = 0  # k swap negatives per caption (read: 3); also usable in stage 0
+    recon_weight: float = 0.1  # read: T5 reconstruction (0 disables it and skips loading T5)
+    align_weight: float = 0.5  # read: paraphrase alignment (0 disables it)
+    t5_model: str = "google/t5-v1_1-large"  # frozen decoder + its tokenizer (id or path)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4  # every parameter not covered by a group LR below
+    lr_vision: float | None = None
+    lr_text: float | None = None
+    lr_logit_scale: float | None = None
+    lr_heads: float | None = None
+    weight_decay: float = 0.05  # not applied to biases, norms, logit_scale, logit_bias (any 1-d tensor)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    max_grad_norm: float | None = None
+    # log-temperature clamp after every step and inside the loss (ln 50); null for SigLIP, whose
+    # released checkpoints sit above it
+    logit_scale_max: float | None = LOGIT_SCALE_MAX
+
+
+@dataclass
+class ScheduleConfig:
+    epochs: float = 1.0
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+    warmup_steps: int | None = None  # overrides warmup_ratio
+    warmup_ratio: float = 0.1
+    scheduler: str = "cosine"  # cosine | constant
+
+
+@dataclass
+class RuntimeConfig:
+    output_dir: str = ""
+    seed: int = 0
+    mixed_precision: str = "no"  # no (fp32) | bf16 | fp16
+    gradient_accumulation_steps: int = 1
+    deepspeed: str | None = None  # DeepSpeed JSON; ZeRO-2 recommended (the L2 anchor needs full params)
+    save_every: int = 1000  # optimizer steps between checkpoints (0: only the final one)
+    keep_last: int | None = 3  # checkpoints kept; None keeps all
+    resume_from: str | None = None  # a checkpoint dir or "latest"
+    log_every: int = 10
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard, wandb, or []
+    progress_bar: bool = True
+    recipe: str = ""  # filled in with the YAML path; recorded in the checkpoint's provenance
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "PretrainConfig":
+        """Check values that a type alone cannot; raise ValueError naming the key."""
+        checks = [
+            ("model.name_or_path", bool(self.model.name_or_path), "is required"),
+            ("data.train", bool(self.data.train), "is required"),
+            ("runtime.output_dir", bool(self.runtime.output_dir), "is required"),
+            ("stage.name", self.stage.name in STAGES, f"must be one of {STAGES}"),
+            ("stage.captions", self.stage.captions in CAPTION_STREAMS, f"must be one of {CAPTION_STREAMS}"),
+            ("stage.contrastive", self.stage.contrastive in ("auto", "clip", "siglip"), "must be auto, clip or siglip"),
+            ("stage.hard_negatives", self.stage.hard_negatives >= 0, "must be >= 0"),
+            ("data.format", self.data.format in ("auto", "parquet", "jsonl", "webdataset"), "must be auto, parquet, jsonl or webdataset"),
+            ("data.batch_size", self.data.batch_size > 0, "must be > 0"),
+            ("optim.betas", len(self.optim.betas) == 2, "must be two numbers"),
+            ("schedule.scheduler", self.schedule.scheduler in ("cosine", "constant"), "must be cosine or constant"),
+            ("runtime.mixed_precision", self.runtime.mixed_precision in MIXED_PRECISION, f"must be one of {MIXED_PRECISION}"),
+            ("runtime.gradient_accumulation_steps", self.runtime.gradient_accumulation_steps >= 1, "must be >= 1"),
+        ]
+        w = self.stage.w_schedule
+        checks.append(("stage.w_schedule", len(w) == 5 and 0.0 <= w[1] <= w[3] <= 1.0,
+                       "must be [w_start, p_hold, w_mid, p_ramp_end, w_final] with 0 <= p_hold <= p_ramp_end <= 1"))
+        for key, ok, message in checks:
+            if not ok:
+                raise ValueError(f"config key '{key}' {message} (got {_get(self, key)!r})")
+        if self.stage.name == "read" and self.stage.hard_negatives < 1:
+            raise ValueError("config key 'stage.hard_negatives' must be >= 1 for stage 'read'")
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
+    """Read a YAML recipe (or start from defaults), apply `--key=value` overrides, validate."""
+    config = PretrainConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+        for section, values in raw.items():
+            if section not in _sections():
+                raise ValueError(f"unknown config key '{section}'")
+            if not isinstance(values, dict):
+                raise ValueError(f"config section '{section}' must be a mapping")
+            for key, value in values.items():
+                set_value(config, f"{section}.{key}", value)
+        config.runtime.recipe = str(path)
+    for key, value in parse_overrides(overrides):
+        set_value(config, resolve_key(key), yaml.safe_load(value) if isinstance(value, str) else value)
+    return config.validate()
+
+
+def parse_overrides(args: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    """`--a.b=1 --c 2` -> [("a.b", "1"), ("c", "2")]."""
+    pairs, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"override '{arg}' must look like --key=value")
+        body = arg[2:]
+        if "=" in body:
+            key, value = body.split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            key, value = body, args[i + 1]
+            i += 1
+        else:
+            raise ValueError(f"override '{arg}' has no value (use --key=value)")
+        pairs.append((key.replace("-", "_"), value))
+        i += 1
+    return pairs
+
+
+def resolve_key(key: str) -> str:
+    """A dotted key stays; a bare field name maps to its section when it is unique."""
+    if "." in key:
+        return key
+    owners = [section for section, cls in _sections().items() if key in {f.name for f in dataclasses.fields(cls)}]
+    if len(owners) == 1:
+        return f"{owners[0]}.{key}"
+    if not owners:
+        raise ValueError(f"unknown config key '{key}'")
+    raise ValueError(f"config key '{key}' is ambiguous: use one of {[f'{o}.{key}' for o in owners]}")
+
+
+def set_value(config: PretrainConfig, dotted: str, value: Any) -> None:
+    section_name, _, key = dotted.partition(".")
+    if section_name not in _sections() or not key or "." in key:
+        raise ValueError(f"unknown config key '{dotted}'")
+    section = getattr(config, section_name)
+    hints = typing.get_type_hints(type(section))
+    if key not in hints:
+        raise ValueError(f"unknown config key '{dotted}'")
+    setattr(section, key, _coerce(value, hints[key], dotted))
+
+
+def _sections() -> dict[str, type]:
+    return {name: hint for name, hint in typing.get_type_hints(PretrainConfig).items()}
+
+
+def _get(config: PretrainConfig, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(config, section), key)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML value to the field type; fail with one line naming the key."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()] if value.strip() else []
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key '{key}' expects a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config key '{key}' expects {getattr(hint, '__name__', hint)}, got {value!r}") from None
+    raise TypeError(f"config key '{key}': unsupported field type {hint}")

@@ -1,0 +1,129 @@
+"""The stage objective: the encoder plus the loss terms of one stage, as one module with a forward.
+
+`StageObjective.forward(batch, step)` is the trainer's `compute_loss`: it encodes what the stage
+needs and returns (loss, {term: weighted value}). Wrapping the encoder and the loss in one module
+means DDP / DeepSpeed see a single forward per micro-batch (their gradient hooks need that), and
+accelerate's autocast covers the whole computation.
+
+The frozen T5 decoder (READ) and the L2 anchor's copy of theta0 are held outside the module tree, so
+they are never saved, broadcast by DDP, or handed to the optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..encoder.modeling import ReasonCLIPForPretraining
+from ..losses import (
+    CategoryLoss,
+    ClipLoss,
+    HardNegativeClipLoss,
+    L2AnchorLoss,
+    ParaphraseAlignmentLoss,
+    ReconstructionLoss,
+    SigLipLoss,
+)
+from .config import StageConfig
+from .schedule import dual_stream_weight
+
+
+class StageObjective(nn.Module):
+    """forward(batch, step) -> (total loss, {term name: weighted term}) for stage0/stage1/stage2/read."""
+
+    def __init__(
+        self,
+        encoder: ReasonCLIPForPretraining,
+        stage: StageConfig,
+        max_steps: int,
+        logit_scale_max: float | None,
+        t5: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.stage = stage
+        self.max_steps = max_steps
+        use_siglip = stage.contrastive == "siglip" or (stage.contrastive == "auto" and encoder.family == "siglip")
+        if use_siglip and stage.hard_negatives:
+            raise ValueError("config key 'stage.hard_negatives' needs the softmax (CLIP) loss; set stage.contrastive=clip")
+        # Loss modules without parameters or buffers; plain attributes would do, but submodules print nicely.
+        self.contrastive = SigLipLoss(logit_scale_max=logit_scale_max) if use_siglip else ClipLoss(logit_scale_max=logit_scale_max)
+        self.hard_negative = HardNegativeClipLoss(logit_scale_max=logit_scale_max)
+        self.alignment = ParaphraseAlignmentLoss(logit_scale_max=logit_scale_max)
+        self.category = CategoryLoss(stage.category_gamma)
+        terms: dict[str, Any] = {}
+        if stage.name == "stage1" and stage.anchor_beta > 0:
+            terms["anchor"] = L2AnchorLoss(encoder.backbone, beta=stage.anchor_beta)
+        if t5 is not None:
+            terms["reconstruction"] = ReconstructionLoss(t5)
+        # Not submodules: theta0 and T5 stay out of state_dict, DDP buffer broadcast and the optimizer.
+        object.__setattr__(self, "frozen_terms", terms)
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
+        for term in self.frozen_terms.values():
+            term._apply(fn)
+        return super()._apply(fn, recurse)
+
+    # ------------------------------------------------------------------ pieces
+    def _text(self, batch: dict[str, Tensor], prefix: str) -> tuple[Tensor, Tensor]:
+        embeds, pooled = self.encoder.encode_text(batch[f"{prefix}_input_ids"], batch.get(f"{prefix}_attention_mask"))
+        return embeds, pooled
+
+    def _contrastive(self, image: Tensor, text: Tensor) -> Tensor:
+        if isinstance(self.contrastive, SigLipLoss):
+            return self.contrastive(image, text, self.encoder.logit_scale, self.encoder.logit_bias)
+        return self.contrastive(image, text, self.encoder.logit_scale)
+
+    def stream_weight(self, step: int) -> float:
+        return dual_stream_weight(step / self.max_steps, self.stage.w_schedule)
+
+    # ------------------------------------------------------------------ the loss
+    def forward(self, batch: dict[str, Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        stage, encoder = self.stage, self.encoder
+        image_raw = encoder.encode_image(batch["pixel_values"])
+        image = F.normalize(image_raw, dim=-1)
+        parts: dict[str, Tensor] = {}
+
+        if stage.name == "stage1":
+            w = self.stream_weight(step)
+            # One text pass over [desc; reason]; the collator pads both streams to one length.
+            both = torch.cat([batch["desc_input_ids"], batch["reason_input_ids"]])
+            mask = torch.cat([batch["desc_attention_mask"], batch["reason_attention_mask"]])
+            desc, reason = F.normalize(encoder.encode_text(both, mask)[0], dim=-1).chunk(2)
+            parts["clip_descriptive"] = w * self._contrastive(image, desc)
+            parts["clip_reasoning"] = (1.0 - w) * self._contrastive(image, reason)
+            if "anchor" in self.frozen_terms:
+                parts["anchor"] = self.frozen_terms["anchor"]()
+
+        elif stage.name == "stage2":
+            text_raw, _ = self._text(batch, "reason")
+            parts["clip_reasoning"] = self._contrastive(image, F.normalize(text_raw, dim=-1))
+            image_logits, text_logits = encoder.category_logits(image_raw, text_raw)
+            parts["category"], _ = self.category(text_logits, batch["text_category"], image_logits, batch["image_categories"])
+
+        else:  # stage0 / read: one caption stream, optionally with k hard negatives per caption
+            if stage.hard_negatives:  # ReadDataset batches: caption_*, neg_*, paraphrase_*, recon_*
+                prefix = "caption"
+            else:
+                prefix = "reason" if stage.captions == "reasoning" else "desc"
+            text_raw, pooled = self._text(batch, prefix)
+            text = F.normalize(text_raw, dim=-1)
+            if stage.hard_negatives:
+                negatives = F.normalize(self._text(batch, "neg")[0], dim=-1)
+                parts["clip_hard_negatives"] = self.hard_negative(image, text, negatives, encoder.logit_scale)
+            else:
+                parts["clip"] = self._contrastive(image, text)
+            if stage.name == "read":
+                if "reconstruction" in self.frozen_terms:
+                    recon = self.frozen_terms["reconstruction"](
+                        pooled, encoder.recon_projector, batch["recon_labels"], batch.get("recon_attention_mask")
+                    )
+                    parts["reconstruction"] = stage.recon_weight * recon
+                if stage.align_weight > 0:
+                    paraphrase = F.normalize(self._text(batch, "paraphrase")[0], dim=-1)
+                    parts["alignment"] = stage.align_weight * self.alignment(paraphrase, text, encoder.logit_scale)
+
+        return torch.stack(list(parts.values())).sum(), parts

@@ -1,0 +1,353 @@
+"""The one pretraining trainer for every ReasonCLIP stage (stage0, stage1, stage2, read).
+
+A stage is a config (see config.py); this file builds the pieces it names and runs one loop:
+
+    model + stage terms -> StageObjective (objective.py), prepared by accelerate (DDP / DeepSpeed)
+    AdamW over named parameter groups (vision, text, logit_scale, heads), each with its own LR
+    warmup + cosine schedule, stepped once per optimizer step
+    checkpoints: output_dir/checkpoint-{step}/  = training checkpoint (model.save_pretrained, loadable by
+                 ReasonCLIPForPretraining.from_pretrained / AutoModel) + trainer_state/ (accelerate
+                 save_state: optimizer, scheduler, RNG states, model copy; plus step, sampler position and
+                 skipped-image count). Written to a temp dir and renamed, so a crash never leaves a
+                 half-written checkpoint-{step}.
+    final:       output_dir/final/ (training checkpoint, heads included; no trainer_state)
+
+Resume (`runtime.resume_from: <dir> | latest`) restores all of it, so on a CPU with a fixed seed the
+final weights equal an uninterrupted run's bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration, set_seed
+from torch import nn
+
+from ..encoder.modeling import HeadsConfig, ReasonCLIPForPretraining
+from ..losses import clamp_logit_scale_
+from .config import PretrainConfig
+from .objective import StageObjective
+from .schedule import build_lr_scheduler
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE = "trainer_state"
+FINAL_DIR = "final"
+
+# Parameter group -> name prefixes inside ReasonCLIPForPretraining (first match wins; the rest uses optim.lr).
+PARAM_GROUPS: dict[str, tuple[str, ...]] = {
+    "vision": ("backbone.vision_model.", "backbone.visual_projection."),
+    "text": ("backbone.text_model.", "backbone.text_projection."),
+    "logit_scale": ("backbone.logit_scale", "backbone.logit_bias"),
+    "heads": ("category_heads.", "recon_projector."),
+}
+
+
+# --------------------------------------------------------------------------- state that travels with checkpoints
+@dataclass
+class TrainingProgress:
+    """The run's position that accelerate does not save itself (registered for checkpointing)."""
+
+    step: int = 0  # optimizer steps done
+    data: dict[str, Any] = field(default_factory=dict)  # TrainData.state_dict(): exact sample position, skipped images
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "data": self.data}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.data = int(state["step"]), state["data"]
+
+
+# --------------------------------------------------------------------------- building blocks
+def stage_heads(config: PretrainConfig, t5_width: int | None) -> HeadsConfig:
+    """Training-only heads a stage needs: category heads (stage 2), the T5 projector (READ)."""
+    return HeadsConfig(category_heads=config.stage.name == "stage2", recon_dim=t5_width)
+
+
+def build_param_groups(model: ReasonCLIPForPretraining, optim) -> list[dict[str, Any]]:  # noqa: ANN001
+    """AdamW groups named `<group>` / `<group>_no_decay`, each with its configured LR.
+
+    No weight decay on 1-d tensors and scalars (biases, norms, logit_scale, logit_bias, class
+    embedding), as in open_clip.
+    """
+    groups: dict[str, dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        group = next((g for g, prefixes in PARAM_GROUPS.items() if name.startswith(prefixes)), "other")
+        lr = getattr(optim, f"lr_{group}", None)
+        decay = param.ndim >= 2
+        key = group if decay else f"{group}_no_decay"
+        entry = groups.setdefault(key, {"name": key, "params": [], "lr": optim.lr if lr is None else lr,
+                                        "weight_decay": optim.weight_decay if decay else 0.0})
+        entry["params"].append(param)
+    return list(groups.values())
+
+
+def build_accelerator(config: PretrainConfig) -> Accelerator:
+    runtime = config.runtime
+    plugin = None
+    if runtime.deepspeed:
+        if not Path(runtime.deepspeed).is_file():
+            raise FileNotFoundError(f"config key 'runtime.deepspeed': no DeepSpeed JSON at {runtime.deepspeed}")
+        plugin = DeepSpeedPlugin(
+            hf_ds_config=runtime.deepspeed,
+            gradient_accumulation_steps=runtime.gradient_accumulation_steps,
+            gradient_clipping=config.optim.max_grad_norm or 0.0,
+        )
+    report_to = [t for t in runtime.report_to if t]
+    accelerator = Accelerator(
+        mixed_precision=runtime.mixed_precision,
+        gradient_accumulation_steps=runtime.gradient_accumulation_steps,
+        deepspeed_plugin=plugin,
+        log_with=report_to or None,
+        project_config=ProjectConfiguration(project_dir=runtime.output_dir, logging_dir=str(Path(runtime.output_dir) / "logs")),
+        # We step the LR schedule ourselves once per optimizer step (accelerate would step it
+        # num_processes times per step, which assumes a schedule built in samples).
+        step_scheduler_with_optimizer=False,
+    )
+    if plugin is not None:
+        # The micro batch is ours (the dataloader is not prepared by accelerate), so "auto" cannot be resolved.
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = config.data.batch_size
+        ds_config["train_batch_size"] = config.data.batch_size * runtime.gradient_accumulation_steps * accelerator.num_processes
+        if ds_config.get("zero_optimization", {}).get("stage", 0) == 3 and config.stage.name == "stage1" and config.stage.anchor_beta > 0:
+            raise ValueError(f"{runtime.deepspeed}: ZeRO-3 partitions the weights the stage-1 L2 anchor reads; use ZeRO-2")
+    return accelerator
+
+
+def load_t5_decoder(config: PretrainConfig) -> nn.Module | None:
+    """The frozen T5 of READ's reconstruction term (None when the term is off)."""
+    if config.stage.name != "read" or config.stage.recon_weight <= 0:
+        return None
+    from transformers import T5ForConditionalGeneration
+
+    try:
+        t5 = T5ForConditionalGeneration.from_pretrained(config.stage.t5_model)
+    except OSError as error:
+        raise FileNotFoundError(f"config key 'stage.t5_model': cannot load '{config.stage.t5_model}': {error}") from None
+    t5.encoder = None  # only the decoder and lm_head run; the encoder's weights are never used
+    return t5.requires_grad_(False).eval()
+
+
+# --------------------------------------------------------------------------- checkpoints
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints (renamed into place) in step order."""
+    found = []
+    for path in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = path.name[len(CHECKPOINT_PREFIX):]
+        if path.is_dir() and suffix.isdigit() and (path / TRAINER_STATE).is_dir():
+            found.append((int(suffix), path))
+    return [path for _, path in sorted(found)]
+
+
+def resolve_resume(config: PretrainConfig) -> Path | None:
+    """The checkpoint dir named by runtime.resume_from ("latest": the newest one, or None if there is none)."""
+    resume = config.runtime.resume_from
+    if not resume:
+        return None
+    if resume == "latest":
+        checkpoints = list_checkpoints(Path(config.runtime.output_dir))
+        return checkpoints[-1] if checkpoints else None
+    path = Path(resume)
+    if not (path / TRAINER_STATE).is_dir():
+        raise FileNotFoundError(f"config key 'runtime.resume_from': {path} is not a checkpoint (no {TRAINER_STATE}/ inside)")
+    return path
+
+
+def save_checkpoint(accelerator: Accelerator, objective: nn.Module, config: PretrainConfig, step: int) -> Path:
+    """Write checkpoint-{step}/ atomically: everything goes to a temp dir that is renamed at the end."""
+    output_dir = Path(config.runtime.output_dir)
+    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = output_dir / f".tmp-{CHECKPOINT_PREFIX}{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / TRAINER_STATE))  # every rank writes its part (RNG, ZeRO shards)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(objective).encoder.save_pretrained(tmp, source=config.model.name_or_path)
+        if final.exists():  # a re-run over an old output_dir: replace, never merge
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _prune_checkpoints(output_dir, config.runtime.keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _prune_checkpoints(output_dir: Path, keep_last: int | None) -> None:
+    if keep_last is None or keep_last <= 0:
+        return
+    for old in list_checkpoints(output_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the run
+def pretrain(config: PretrainConfig) -> Path:
+    """Run one stage as configured; return output_dir/final (a training checkpoint, heads included)."""
+    from .data import build_train_data  # data plumbing: datasets, collator, resumable sampler
+
+    runtime, stage = config.runtime, config.stage
+    accelerator = build_accelerator(config)
+    set_seed(runtime.seed)
+    output_dir = Path(runtime.output_dir)
+
+    t5 = load_t5_decoder(config)
+    encoder = ReasonCLIPForPretraining.from_pretrained(
+        config.model.name_or_path, heads=stage_heads(config, t5.config.d_model if t5 is not None else None)
+    )
+    encoder.info.stage, encoder.info.recipe = stage.name, runtime.recipe or encoder.info.recipe
+    if config.optim.logit_scale_max is not None:
+        clamp_logit_scale_(encoder.logit_scale, config.optim.logit_scale_max)
+    if config.model.gradient_checkpointing:
+        encoder.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    data = build_train_data(config, encoder, accelerator.num_processes, accelerator.process_index)
+    accum = runtime.gradient_accumulation_steps
+    max_steps = resolve_max_steps(config, data.batches_per_epoch)
+    warmup = config.schedule.warmup_steps if config.schedule.warmup_steps is not None else round(config.schedule.warmup_ratio * max_steps)
+
+    objective = StageObjective(encoder, stage, max_steps, config.optim.logit_scale_max, t5=t5)
+    optimizer = torch.optim.AdamW(build_param_groups(encoder, config.optim), betas=tuple(config.optim.betas), eps=config.optim.eps)
+    scheduler = build_lr_scheduler(optimizer, config.schedule.scheduler, warmup, max_steps)
+    objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+    resume = resolve_resume(config)
+    if resume is not None:
+        accelerator.load_state(str(resume / TRAINER_STATE))
+        data.load_state_dict(progress.data)
+        accelerator.print(f"resumed from {resume} at step {progress.step}")
+    if progress.step >= max_steps and resume is not None:
+        accelerator.print(f"{resume} is already at max_steps={max_steps}")
+
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "pretrain_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    if accelerator.log_with:
+        accelerator.init_trackers("pretrain", config=_flat_hparams(config))
+    bar = _progress_bar(accelerator, runtime.progress_bar, progress.step, max_steps)
+
+    batches = data.batches(accelerator.device)
+    for step in range(progress.step, max_steps):
+        for _ in range(accum):
+            with accelerator.accumulate(objective):
+                loss, parts = objective(next(batches), step)
+                _stop_if_not_finite(accelerator, loss, step)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.optim.max_grad_norm:
+                    accelerator.clip_grad_norm_(objective.parameters(), config.optim.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if config.optim.logit_scale_max is not None:
+            clamp_logit_scale_(accelerator.unwrap_model(objective).encoder.logit_scale, config.optim.logit_scale_max)
+        progress.step, progress.data = step + 1, data.state_dict()
+
+        if step % runtime.log_every == 0 or step + 1 == max_steps:
+            _log(accelerator, loss, parts, scheduler, objective, step, bar)
+        bar.update(1)
+        if runtime.save_every and (step + 1) % runtime.save_every == 0 and step + 1 < max_steps:
+            save_checkpoint(accelerator, objective, config, step + 1)
+
+    bar.close()
+    final = output_dir / FINAL_DIR
+    if accelerator.is_main_process:
+        tmp = output_dir / f".tmp-{FINAL_DIR}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.unwrap_model(objective).encoder.save_pretrained(tmp, source=config.model.name_or_path)
+        (tmp / "training_summary.json").write_text(json.dumps({"steps": max_steps, "skipped_images": data.skipped_images}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final
+
+
+def resolve_max_steps(config: PretrainConfig, batches_per_epoch: int | None) -> int:
+    """Optimizer steps of the run: schedule.max_steps, else epochs * (batches per epoch / accumulation)."""
+    if config.schedule.max_steps is not None:
+        if config.schedule.max_steps < 1:
+            raise ValueError(f"config key 'schedule.max_steps' must be >= 1 (got {config.schedule.max_steps})")
+        return config.schedule.max_steps
+    if batches_per_epoch is None:
+        raise ValueError("config key 'schedule.max_steps' is required for a streaming dataset (webdataset) of unknown length")
+    steps = int(config.schedule.epochs * batches_per_epoch) // config.runtime.gradient_accumulation_steps
+    if steps < 1:
+        raise ValueError(
+            f"config key 'data.batch_size': {batches_per_epoch} batches per epoch give no optimizer step "
+            f"(epochs={config.schedule.epochs}, accumulation={config.runtime.gradient_accumulation_steps})"
+        )
+    return steps
+
+
+# --------------------------------------------------------------------------- small helpers
+def _stop_if_not_finite(accelerator: Accelerator, loss: torch.Tensor, step: int) -> None:
+    bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).item() else 1.0, device=loss.device)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, "sum")
+    if bad.item():
+        # Nothing is saved: the last good checkpoint stays the latest.
+        raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {step}; stopping without saving")
+
+
+def _log(accelerator, loss, parts, scheduler, objective, step, bar) -> None:  # noqa: ANN001
+    values = {"loss": loss.item(), **{f"loss/{k}": v.item() for k, v in parts.items()}}
+    for group, lr in zip(scheduler.scheduler.optimizer.param_groups if hasattr(scheduler, "scheduler") else scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+        values[f"lr/{group['name']}"] = lr
+    values["logit_scale"] = accelerator.unwrap_model(objective).encoder.logit_scale.item()
+    if accelerator.log_with:
+        accelerator.log(values, step=step)
+    bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+
+
+def _progress_bar(accelerator: Accelerator, enabled: bool, start: int, total: int):  # noqa: ANN202
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="pretrain", disable=not (enabled and accelerator.is_main_process), dynamic_ncols=True)
+
+
+def _flat_hparams(config: PretrainConfig) -> dict[str, Any]:
+    """TensorBoard hparams take scalars only."""
+    flat = {}
+    for section, values in config.to_dict().items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+# --------------------------------------------------------------------------- command line
+def pretrain_from_yaml(config_path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """`reasonclip pretrain CONFIG.yaml --key=value ...`: load, override, validate, train; returns final/."""
+    from .config import load_config
+
+    return pretrain(load_config(config_path, overrides))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m reasonclip_llava.pretrain` (launch scripts, torchrun)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m reasonclip_llava.pretrain", description="Run one ReasonCLIP pretraining stage.")
+    parser.add_argument("config", help="recipe YAML (train/stage1_b32.yaml, ...)")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="--section.key=value or --key=value")
+    args = parser.parse_args(argv)
+    try:
+        print(pretrain_from_yaml(args.config, args.overrides))
+    except (FileNotFoundError, ValueError, FloatingPointError) as error:
+        print(f"pretrain: error: {error}", file=sys.stderr)
+        return 2
+    return 0

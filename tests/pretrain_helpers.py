@@ -1,0 +1,57 @@
+"""Shared pieces of the pretraining tests: a tiny workspace, tiny-recipe overrides, single-thread runs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from reasonclip_llava.pretrain.demo import prepare_tiny_workspace, tiny_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_workspace(root: Path) -> dict[str, Path]:
+    """Tiny CLIP + 48 synthetic images (38 train rows) + tiny T5."""
+    return prepare_tiny_workspace(root, num_images=48)
+
+
+def stage_args(paths: dict[str, Path], stage: str, out_dir: Path, *extra: str, model: Path | None = None) -> list[str]:
+    """Overrides that point a tiny recipe (tiny_stage1 / tiny_stage2 / tiny_read) at the workspace."""
+    data = paths["reasonpro"] if stage == "stage2" else paths["reasonlite"]
+    args = [
+        f"--model.name_or_path={model or paths['clip']}",
+        f"--data.train={data}",
+        f"--runtime.output_dir={out_dir}",
+        "--data.batch_size=8",
+        "--runtime.report_to=",
+    ]
+    if stage == "read":
+        args.append(f"--stage.t5_model={paths['t5']}")
+    return [*args, *extra]
+
+
+def recipe(stage: str) -> Path:
+    return tiny_recipe({"stage1": "tiny_stage1", "stage2": "tiny_stage2", "read": "tiny_read", "stage0": "tiny_stage1"}[stage])
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Tiny models run fastest (and bit-reproducibly across processes) on one intra-op thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def checkpoint_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """Backbone and head tensors of a training checkpoint."""
+    tensors = dict(load_file(str(directory / "model.safetensors")))
+    if (directory / "heads.safetensors").is_file():
+        tensors.update({f"heads.{k}": v for k, v in load_file(str(directory / "heads.safetensors")).items()})
+    return tensors
