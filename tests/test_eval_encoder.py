@@ -90,6 +90,13 @@ def test_sugarcrepe_matches_reference_and_keeps_every_subset(embedder, reference
     saved = json.loads((tmp_path / "sugarcrepe.json").read_text())
     assert saved["benchmark"] == "sugarcrepe" and saved["model"] == Path(tiny_clip_dir).name and saved["timestamp"]
     assert saved["subsets"] == result["subsets"] and saved["micro"] == result["micro"]
+    # Per-item decisions next to it, one line per item, agreeing with the subset numbers.
+    items = [json.loads(line) for line in Path(saved["items_path"]).read_text().splitlines()]
+    assert len(items) == result["n_items"]
+    for name in compositional.SUGARCREPE_SUBSETS:
+        flags = [item["correct"] for item in items if item["subset"] == name]
+        assert pct(flags) == pytest.approx(expected[name])
+    assert all(item["correct"] == (item["scores"][0] > item["scores"][1]) for item in items)
 
 
 # ---- SugarCrepe++ -----------------------------------------------------------------------------------

@@ -69,6 +69,20 @@ def test_batch_size_does_not_change_results(tiny_clip_dir):
     assert torch.allclose(one.norm(dim=-1), torch.ones(len(refs)), atol=1e-5)  # L2-normalised
 
 
+def test_bfloat16_checkpoint_is_evaluated_in_its_dtype(tiny_clip_dir, tmp_path):
+    from transformers import CLIPModel
+
+    model_dir = Path(shutil.copytree(tiny_clip_dir, tmp_path / "bf16"))
+    CLIPModel.from_pretrained(model_dir).to(torch.bfloat16).save_pretrained(model_dir)
+    embedder = EncoderEmbedder.from_pretrained(model_dir)
+    assert embedder.model.dtype == torch.bfloat16
+    ref = [ImageRef((IMAGES / "val2017" / "000000000001.jpg").resolve())]
+    reference = EncoderEmbedder.from_pretrained(tiny_clip_dir).embed_images(ref)
+    embedding = embedder.embed_images(ref)
+    assert embedding.dtype == torch.float32 and torch.allclose(embedding, reference, atol=0.05)
+    assert EncoderEmbedder.from_pretrained(model_dir, dtype="float32").model.dtype == torch.float32
+
+
 class TensorReturningClip(torch.nn.Module):
     """A dual encoder with the transformers-4 API: get_*_features return plain tensors."""
 

@@ -94,6 +94,7 @@ def evaluate_encoder(
 
     started = time.perf_counter()
     scores = BENCHMARKS[name](embedder, data, images)
+    items = scores.pop("items", [])
     record = {
         "format": RESULT_FORMAT,
         "model": model_name or model_dir.name,
@@ -108,16 +109,20 @@ def evaluate_encoder(
         "embedding": embedder.stats(),
     }
     if out_dir is not None:
+        record["items_path"] = str(_write_atomic(Path(out_dir) / f"{name}_items.jsonl",
+                                                 "".join(json.dumps(item) + "\n" for item in items)))
         record["path"] = str(write_result(record, out_dir))
     return record
 
 
 def write_result(record: dict, out_dir: str | Path) -> Path:
     """Write <out_dir>/<benchmark>.json atomically (a crash never leaves half a file behind)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{record['benchmark']}.json"
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return _write_atomic(Path(out_dir) / f"{record['benchmark']}.json", json.dumps(record, indent=2) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
     return path

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .embed import EncoderEmbedder
-from .scoring import MatchItem, option_scores, prefetch, summarize
+from .scoring import MatchItem, item_rows, option_scores, prefetch, summarize
 from .sources import (
     field,
     find_image,
@@ -64,13 +64,15 @@ def sugarcrepe(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
             items.append(MatchItem(str(key), image, (text_field(row, "caption", where), text_field(row, "negative_caption", where))))
         parsed[name] = _require_items(items, path)
     prefetch(embedder, parsed)
-    subsets = {}
+    subsets, rows = {}, []
     for name, items in parsed.items():
         scores = option_scores(embedder, items)
-        subsets[name] = {"n": len(items), "accuracy": percent((scores[:, 0] > scores[:, 1]).sum(), len(items))}
+        correct = scores[:, 0] > scores[:, 1]
+        subsets[name] = {"n": len(items), "accuracy": percent(correct.sum(), len(items))}
+        rows += item_rows(name, items, scores, correct=correct)
     groups = {group: mean([subsets[s]["accuracy"] for s in members])
               for group, members in SUGARCREPE_GROUPS.items() if all(s in subsets for s in members)}
-    return summarize(subsets, {"SugarCrepe": ("macro", "accuracy")}, groups=groups)
+    return summarize(subsets, {"SugarCrepe": ("macro", "accuracy")}, rows, groups=groups)
 
 
 # ---- SugarCrepe++ -----------------------------------------------------------------------------------
@@ -94,7 +96,7 @@ def sugarcrepe_pp(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
             items.append(MatchItem(str(row.get("id", index)), image, texts))
         parsed[name] = _require_items(items, path)
     prefetch(embedder, parsed)
-    subsets = {}
+    subsets, rows = {}, []
     for name, items in parsed.items():
         image_text = option_scores(embedder, items)  # columns: P1, P2, N
         p1, p2, neg = (embedder.embed_texts([item.texts[k] for item in items]) for k in range(3))
@@ -102,7 +104,9 @@ def sugarcrepe_pp(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
         itt = (image_text[:, 0] > image_text[:, 2]) & (image_text[:, 1] > image_text[:, 2])
         tot = (p1_p2 > p1_n) & (p1_p2 > p2_n)
         subsets[name] = {"n": len(items), "itt": percent(itt.sum(), len(items)), "tot": percent(tot.sum(), len(items))}
-    return summarize(subsets, {"SugarCrepe++ ITT": ("macro", "itt"), "SugarCrepe++ TOT": ("macro", "tot")})
+        text_text = torch.stack([p1_p2, p1_n, p2_n], dim=1).tolist()
+        rows += item_rows(name, items, image_text, itt=itt, tot=tot, text_scores=[[round(v, 6) for v in r] for r in text_text])
+    return summarize(subsets, {"SugarCrepe++ ITT": ("macro", "itt"), "SugarCrepe++ TOT": ("macro", "tot")}, rows)
 
 
 # ---- WhatsUp ----------------------------------------------------------------------------------------
@@ -146,11 +150,13 @@ def whatsup(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
             raise ValueError(f"{path}: expected a list of items, got {type(rows).__name__}")
         parsed[name] = _require_items([_whatsup_item(name, row, i, path, images) for i, row in enumerate(rows)], path)
     prefetch(embedder, parsed)
-    subsets = {}
+    subsets, rows = {}, []
     for name, items in parsed.items():
-        correct = option_scores(embedder, items).argmax(dim=1) == 0  # argmax takes the first of tied maxima
+        scores = option_scores(embedder, items)
+        correct = scores.argmax(dim=1) == 0  # argmax takes the first of tied maxima
         subsets[name] = {"n": len(items), "accuracy": percent(correct.sum(), len(items))}
-    return summarize(subsets, {"WhatsUp": ("macro", "accuracy")})
+        rows += item_rows(name, items, scores, correct=correct)
+    return summarize(subsets, {"WhatsUp": ("macro", "accuracy")}, rows)
 
 
 # ---- VALSE ------------------------------------------------------------------------------------------
@@ -190,12 +196,13 @@ def valse(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
             items.append(MatchItem(str(key), find_image(images, candidates + [image_file], where), (caption, foil)))
         parsed[path.stem] = _require_items(items, path)
     prefetch(embedder, parsed)
-    subsets = {}
+    subsets, rows = {}, []
     for name, items in parsed.items():
         scores = option_scores(embedder, items)
-        subsets[name] = {"n": len(items), "n_dropped": dropped[name],
-                         "accuracy": percent((scores[:, 0] > scores[:, 1]).sum(), len(items))}
-    return summarize(subsets, {"VALSE": ("macro", "accuracy")}, n_dropped=sum(dropped.values()))
+        correct = scores[:, 0] > scores[:, 1]
+        subsets[name] = {"n": len(items), "n_dropped": dropped[name], "accuracy": percent(correct.sum(), len(items))}
+        rows += item_rows(name, items, scores, correct=correct)
+    return summarize(subsets, {"VALSE": ("macro", "accuracy")}, rows, n_dropped=sum(dropped.values()))
 
 
 # ---- CREPE ------------------------------------------------------------------------------------------
@@ -232,12 +239,13 @@ def crepe(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
         name = path.relative_to(data).with_suffix("").as_posix() if data.is_dir() else path.stem
         parsed[name] = _require_items([_crepe_item(row, i, path, images) for i, row in enumerate(read_csv(path))], path)
     prefetch(embedder, parsed)
-    subsets = {}
+    subsets, rows = {}, []
     for name, items in parsed.items():
         scores = option_scores(embedder, items)
         rank = (scores[:, 1:] > scores[:, :1]).sum(dim=1)  # -inf padding never outranks
         subsets[name] = {"n": len(items), **{f"recall@{k}": percent((rank < k).sum(), len(items)) for k in CREPE_RECALL_AT}}
-    return summarize(subsets, {"CREPE R@1": ("macro", "recall@1")})
+        rows += item_rows(name, items, scores, rank=rank)
+    return summarize(subsets, {"CREPE R@1": ("macro", "recall@1")}, rows)
 
 
 # ---- Winoground -------------------------------------------------------------------------------------
@@ -250,34 +258,35 @@ def _winoground_image(images: Path, name: str, where: str):
 def winoground(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
     """examples.jsonl {id, image_0, image_1, caption_0, caption_1}; text / image / group scores."""
     path = data / "examples.jsonl" if data.is_dir() else data
-    rows = read_jsonl(path)
-    items = []  # per example: (c0, c1) against image_0 and image_1
-    tags = []
-    for index, row in enumerate(rows):
-        where = f"{path} id {row.get('id', index) if isinstance(row, dict) else index}"
-        captions = (text_field(row, "caption_0", where), text_field(row, "caption_1", where))
+    examples = read_jsonl(path)
+    items, ids, tags = [], [], []  # two items per example: (caption_0, caption_1) against image_0, image_1
+    for index, example in enumerate(examples):
+        ids.append(str(example.get("id", index)) if isinstance(example, dict) else str(index))
+        where = f"{path} id {ids[-1]}"
+        captions = (text_field(example, "caption_0", where), text_field(example, "caption_1", where))
         for key in ("image_0", "image_1"):
-            items.append(MatchItem(f"{row.get('id', index)}/{key}", _winoground_image(images, text_field(row, key, where), where), captions))
-        tags.append(row.get("collapsed_tag"))
+            image = _winoground_image(images, text_field(example, key, where), where)
+            items.append(MatchItem(f"{ids[-1]}/{key}", image, captions))
+        tags.append(example.get("collapsed_tag"))
     _require_items(items, path)
     prefetch(embedder, {"all": items})
     scores = option_scores(embedder, items).view(-1, 2, 2)  # [example, image, caption]
     c0_i0, c1_i0, c0_i1, c1_i1 = scores[:, 0, 0], scores[:, 0, 1], scores[:, 1, 0], scores[:, 1, 1]
-    text = (c0_i0 > c1_i0) & (c1_i1 > c0_i1)
-    image = (c0_i0 > c0_i1) & (c1_i1 > c1_i0)
-    group = text & image
+    flags = {"text": (c0_i0 > c1_i0) & (c1_i1 > c0_i1), "image": (c0_i0 > c0_i1) & (c1_i1 > c1_i0)}
+    flags["group"] = flags["text"] & flags["image"]
     # Subsets by collapsed_tag (Object / Relation / Both) when every row has one; the headline is over all.
-    use_tags = all(isinstance(tag, str) and tag for tag in tags)
+    if not all(isinstance(tag, str) and tag for tag in tags):
+        tags = ["all"] * len(tags)
     by_tag: dict[str, list[int]] = defaultdict(list)
     for index, tag in enumerate(tags):
-        by_tag[tag if use_tags else "all"].append(index)
-    subsets = {}
-    for tag, indices in sorted(by_tag.items()):
-        picked = torch.tensor(indices)
-        subsets[tag] = {"n": len(indices), **{name: percent(flags[picked].sum(), len(indices))
-                                              for name, flags in (("text", text), ("image", image), ("group", group))}}
-    headline = {f"Winoground {name}": ("micro", name) for name in ("text", "image", "group")}
-    return summarize(subsets, headline)
+        by_tag[tag].append(index)
+    subsets = {tag: {"n": len(indices), **{name: percent(flag[torch.tensor(indices)].sum(), len(indices)) for name, flag in flags.items()}}
+               for tag, indices in sorted(by_tag.items())}
+    rows = [{"subset": tag, "id": example_id, **{name: bool(flag[i]) for name, flag in flags.items()},
+             "scores": [[round(v, 6) for v in pair] for pair in scores[i].tolist()]}
+            for i, (example_id, tag) in enumerate(zip(ids, tags))]
+    headline = {f"Winoground {name}": ("micro", name) for name in flags}
+    return summarize(subsets, headline, rows)
 
 
 # ---- ARO (VG-Relation, VG-Attribution) ---------------------------------------------------------------
@@ -307,10 +316,11 @@ def aro(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
                 groups[name].append("_".join(map(str, attributes)))
         parsed[name] = _require_items(items, path)
     prefetch(embedder, parsed)
-    subsets = {}
+    subsets, rows = {}, []
     for name, items in parsed.items():
         scores = option_scores(embedder, items)
         correct = (scores[:, 0] > scores[:, 1]).tolist()
+        rows += item_rows(name, items, scores, correct=correct, group=groups[name])
         by_group: dict[str, list[bool]] = defaultdict(list)
         for group, flag in zip(groups[name], correct):
             by_group[group].append(flag)
@@ -323,7 +333,7 @@ def aro(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
         if name in subsets:
             subset = subsets[name]
             headline[label] = subset["macro_accuracy"] if subset["macro_accuracy"] is not None else subset["accuracy"]
-    result = summarize(subsets, {})
+    result = summarize(subsets, {}, rows)
     result["headline"] = headline
     return result
 
@@ -388,7 +398,7 @@ def rclip_bench(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
             by_category[category].append((MatchItem(str(row.get("id", index)), image, tuple(_rclip_options(row, where))), answer))
     parsed = {c: [item for item, _ in by_category[c]] for c in RCLIP_CATEGORIES if c in by_category}
     prefetch(embedder, parsed)
-    subsets = {}
+    subsets, rows = {}, []
     for category, items in parsed.items():
         scores = option_scores(embedder, items)
         answers = torch.tensor([answer for _, answer in by_category[category]])
@@ -396,4 +406,5 @@ def rclip_bench(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
         correct = (scores > correct_score).sum(dim=1) == 0  # ties with a wrong option count as wrong
         correct &= (scores == correct_score).sum(dim=1) == 1
         subsets[category] = {"n": len(items), "accuracy": percent(correct.sum(), len(items))}
-    return summarize(subsets, {"RCLIP-Bench": ("micro", "accuracy")})
+        rows += item_rows(category, items, scores, answer=answers, correct=correct)
+    return summarize(subsets, {"RCLIP-Bench": ("micro", "accuracy")}, rows)

@@ -60,6 +60,7 @@ class EncoderEmbedder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval().to(device)
+        self.dtype = next(model.parameters()).dtype
         self.image_processor = image_processor
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -72,14 +73,18 @@ class EncoderEmbedder:
         self.texts_encoded = 0
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, *, batch_size: int = 64, device: str = "cpu") -> EncoderEmbedder:
-        """Load a local CLIPModel / SiglipModel checkpoint with its image processor and (if present) tokenizer."""
+    def from_pretrained(cls, model_dir: str | Path, *, batch_size: int = 64, device: str = "cpu",
+                        dtype: str | torch.dtype | None = None) -> EncoderEmbedder:
+        """Load a local CLIPModel / SiglipModel checkpoint with its image processor and (if present) tokenizer.
+
+        dtype: None keeps the checkpoint's dtype (transformers' "auto"); e.g. "float32" forces one.
+        """
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"not a model checkpoint (no config.json): {model_dir}")
-        model = AutoModel.from_pretrained(model_dir)
+        model = AutoModel.from_pretrained(model_dir, **({"dtype": dtype} if dtype is not None else {}))
         for method in ("get_image_features", "get_text_features"):
             if not hasattr(model, method):
                 raise ValueError(f"{model_dir}: {type(model).__name__} has no {method}; expected a CLIP/SigLIP dual encoder")
@@ -111,7 +116,7 @@ class EncoderEmbedder:
 
     def stats(self) -> dict:
         return {"images_encoded": self.images_encoded, "texts_encoded": self.texts_encoded,
-                "batch_size": self.batch_size, "device": str(self.device)}
+                "batch_size": self.batch_size, "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
 
     def provenance(self) -> dict:
         """ReasonCLIP provenance fields of config.json (base model, stage, recipe), if the export wrote them."""
@@ -123,7 +128,9 @@ class EncoderEmbedder:
     @torch.no_grad()
     def _encode_images(self, images: list[Image.Image]) -> torch.Tensor:
         inputs = self.image_processor(images=images, return_tensors="pt")
-        inputs = {key: value.to(self.device) for key, value in inputs.items() if isinstance(value, torch.Tensor)}
+        # Pixels follow the weights' dtype (a bf16 checkpoint loads as bf16); masks and shapes stay as they are.
+        inputs = {key: value.to(self.device, self.dtype) if value.is_floating_point() else value.to(self.device)
+                  for key, value in inputs.items() if isinstance(value, torch.Tensor)}
         features = _features(self.model.get_image_features(**inputs))
         return F.normalize(features.float(), dim=-1).cpu()
 

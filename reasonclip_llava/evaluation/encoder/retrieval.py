@@ -69,7 +69,9 @@ def retrieval(embedder: EncoderEmbedder, data: Path, images: Path, *, split: str
     metrics |= {f"t2i_recall@{k}": percent((t2i < k).sum(), len(texts)) for k in RECALL_AT}
     metrics["mean_recall"] = sum(metrics.values()) / len(metrics)
     headline = {f"{label} I2T R@1": ("micro", "i2t_recall@1"), f"{label} T2I R@1": ("micro", "t2i_recall@1")}
-    return summarize({split: {"n": len(refs), "n_texts": len(texts), **metrics}}, headline)
+    rows = [{"subset": "image_to_text", "id": ref.path.name, "rank": int(rank)} for ref, rank in zip(refs, i2t)]
+    rows += [{"subset": "text_to_image", "id": index, "text": text, "rank": int(rank)} for index, (text, rank) in enumerate(zip(texts, t2i))]
+    return summarize({split: {"n": len(refs), "n_texts": len(texts), **metrics}}, headline, rows)
 
 
 def coco_retrieval(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:

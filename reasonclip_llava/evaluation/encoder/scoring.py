@@ -40,10 +40,25 @@ def option_scores(embedder: EncoderEmbedder, items: Sequence[MatchItem]) -> torc
     return scores
 
 
-def summarize(subsets: dict[str, dict], headline: Mapping[str, tuple[str, str]], **extra) -> dict:
+def item_rows(subset: str, items: Sequence[MatchItem], scores: torch.Tensor | None = None, **values) -> list[dict]:
+    """Per-item records (id, decision, similarities) so a run can be compared item by item with another scorer."""
+    rows = []
+    for index, item in enumerate(items):
+        row = {"subset": subset, "id": item.id}
+        for key, column in values.items():
+            value = column[index]
+            row[key] = value.item() if isinstance(value, torch.Tensor) else value
+        if scores is not None:
+            row["scores"] = [round(float(s), 6) for s in scores[index] if s != float("-inf")]
+        rows.append(row)
+    return rows
+
+
+def summarize(subsets: dict[str, dict], headline: Mapping[str, tuple[str, str]], items: list[dict] | None = None, **extra) -> dict:
     """Add macro (mean over subsets) and micro (mean over items) averages of every numeric metric.
 
     headline maps a report column label to (average, metric), e.g. {"SugarCrepe": ("macro", "accuracy")}.
+    items: per-item records, written next to the result JSON as <benchmark>_items.jsonl.
     """
     # Counts ("n", "n_dropped", ...) are not metrics; everything else numeric (or None) is averaged.
     metrics = [key for key in next(iter(subsets.values())) if key != "n" and not key.startswith("n_")]
@@ -63,5 +78,6 @@ def summarize(subsets: dict[str, dict], headline: Mapping[str, tuple[str, str]],
         "micro": micro,
         "n_items": total,
         "headline": {label: averages[average][metric] for label, (average, metric) in headline.items()},
+        "items": items or [],
         **extra,
     }

@@ -77,4 +77,6 @@ def zeroshot(embedder: EncoderEmbedder, data: Path | None, images: Path) -> dict
         mask = labels_t == label
         subsets[folder] = {"n": int(mask.sum()), **{f"top{k}": percent((rank[mask] < k).sum(), int(mask.sum())) for k in TOP_K}}
     title = str(config.get("name") or images.name)
-    return summarize(subsets, {f"{title} top-1": ("micro", "top1")}, classnames=names, templates=templates)
+    rows = [{"subset": folders[label], "id": str(ref.path.relative_to(images.resolve())), "rank": int(r),
+             "predicted": folders[int(logits[i].argmax())]} for i, (ref, label, r) in enumerate(zip(refs, labels, rank))]
+    return summarize(subsets, {f"{title} top-1": ("micro", "top1")}, rows, classnames=names, templates=templates)
