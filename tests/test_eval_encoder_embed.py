@@ -156,6 +156,12 @@ def copy_fixture(tmp_path: Path, name: str) -> Path:
     return Path(shutil.copytree(FIXTURES / name, tmp_path / name))
 
 
+def test_every_benchmark_documents_its_data_layout():
+    from reasonclip_llava.evaluation.encoder import BENCHMARKS, DATA_LAYOUT
+
+    assert set(DATA_LAYOUT) == set(BENCHMARKS)
+
+
 def test_unknown_benchmark_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown benchmark 'imagenet-sketch'.*sugarcrepe"):
         resolve_benchmark("imagenet-sketch")

@@ -38,6 +38,24 @@ BENCHMARKS: dict[str, BenchmarkFn] = {
     "zeroshot": zeroshot,
 }
 
+# What --data and --images point at, per benchmark (released formats; images are separate downloads).
+DATA_LAYOUT = {
+    "sugarcrepe": "--data: folder of add_att.json ... swap_obj.json (7) or one of them; --images: COCO val2017/",
+    "sugarcrepe_pp": "--data: folder of replace_att.json ... swap_obj.json (5) or one of them; --images: COCO val2017/",
+    "whatsup": "--data: folder of controlled_images_dataset.json, controlled_clevr_dataset.json, coco_qa_{one,two}_obj.json, "
+               "vg_qa_{one,two}_obj.json; --images: root holding controlled_images/, controlled_clevr/, val2017/, vg_images/",
+    "valse": "--data: folder of the piece JSONs (existence.json, ...) or one; --images: root with <dataset>/<image_file> or <image_file>",
+    "crepe": "--data: folder of prod_vg_hard_negs_*.csv (searched recursively) or one CSV; --images: Visual Genome "
+             "(<id>.jpg, VG_100K/, VG_100K_2/)",
+    "winoground": "--data: examples.jsonl (or its folder); --images: folder of <image_0>.png",
+    "aro": "--data: folder with visual_genome_relation.json and visual_genome_attribution.json; --images: their images/ folder",
+    "rclip_bench": "--data: parquet file or folder (image_path, category S/A/H/T/P, options[5], answer); --images: CC12M root",
+    "retrieval": "--data: Karpathy dataset_*.json (split 'test'); --images: root of <filepath>/<filename>",
+    "coco_retrieval": "--data: dataset_coco.json; --images: COCO root holding val2014/",
+    "flickr30k_retrieval": "--data: dataset_flickr30k.json; --images: flickr30k-images/",
+    "zeroshot": "--data: optional JSON {name, classnames, templates}; --images: ImageFolder root <class>/<image>",
+}
+
 ALIASES = {
     "sugarcrepe++": "sugarcrepe_pp",
     "scpp": "sugarcrepe_pp",
@@ -50,7 +68,7 @@ ALIASES = {
     "zeroshot_classification": "zeroshot",
 }
 
-__all__ = ["BENCHMARKS", "EncoderEmbedder", "ImageRef", "evaluate_encoder", "resolve_benchmark", "write_result"]
+__all__ = ["BENCHMARKS", "DATA_LAYOUT", "EncoderEmbedder", "ImageRef", "evaluate_encoder", "resolve_benchmark", "write_result"]
 
 
 def resolve_benchmark(name: str) -> str:

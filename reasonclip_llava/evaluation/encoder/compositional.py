@@ -54,25 +54,25 @@ def sugarcrepe(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
     """{id: {filename, caption, negative_caption}} per subset; right when sim(I, caption) > sim(I, negative)."""
     parsed = {}
     for name, path in subset_files(data, SUGARCREPE_SUBSETS).items():
-        rows = read_json(path)
-        if not isinstance(rows, dict):
-            raise ValueError(f"{path}: expected an object {{id: item}}, got {type(rows).__name__}")
+        entries = read_json(path)
+        if not isinstance(entries, dict):
+            raise ValueError(f"{path}: expected an object {{id: item}}, got {type(entries).__name__}")
         items = []
-        for key, row in rows.items():
+        for key, row in entries.items():
             where = f"{path} item {key}"
             image = find_image(images, [text_field(row, "filename", where)], where)
             items.append(MatchItem(str(key), image, (text_field(row, "caption", where), text_field(row, "negative_caption", where))))
         parsed[name] = _require_items(items, path)
     prefetch(embedder, parsed)
-    subsets, rows = {}, []
+    subsets, item_records = {}, []
     for name, items in parsed.items():
         scores = option_scores(embedder, items)
         correct = scores[:, 0] > scores[:, 1]
         subsets[name] = {"n": len(items), "accuracy": percent(correct.sum(), len(items))}
-        rows += item_rows(name, items, scores, correct=correct)
+        item_records += item_rows(name, items, scores, correct=correct)
     groups = {group: mean([subsets[s]["accuracy"] for s in members])
               for group, members in SUGARCREPE_GROUPS.items() if all(s in subsets for s in members)}
-    return summarize(subsets, {"SugarCrepe": ("macro", "accuracy")}, rows, groups=groups)
+    return summarize(subsets, {"SugarCrepe": ("macro", "accuracy")}, item_records, groups=groups)
 
 
 # ---- SugarCrepe++ -----------------------------------------------------------------------------------
@@ -84,19 +84,19 @@ def sugarcrepe_pp(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
     """[{id, filename, caption, caption2, negative_caption}] per subset; ITT and TOT as in EVAL.md."""
     parsed = {}
     for name, path in subset_files(data, SUGARCREPE_PP_SUBSETS).items():
-        rows = read_json(path)
-        rows = list(rows.values()) if isinstance(rows, dict) else rows
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a list of items, got {type(rows).__name__}")
+        entries = read_json(path)
+        entries = list(entries.values()) if isinstance(entries, dict) else entries
+        if not isinstance(entries, list):
+            raise ValueError(f"{path}: expected a list of items, got {type(entries).__name__}")
         items = []
-        for index, row in enumerate(rows):
+        for index, row in enumerate(entries):
             where = f"{path} item {row.get('id', index) if isinstance(row, dict) else index}"
             image = find_image(images, [text_field(row, "filename", where)], where)
             texts = tuple(text_field(row, key, where) for key in ("caption", "caption2", "negative_caption"))
             items.append(MatchItem(str(row.get("id", index)), image, texts))
         parsed[name] = _require_items(items, path)
     prefetch(embedder, parsed)
-    subsets, rows = {}, []
+    subsets, item_records = {}, []
     for name, items in parsed.items():
         image_text = option_scores(embedder, items)  # columns: P1, P2, N
         p1, p2, neg = (embedder.embed_texts([item.texts[k] for item in items]) for k in range(3))
@@ -105,8 +105,8 @@ def sugarcrepe_pp(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
         tot = (p1_p2 > p1_n) & (p1_p2 > p2_n)
         subsets[name] = {"n": len(items), "itt": percent(itt.sum(), len(items)), "tot": percent(tot.sum(), len(items))}
         text_text = torch.stack([p1_p2, p1_n, p2_n], dim=1).tolist()
-        rows += item_rows(name, items, image_text, itt=itt, tot=tot, text_scores=[[round(v, 6) for v in r] for r in text_text])
-    return summarize(subsets, {"SugarCrepe++ ITT": ("macro", "itt"), "SugarCrepe++ TOT": ("macro", "tot")}, rows)
+        item_records += item_rows(name, items, image_text, itt=itt, tot=tot, text_scores=[[round(v, 6) for v in r] for r in text_text])
+    return summarize(subsets, {"SugarCrepe++ ITT": ("macro", "itt"), "SugarCrepe++ TOT": ("macro", "tot")}, item_records)
 
 
 # ---- WhatsUp ----------------------------------------------------------------------------------------
@@ -145,18 +145,18 @@ def whatsup(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
     """Controlled-A/B, COCO-QA and VG-QA one/two objects; the first option is correct; macro over subsets."""
     parsed = {}
     for name, path in subset_files(data, tuple(WHATSUP_FILES), file_names=WHATSUP_FILES).items():
-        rows = read_json(path)
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a list of items, got {type(rows).__name__}")
-        parsed[name] = _require_items([_whatsup_item(name, row, i, path, images) for i, row in enumerate(rows)], path)
+        entries = read_json(path)
+        if not isinstance(entries, list):
+            raise ValueError(f"{path}: expected a list of items, got {type(entries).__name__}")
+        parsed[name] = _require_items([_whatsup_item(name, row, i, path, images) for i, row in enumerate(entries)], path)
     prefetch(embedder, parsed)
-    subsets, rows = {}, []
+    subsets, item_records = {}, []
     for name, items in parsed.items():
         scores = option_scores(embedder, items)
         correct = scores.argmax(dim=1) == 0  # argmax takes the first of tied maxima
         subsets[name] = {"n": len(items), "accuracy": percent(correct.sum(), len(items))}
-        rows += item_rows(name, items, scores, correct=correct)
-    return summarize(subsets, {"WhatsUp": ("macro", "accuracy")}, rows)
+        item_records += item_rows(name, items, scores, correct=correct)
+    return summarize(subsets, {"WhatsUp": ("macro", "accuracy")}, item_records)
 
 
 # ---- VALSE ------------------------------------------------------------------------------------------
@@ -179,11 +179,11 @@ def valse(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
         raise FileNotFoundError(f"no VALSE piece files (*.json) at {data}")
     parsed, dropped = {}, {}
     for path in files:
-        rows = read_json(path)
-        if not isinstance(rows, dict):
-            raise ValueError(f"{path}: expected an object {{id: item}}, got {type(rows).__name__}")
+        entries = read_json(path)
+        if not isinstance(entries, dict):
+            raise ValueError(f"{path}: expected an object {{id: item}}, got {type(entries).__name__}")
         items, dropped[path.stem] = [], 0
-        for key, row in rows.items():
+        for key, row in entries.items():
             where = f"{path} item {key}"
             votes = field(field(row, "mturk", where, dict), "caption", f"{where} mturk", (int, float))
             if votes < VALSE_MIN_VOTES:
@@ -196,13 +196,13 @@ def valse(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
             items.append(MatchItem(str(key), find_image(images, candidates + [image_file], where), (caption, foil)))
         parsed[path.stem] = _require_items(items, path)
     prefetch(embedder, parsed)
-    subsets, rows = {}, []
+    subsets, item_records = {}, []
     for name, items in parsed.items():
         scores = option_scores(embedder, items)
         correct = scores[:, 0] > scores[:, 1]
         subsets[name] = {"n": len(items), "n_dropped": dropped[name], "accuracy": percent(correct.sum(), len(items))}
-        rows += item_rows(name, items, scores, correct=correct)
-    return summarize(subsets, {"VALSE": ("macro", "accuracy")}, rows, n_dropped=sum(dropped.values()))
+        item_records += item_rows(name, items, scores, correct=correct)
+    return summarize(subsets, {"VALSE": ("macro", "accuracy")}, item_records, n_dropped=sum(dropped.values()))
 
 
 # ---- CREPE ------------------------------------------------------------------------------------------
@@ -239,13 +239,13 @@ def crepe(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
         name = path.relative_to(data).with_suffix("").as_posix() if data.is_dir() else path.stem
         parsed[name] = _require_items([_crepe_item(row, i, path, images) for i, row in enumerate(read_csv(path))], path)
     prefetch(embedder, parsed)
-    subsets, rows = {}, []
+    subsets, item_records = {}, []
     for name, items in parsed.items():
         scores = option_scores(embedder, items)
         rank = (scores[:, 1:] > scores[:, :1]).sum(dim=1)  # -inf padding never outranks
         subsets[name] = {"n": len(items), **{f"recall@{k}": percent((rank < k).sum(), len(items)) for k in CREPE_RECALL_AT}}
-        rows += item_rows(name, items, scores, rank=rank)
-    return summarize(subsets, {"CREPE R@1": ("macro", "recall@1")}, rows)
+        item_records += item_rows(name, items, scores, rank=rank)
+    return summarize(subsets, {"CREPE R@1": ("macro", "recall@1")}, item_records)
 
 
 # ---- Winoground -------------------------------------------------------------------------------------
@@ -282,11 +282,11 @@ def winoground(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
         by_tag[tag].append(index)
     subsets = {tag: {"n": len(indices), **{name: percent(flag[torch.tensor(indices)].sum(), len(indices)) for name, flag in flags.items()}}
                for tag, indices in sorted(by_tag.items())}
-    rows = [{"subset": tag, "id": example_id, **{name: bool(flag[i]) for name, flag in flags.items()},
-             "scores": [[round(v, 6) for v in pair] for pair in scores[i].tolist()]}
-            for i, (example_id, tag) in enumerate(zip(ids, tags))]
+    item_records = [{"subset": tag, "id": example_id, **{name: bool(flag[i]) for name, flag in flags.items()},
+                     "scores": [[round(v, 6) for v in pair] for pair in scores[i].tolist()]}  # [image][caption]
+                    for i, (example_id, tag) in enumerate(zip(ids, tags))]
     headline = {f"Winoground {name}": ("micro", name) for name in flags}
-    return summarize(subsets, headline, rows)
+    return summarize(subsets, headline, item_records)
 
 
 # ---- ARO (VG-Relation, VG-Attribution) ---------------------------------------------------------------
@@ -299,11 +299,11 @@ def aro(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
     """[{image_path, bbox_x/y/w/h, true_caption, false_caption, relation_name | attributes}] per subset."""
     parsed, groups = {}, {}
     for name, path in subset_files(data, tuple(ARO_FILES), file_names=ARO_FILES).items():
-        rows = read_json(path)
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a list of items, got {type(rows).__name__}")
+        entries = read_json(path)
+        if not isinstance(entries, list):
+            raise ValueError(f"{path}: expected a list of items, got {type(entries).__name__}")
         items, groups[name] = [], []
-        for index, row in enumerate(rows):
+        for index, row in enumerate(entries):
             where = f"{path} item {index}"
             box = tuple(float(field(row, key, where, (int, float))) for key in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
             image_path = text_field(row, "image_path", where)
@@ -316,11 +316,11 @@ def aro(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
                 groups[name].append("_".join(map(str, attributes)))
         parsed[name] = _require_items(items, path)
     prefetch(embedder, parsed)
-    subsets, rows = {}, []
+    subsets, item_records = {}, []
     for name, items in parsed.items():
         scores = option_scores(embedder, items)
         correct = (scores[:, 0] > scores[:, 1]).tolist()
-        rows += item_rows(name, items, scores, correct=correct, group=groups[name])
+        item_records += item_rows(name, items, scores, correct=correct, group=groups[name])
         by_group: dict[str, list[bool]] = defaultdict(list)
         for group, flag in zip(groups[name], correct):
             by_group[group].append(flag)
@@ -333,7 +333,7 @@ def aro(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
         if name in subsets:
             subset = subsets[name]
             headline[label] = subset["macro_accuracy"] if subset["macro_accuracy"] is not None else subset["accuracy"]
-    result = summarize(subsets, {}, rows)
+    result = summarize(subsets, {}, item_records)
     result["headline"] = headline
     return result
 
@@ -387,10 +387,10 @@ def rclip_bench(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
         raise FileNotFoundError(f"no RCLIP-Bench parquet files at {data}")
     by_category: dict[str, list[tuple[MatchItem, int]]] = defaultdict(list)
     for path in files:
-        rows = read_parquet(path)
-        if not rows:
+        entries = read_parquet(path)
+        if not entries:
             raise ValueError(f"{path}: no items")
-        for index, row in enumerate(rows):
+        for index, row in enumerate(entries):
             where = f"{path} row {row.get('id', index)}"
             category = _rclip_category(field(row, "category", where), where)
             answer = _rclip_answer(field(row, "answer", where), where)
@@ -398,7 +398,7 @@ def rclip_bench(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
             by_category[category].append((MatchItem(str(row.get("id", index)), image, tuple(_rclip_options(row, where))), answer))
     parsed = {c: [item for item, _ in by_category[c]] for c in RCLIP_CATEGORIES if c in by_category}
     prefetch(embedder, parsed)
-    subsets, rows = {}, []
+    subsets, item_records = {}, []
     for category, items in parsed.items():
         scores = option_scores(embedder, items)
         answers = torch.tensor([answer for _, answer in by_category[category]])
@@ -406,5 +406,5 @@ def rclip_bench(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
         correct = (scores > correct_score).sum(dim=1) == 0  # ties with a wrong option count as wrong
         correct &= (scores == correct_score).sum(dim=1) == 1
         subsets[category] = {"n": len(items), "accuracy": percent(correct.sum(), len(items))}
-        rows += item_rows(category, items, scores, answer=answers, correct=correct)
-    return summarize(subsets, {"RCLIP-Bench": ("micro", "accuracy")}, rows)
+        item_records += item_rows(category, items, scores, answer=answers, correct=correct)
+    return summarize(subsets, {"RCLIP-Bench": ("micro", "accuracy")}, item_records)
