@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from reasonclip_llava.evaluation.benchmarks import VQAQuestion
@@ -43,6 +44,16 @@ def read_answers(path: Path) -> list[dict]:
 
 def texts_by_id(path: Path) -> dict[str, str]:
     return {row["question_id"]: row["text"] for row in read_answers(path)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models step in microseconds: a second OpenMP thread only spins against the other processes
+    of a shared machine (several times slower here), so these tests run on one and restore the setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -157,12 +168,13 @@ def test_missing_image_names_question_and_path(tiny_llava_dir, questions, tmp_pa
 
 
 def test_unreadable_image_mid_run_keeps_earlier_answers(tiny_llava_dir, questions, one_by_one, tmp_path):
+    """Inputs built in a DataLoader worker process: same answers, and its error reaches the user as is."""
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     run = [*questions[:4], VQAQuestion("q-broken", str(broken), "What?", max_new_tokens=10)]
     out = tmp_path / "a.jsonl"
-    with pytest.raises(ValueError, match=r"q-broken.*broken\.png"):
-        generate_answers(tiny_llava_dir, run, out, batch_size=2, progress=False)
+    with pytest.raises(ValueError, match=r"^question q-broken: cannot read image .*broken\.png"):
+        generate_answers(tiny_llava_dir, run, out, batch_size=2, num_workers=1, progress=False)
     reference = texts_by_id(one_by_one)
     assert texts_by_id(out) == {q.question_id: reference[q.question_id] for q in questions[:4]}
 

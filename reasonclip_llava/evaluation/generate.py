@@ -11,18 +11,16 @@ mask, so a batch gives the same greedy answers as one question at a time (tests/
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from jinja2 import TemplateError
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
@@ -42,6 +40,7 @@ def generate_answers(
     device: str = "cpu",
     dtype: torch.dtype | str | None = None,
     conv_template: str | None = None,
+    num_workers: int | None = None,
     progress: bool = True,
 ) -> Path:
     """Answer `questions` greedily with the LlavaNext checkpoint in `model_dir`; append to `out_path`.
@@ -49,7 +48,8 @@ def generate_answers(
     conv_template: None uses the processor's chat template, else the tokenizer's, else the plain prompt
     "<image>\\n{prompt}"; "plain" forces the plain prompt; any other string is a Jinja chat template
     (see `prompt_renderer`). dtype: None means float32 on CPU, bfloat16 (float16 where unsupported) on CUDA.
-    Questions are answered in batches of image questions, then of text-only ones. Returns out_path.
+    Questions are answered in batches of image questions, then of text-only ones; num_workers: see
+    `answer_questions`. Returns out_path.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -69,7 +69,7 @@ def generate_answers(
         desc=f"vqa {model_id}",
     ) as bar:
         for batch, texts in answer_questions(model, processor, pending, batch_size=batch_size,
-                                             conv_template=conv_template):
+                                             conv_template=conv_template, num_workers=num_workers):
             for question, text in zip(batch, texts):
                 record = {"question_id": question.question_id, "prompt": question.prompt, "text": text,
                           "model_id": model_id}
@@ -128,33 +128,52 @@ def answer_questions(
     *,
     batch_size: int = 8,
     conv_template: str | None = None,
+    num_workers: int | None = None,
 ) -> Iterator[tuple[list[VQAQuestion], list[str]]]:
     """Yield (batch, greedy answers) for consecutive batches: image questions first, then text-only.
 
-    The next batch's inputs (image decoding, anyres tiling, tokenization) are prepared in a background
-    thread while the current batch generates; the thread has its own copy of the processor because a
-    fast tokenizer is not safe to call from two threads at once.
+    Inputs (image decoding, anyres tiling, tokenization) are built by `num_workers` DataLoader worker
+    processes while the model generates, as LLaVA's own eval loader does. None picks
+    min(4, CPU count - 1) on an accelerator and 0 (build them in this process) on a CPU, where the
+    model's own threads already use the cores.
     """
     batches = list(_batches(questions, batch_size))
-    if not batches:
-        return
-    worker_processor = copy.deepcopy(processor)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqa-inputs") as pool:
-        prepare = partial(prepare_inputs, worker_processor, conv_template=conv_template)
-        pending = pool.submit(prepare, batches[0])
-        for i, batch in enumerate(batches):
-            inputs = pending.result()
-            if i + 1 < len(batches):
-                pending = pool.submit(prepare, batches[i + 1])
-            yield batch, generate_batch(model, processor.tokenizer, inputs, [q.max_new_tokens for q in batch])
+    if num_workers is None:
+        num_workers = 0 if model.device.type == "cpu" else min(4, (os.cpu_count() or 1) - 1)
+    loader = DataLoader(_BatchInputs(processor, batches, conv_template), batch_size=None,
+                        num_workers=min(num_workers, len(batches)))
+    for batch, inputs in zip(batches, loader):
+        if isinstance(inputs, Exception):
+            raise inputs
+        yield batch, generate_batch(model, processor.tokenizer, inputs, [q.max_new_tokens for q in batch])
+
+
+class _BatchInputs(Dataset):
+    """Item i is the model inputs of batch i (or the error building them, re-raised by the consumer
+    so that the user sees its one-line message rather than a worker traceback)."""
+
+    def __init__(self, processor: ProcessorMixin, batches: list[list[VQAQuestion]], conv_template: str | None):
+        self.processor, self.batches, self.conv_template = processor, batches, conv_template
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor] | Exception:
+        try:
+            return dict(prepare_inputs(self.processor, self.batches[index], conv_template=self.conv_template))
+        except (OSError, ValueError) as err:
+            return err
 
 
 @torch.inference_mode()
 def generate_batch(
-    model: LlavaNextForConditionalGeneration, tokenizer: Any, inputs: BatchFeature, max_new_tokens: Sequence[int]
+    model: LlavaNextForConditionalGeneration,
+    tokenizer: Any,
+    inputs: Mapping[str, torch.Tensor],
+    max_new_tokens: Sequence[int],
 ) -> list[str]:
     """Greedy answers for left-padded `inputs`; row i keeps at most max_new_tokens[i] tokens."""
-    inputs = inputs.to(model.device)
+    inputs = {name: tensor.to(model.device) for name, tensor in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     output = model.generate(
