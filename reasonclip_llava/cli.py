@@ -67,6 +67,28 @@ def _eval_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_clip(args: argparse.Namespace) -> int:
+    from .evaluation.encoder import evaluate_encoder
+
+    result = evaluate_encoder(args.model, args.benchmark, args.data, args.images, out_dir=args.out, batch_size=args.batch_size, device=args.device, model_name=args.name)
+    print(json.dumps({k: result.get(k) for k in ("model", "benchmark", "n_items", "headline", "macro", "micro", "path")}, indent=2))
+    return 0
+
+
+def _eval_report(args: argparse.Namespace) -> int:
+    from .evaluation.report import write_report
+
+    print("\n".join(map(str, write_report(args.runs, args.out, title=args.title))))
+    return 0
+
+
+def _card(args: argparse.Namespace) -> int:
+    from .evaluation.card import write_model_card
+
+    print(write_model_card(args.model_dir, args.results, template=args.template, model_name=args.name))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reasonclip", description="ReasonCLIP encoders: pretraining, export, LLaVA-NeXT, evaluation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -120,7 +142,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="official", choices=["official", "evalai", "lmms_eval"], help="VQA answer normalisation (VQA family and GQA)")
     p.add_argument("--out", default=None, help="directory for per-question scores and the summary JSON")
     p.set_defaults(handler=_eval_score)
-    # later: eval vqa / clip / report are added next to score
+    p = evals.add_parser("clip", help="encoder benchmarks on a CLIP/SigLIP checkpoint (compositional, retrieval, zero-shot)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--benchmark", required=True)
+    p.add_argument("--data", default=None, help="annotation file or folder (optional for zeroshot)")
+    p.add_argument("--images", required=True)
+    p.add_argument("--out", default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--name", default=None, help="model name in results and reports (default: folder name)")
+    p.set_defaults(handler=_eval_clip)
+    p = evals.add_parser("report", help="markdown table + PNG chart comparing models")
+    p.add_argument("runs", nargs="+", help="result JSONs or folders; NAME=DIR labels a row")
+    p.add_argument("--out", required=True)
+    p.add_argument("--title", default="Evaluation report")
+    p.set_defaults(handler=_eval_report)
+
+    p = commands.add_parser("card", help="write a Hugging Face model card (README.md with model-index) into a checkpoint")
+    p.add_argument("model_dir")
+    p.add_argument("--results", nargs="*", default=[])
+    p.add_argument("--template", default=None)
+    p.add_argument("--name", default=None)
+    p.set_defaults(handler=_card)
 
     p = commands.add_parser("demo", help="tiny offline end-to-end run of the whole pipeline")
     p.add_argument("--work-dir", default="reasonclip_demo")
