@@ -192,3 +192,32 @@ def test_swap_refuses_a_different_architecture(built, tmp_path, tiny_siglip_dir)
     with pytest.raises(ValueError, match="model_type clip_vision_model vs siglip_vision_model"):
         swap_vision_tower(llava_dir, tiny_siglip_dir, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_processor_chat_template_takes_image_parts(built):
+    _, _, out = built
+    processor = LlavaNextProcessor.from_pretrained(out)
+    parts = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the image?"}]}]
+    plain = [{"role": "user", "content": "<image>\nWhat is in the image?"}]
+    rendered = processor.apply_chat_template(parts, add_generation_prompt=True)
+    assert rendered == processor.apply_chat_template(plain, add_generation_prompt=True)
+    assert rendered.endswith("<|im_start|>assistant\n") and "<image>\nWhat is in the image?" in rendered
+
+
+def test_lm_with_tied_embeddings(qwen_dir, tiny_clip_dir, tmp_path):
+    tied_dir = tmp_path / "tied"
+    lm = AutoModelForCausalLM.from_pretrained(qwen_dir, tie_word_embeddings=True)
+    lm.tie_weights()
+    lm.save_pretrained(tied_dir)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(qwen_dir).save_pretrained(tied_dir)
+    model, processor = build_llava_next(tied_dir, tiny_clip_dir)
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    reloaded = LlavaNextForConditionalGeneration.from_pretrained(save_llava_next(model, processor, tmp_path / "llava"))
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
+    assert torch.equal(reloaded.lm_head.weight, model.lm_head.weight)
+    inputs = processor(images=photo(), text="<image>\nWhat is in the image?", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model(**inputs).logits, reloaded(**inputs).logits, atol=1e-5)

@@ -117,6 +117,30 @@ def image_processor_from_encoder(
     return LlavaNextImageProcessor(image_grid_pinpoints=grid_pinpoints, do_pad=True, **kwargs)
 
 
+# Prepended to the LM's own chat template so that the processor also accepts transformers' multimodal
+# messages ({"type": "image"} / {"type": "text"} parts): each image part becomes "<image>\n", in order.
+FLATTEN_MULTIMODAL_MESSAGES = (
+    "{%- set mm = namespace(messages=[]) -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{%- set mm.messages = mm.messages + [message] -%}"
+    "{%- else -%}{%- set part_text = namespace(value='') -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{%- set part_text.value = part_text.value + '" + IMAGE_TOKEN + "\\n' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set part_text.value = part_text.value + part['text'] -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set mm.messages = mm.messages + [{'role': message['role'], 'content': part_text.value}] -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- set messages = mm.messages -%}"
+)
+
+
+def multimodal_chat_template(text_template: str | None) -> str | None:
+    """The LM's chat template, made to accept image/text content parts as well as plain strings."""
+    if not text_template or FLATTEN_MULTIMODAL_MESSAGES in text_template:
+        return text_template
+    return FLATTEN_MULTIMODAL_MESSAGES + text_template
+
+
 def add_image_token(tokenizer) -> int:
     """Add "<image>" as a special token (and a pad token if the LM has none); return the image token id."""
     if IMAGE_TOKEN not in tokenizer.get_vocab():
@@ -207,6 +231,7 @@ def build_llava_next(
         vision_feature_select_strategy=strategy,
         image_token=IMAGE_TOKEN,
         num_additional_image_tokens=extra_tokens,
+        chat_template=multimodal_chat_template(tokenizer.chat_template),
     )
     return model, processor
 

@@ -497,6 +497,9 @@ def train_llava(config: LlavaTrainConfig) -> Path:
 def main(argv: Sequence[str] | None = None) -> Path:
     """`python -m reasonclip_llava.llava_next.train CONFIG.yaml [--key=value ...]`."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # The deepspeed launcher puts --local_rank=N before the script's own arguments.
+    while argv and argv[0].startswith("--local_rank"):
+        argv = argv[1:] if "=" in argv[0] else argv[2:]
     path = argv.pop(0) if argv and not argv[0].startswith("--") else None
     return train_llava(load_train_config(path, argv))
 
