@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-2 (stage A) then ZeRO-3 (stage B) through the real launcher path, on CPU (gloo).
+"""DeepSpeed ZeRO-2 (stage A, `deepspeed` launcher) then ZeRO-3 (stage B full and LoRA, torchrun), on CPU.
 
 ZeRO-3 is where LLaVA loses weights: a tower or projector loaded into an already-partitioned model comes
 back with size-0 tensors or random values. Stage B here trains only the LM, so after a ZeRO-3 run the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,14 +31,25 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def launch(recipe: dict, path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """`torchrun -m reasonclip_llava.llava_next.train recipe.yaml --key=value` on one CPU process."""
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(recipe: dict, path: Path, *overrides: str, launcher: str = "torchrun") -> subprocess.CompletedProcess:
+    """One CPU process through `deepspeed --module` (as train/launch_llava_*.sh) or `torchrun -m` (multi-node)."""
     path.write_text(yaml.safe_dump(recipe))
     env = dict(os.environ, DS_ACCELERATOR="cpu", DS_BUILD_OPS="0", OMP_NUM_THREADS="1",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-               "-m", "reasonclip_llava.llava_next.train", str(path), *overrides]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    if launcher == "deepspeed":
+        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus=1", f"--master_port={free_port()}",
+                   "--module", "reasonclip_llava.llava_next.train"]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                   "-m", "reasonclip_llava.llava_next.train"]
+    result = subprocess.run([*command, str(path), *overrides], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
@@ -64,7 +76,7 @@ def runs(tmp_path_factory, tiny_clip_dir):
     launch(dict(common, language_model=str(lm), vision_tower=str(tiny_clip_dir), template="plain",
                 mm_tunable_parts="mm_mlp_adapter", learning_rate=1e-3, data_path=str(pretrain_json),
                 image_folder=str(pretrain_images), output_dir=str(stage_a)),
-           root / "stage_a.yaml", f"--deepspeed={REPO / 'train/zero2.json'}")
+           root / "stage_a.yaml", f"--deepspeed={REPO / 'train/zero2.json'}", launcher="deepspeed")
     stage_b = root / "stage_b"
     launch(dict(common, model_name_or_path=str(stage_a), template="qwen_1_5", mm_tunable_parts="mm_language_model",
                 learning_rate=1e-3, data_path=str(instruct_json), image_folder=str(instruct_images),
