@@ -67,6 +67,36 @@ def _eval_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_device(device: str | None) -> str:
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _eval_vqa(args: argparse.Namespace) -> int:
+    from .evaluation.generate import run_vqa
+
+    out = run_vqa(
+        args.model, args.benchmark, args.data, args.images, args.out, limit=args.limit, batch_size=args.batch_size,
+        device=_default_device(args.device), dtype=args.dtype, conv_template=args.conv_template,
+        num_workers=args.num_workers, progress=not args.no_progress,
+    )
+    print(out)
+    return 0
+
+
+def _eval_suite(args: argparse.Namespace) -> int:
+    from .evaluation.suite import run_encoder_suite, run_vqa_suite
+
+    common = dict(benchmarks=args.benchmarks, layout=args.layout)
+    if args.kind == "encoder":
+        summary = run_encoder_suite(args.model, args.data_root, args.out, batch_size=args.batch_size, device=_default_device(args.device), **common)
+    else:
+        summary = run_vqa_suite(args.model, args.data_root, args.out, limit=args.limit, mode=args.mode, batch_size=args.batch_size, device=_default_device(args.device), **common)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _eval_clip(args: argparse.Namespace) -> int:
     from .evaluation.encoder import evaluate_encoder
 
@@ -134,6 +164,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser("eval", help="evaluation: VQA generation and scoring, encoder benchmarks, reports")
     evals = evaluation.add_subparsers(dest="eval_command", required=True)
+    p = evals.add_parser("vqa", help="answer a VQA benchmark with a LlavaNext checkpoint (LLaVA answers .jsonl; reruns resume)")
+    p.add_argument("--model", required=True, help="LlavaNext checkpoint folder (model + processor)")
+    p.add_argument("--benchmark", required=True)
+    p.add_argument("--data", required=True, help="the benchmark's question file or folder")
+    p.add_argument("--images", required=True, help="folder the image names are relative to")
+    p.add_argument("--out", required=True, help="answers .jsonl; appended to, ids already there are skipped")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--conv-template", default=None, help="'plain' or a Jinja chat template; default: the checkpoint's")
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_eval_vqa)
+    p = evals.add_parser("suite", help="every benchmark found under a data root for one checkpoint, then a report")
+    p.add_argument("kind", choices=["vqa", "encoder"])
+    p.add_argument("--model", required=True)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--benchmarks", nargs="*", default=None, help="default: all of the suite")
+    p.add_argument("--layout", default=None, help="JSON overriding where a benchmark's files are under the root")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default=None)
+    p.add_argument("--limit", type=int, default=None, help="vqa: answer only the first N questions per benchmark")
+    p.add_argument("--mode", default="official", choices=["official", "evalai"], help="vqa: VQA answer normalisation")
+    p.set_defaults(handler=_eval_suite)
     p = evals.add_parser("score", help="score an answers file with the benchmark's official scorer")
     p.add_argument("--benchmark", required=True)
     p.add_argument("--answers", required=True)
