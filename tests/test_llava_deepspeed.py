@@ -40,7 +40,7 @@ def free_port() -> int:
 def launch(recipe: dict, path: Path, *overrides: str, launcher: str = "torchrun") -> subprocess.CompletedProcess:
     """One CPU process through `deepspeed --module` (as train/launch_llava_*.sh) or `torchrun -m` (multi-node)."""
     path.write_text(yaml.safe_dump(recipe))
-    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_BUILD_OPS="0", OMP_NUM_THREADS="1",
+    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_BUILD_OPS="0", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     if launcher == "deepspeed":
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus=1", f"--master_port={free_port()}",

@@ -117,6 +117,8 @@ def test_validation_names_the_problem(setup, tmp_path):
         LlavaTrainConfig(**base, mm_tunable_parts="mm_projector").validate()
     with pytest.raises(ValueError, match="add mm_language_model"):
         LlavaTrainConfig(**base, lora_enable=True).validate()
+    with pytest.raises(ValueError, match="image_aspect_ratio 'pad'"):
+        LlavaTrainConfig(**base, image_aspect_ratio="pad").validate()
     with pytest.raises(ValueError, match="not both"):
         LlavaTrainConfig(**base, model_name_or_path="x").validate()
     with pytest.raises(FileNotFoundError, match="data_path"):

@@ -209,9 +209,15 @@ def build_llava_next(
     # Skeleton on the meta device, then plug in the loaded tower and LM; only projector + newline are new.
     with torch.device("meta"):
         model = LlavaNextForConditionalGeneration(config)
+    decoder = getattr(lm, lm.base_model_prefix)
+    if type(decoder) is not type(model.model.language_model):
+        raise ValueError(
+            f"language model {language_model}: {type(decoder).__name__} is not the AutoModel class "
+            f"{type(model.model.language_model).__name__} LlavaNext builds for {lm.config.model_type}"
+        )
     model.model.vision_tower = tower
-    model.model.language_model = lm.model
-    model.lm_head = lm.lm_head
+    model.model.language_model = decoder
+    model.lm_head = lm.get_output_embeddings()
     model.model.multi_modal_projector.to_empty(device="cpu")
     model.model.image_newline = nn.Parameter(torch.empty(lm.config.hidden_size))
     reset_projector(model, seed=seed)

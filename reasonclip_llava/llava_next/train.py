@@ -116,6 +116,11 @@ class LlavaTrainConfig:
         for part in parts:
             if part not in TUNABLE_PARTS:
                 raise ValueError(f"mm_tunable_parts: unknown part {part!r}; valid: {', '.join(TUNABLE_PARTS)}")
+        if self.image_aspect_ratio != "anyres":
+            raise ValueError(
+                f"image_aspect_ratio {self.image_aspect_ratio!r}: LlavaNext takes anyres tiles; "
+                "'pad'/'square' are LLaVA-1.5's one-tile format"
+            )
         if self.lora_enable and "mm_language_model" not in parts:
             raise ValueError("lora_enable trains the language model through LoRA: add mm_language_model to mm_tunable_parts")
         for name in ("data_path", "deepspeed"):
