@@ -27,13 +27,20 @@ from transformers import (
     CLIPVisionModel,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
-    LlavaNextImageProcessor,
     LlavaNextProcessor,
     PretrainedConfig,
     PreTrainedModel,
     SiglipVisionModel,
 )
 from transformers.image_processing_base import ImageProcessingMixin
+from transformers.utils import is_torchvision_available
+
+# Same processor, two backends; both save as "LlavaNextImageProcessor". Picking the PIL one ourselves
+# when torchvision is absent avoids transformers' fallback warning on every import.
+if is_torchvision_available():
+    from transformers import LlavaNextImageProcessor
+else:
+    from transformers import LlavaNextImageProcessorPil as LlavaNextImageProcessor
 
 IMAGE_TOKEN = "<image>"
 

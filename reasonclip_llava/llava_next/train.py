@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +145,7 @@ _IGNORED_KEYS = {"local_rank"}  # appended by the deepspeed launcher
 def _coerce(key: str, value: Any) -> Any:
     """YAML / command-line value -> the field's type (PyYAML reads '1e-3' as a string, '--bf16' has no value)."""
     hint = _TYPE_HINTS[key]
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    allowed = typing.get_args(hint) or (hint,)  # `int | None` -> (int, NoneType); `int` -> (int,)
     nullable = type(None) in allowed
     if value is None or (nullable and isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
         if nullable:
@@ -164,13 +163,11 @@ def _coerce(key: str, value: Any) -> Any:
                 return False
             raise ValueError(value)
         if target in (int, float):
-            if isinstance(value, bool):
+            number = float(value)
+            if isinstance(value, bool) or (target is int and not number.is_integer()):
                 raise ValueError(value)
-            number = float(value) if target is float else int(float(value)) if float(value).is_integer() else None
-            if number is None:
-                raise ValueError(value)
-            return number
-        if target is list or typing.get_origin(target) is list:
+            return int(number) if target is int else number
+        if target is list:
             return yaml.safe_load(value) if isinstance(value, str) else list(value)
         return str(value)
     except (TypeError, ValueError):
