@@ -221,3 +221,17 @@ def test_lm_with_tied_embeddings(qwen_dir, tiny_clip_dir, tmp_path):
     inputs = processor(images=photo(), text="<image>\nWhat is in the image?", return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(model(**inputs).logits, reloaded(**inputs).logits, atol=1e-5)
+
+
+def test_encoder_with_missing_vision_weights_is_refused(qwen_dir, tiny_clip_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_clip_dir, broken)
+    tensors = load_file(broken / "model.safetensors")
+    del tensors["vision_model.post_layernorm.weight"]
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="vision weights missing"):
+        build_llava_next(qwen_dir, broken)

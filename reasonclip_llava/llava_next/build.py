@@ -34,6 +34,7 @@ from transformers import (
 )
 from transformers.image_processing_base import ImageProcessingMixin
 from transformers.utils import is_torchvision_available
+from transformers.utils import logging as hf_logging
 
 # Same processor, two backends; both save as "LlavaNextImageProcessor". Picking the PIL one ourselves
 # when torchvision is absent avoids transformers' fallback warning on every import.
@@ -87,7 +88,15 @@ def load_vision_tower(encoder: str | Path, dtype: torch.dtype = torch.float32) -
     """The encoder's vision transformer as a CLIPVisionModel/SiglipVisionModel (the text tower is not loaded)."""
     vision_config = encoder_vision_config(encoder)
     tower_class = VISION_TOWERS[vision_config.model_type][0]
-    return tower_class.from_pretrained(encoder, config=vision_config, dtype=dtype)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the text tower's keys are "unexpected" by design; missing ones are checked below
+    try:
+        tower, info = tower_class.from_pretrained(encoder, config=vision_config, dtype=dtype, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if info["missing_keys"]:
+        raise ValueError(f"encoder {encoder}: vision weights missing from the checkpoint: {sorted(info['missing_keys'])[:3]}")
+    return tower
 
 
 def reset_projector(model: LlavaNextForConditionalGeneration, seed: int | None = None) -> None:
@@ -259,7 +268,22 @@ def save_llava_next(
     return out_dir
 
 
-def build_and_save(language_model: str, encoder: str, out_dir: str | Path, **kwargs) -> Path:
+def build_and_save(
+    language_model: str | Path,
+    encoder: str | Path,
+    out_dir: str | Path,
+    *,
+    image_grid_pinpoints: list[list[int]] | None = None,
+    vision_feature_layer: int = -2,
+    vision_feature_select_strategy: str | None = None,
+    torch_dtype: torch.dtype | str | None = None,
+) -> Path:
     """CLI entry (`reasonclip llava-build`): build_llava_next(...) then save_llava_next(..., out_dir)."""
-    model, processor = build_llava_next(language_model, encoder, **kwargs)
+    model, processor = build_llava_next(
+        language_model, encoder,
+        image_grid_pinpoints=image_grid_pinpoints,
+        vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy=vision_feature_select_strategy,
+        torch_dtype=torch_dtype,
+    )
     return save_llava_next(model, processor, out_dir)
