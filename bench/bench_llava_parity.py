@@ -33,7 +33,8 @@ from transformers import (
     Qwen3Config,
 )
 
-from reasonclip_llava.llava_next.build import build_llava_next, encoder_vision_config, save_llava_next
+from reasonclip_llava.encoder.tower import load_vision_config
+from reasonclip_llava.llava_next.build import build_llava_next, save_llava_next
 from reasonclip_llava.llava_next.swap import swap_vision_tower
 from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
 from reasonclip_llava.tiny import save_tiny_clip
@@ -94,7 +95,7 @@ def real_size_meta() -> dict[str, dict[str, int]]:
     text_config = Qwen3Config(**QWEN3_1_7B)
     with tempfile.TemporaryDirectory() as directory:
         CLIPConfig(text_config=CLIP_L14_TEXT, vision_config=CLIP_L14_336_VISION, projection_dim=768).save_pretrained(directory)
-        reasonclip_vision = encoder_vision_config(directory)  # what build_llava_next reads from a ReasonCLIP export
+        reasonclip_vision = load_vision_config(directory)  # what build_llava_next reads from a ReasonCLIP export
     configs = {
         "stock CLIP-L/14-336": LlavaNextConfig(text_config=text_config, image_token_index=151936, tie_word_embeddings=True),
         "ReasonCLIP-L/14-336": LlavaNextConfig(vision_config=reasonclip_vision, text_config=text_config,

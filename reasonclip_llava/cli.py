@@ -67,6 +67,35 @@ def _eval_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _llava_build(args: argparse.Namespace) -> int:
+    from .llava_next.build import build_and_save
+
+    pinpoints = json.loads(args.grid_pinpoints) if args.grid_pinpoints else None
+    print(build_and_save(args.lm, args.encoder, args.out, image_grid_pinpoints=pinpoints, vision_feature_layer=args.select_layer, vision_feature_select_strategy=args.strategy, torch_dtype=args.dtype))
+    return 0
+
+
+def _swap(args: argparse.Namespace) -> int:
+    from .llava_next.swap import swap_vision_tower
+
+    print(swap_vision_tower(args.llava, args.encoder, args.out, reinit_projector=args.reinit_projector, seed=args.seed))
+    return 0
+
+
+def _llava_train(args: argparse.Namespace) -> int:
+    from .llava_next.train import load_train_config, train_llava
+
+    print(train_llava(load_train_config(args.config, args.overrides)))
+    return 0
+
+
+def _llava_merge(args: argparse.Namespace) -> int:
+    from .llava_next.merge import merge_and_export
+
+    print(merge_and_export(args.ckpt, args.out, base=args.base))
+    return 0
+
+
 def _default_device(device: str | None) -> str:
     import torch
 
@@ -120,7 +149,7 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reasonclip", description="ReasonCLIP encoders: pretraining, export, LLaVA-NeXT, evaluation.")
+    parser = argparse.ArgumentParser(prog="reasonclip", allow_abbrev=False, description="ReasonCLIP encoders: pretraining, export, LLaVA-NeXT, evaluation.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("export", help="training checkpoint -> drop-in CLIP/SigLIP checkpoint")
@@ -137,6 +166,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, help="base checkpoint id or path")
     p.add_argument("--layer", type=int, default=-2, help="vision feature layer compared bitwise (LLaVA's select layer)")
     p.set_defaults(handler=_verify)
+
+    p = commands.add_parser("llava-build", help="build a LLaVA-NeXT (transformers LlavaNext) from a causal LM and an encoder")
+    p.add_argument("--lm", required=True, help="causal LM id or path (Llama / Qwen / Mistral family)")
+    p.add_argument("--encoder", required=True, help="CLIP/SigLIP (e.g. ReasonCLIP export) id or path")
+    p.add_argument("--out", required=True)
+    p.add_argument("--grid-pinpoints", default=None, help="JSON list of [h, w]; default: LLaVA-NeXT's, scaled to the tower")
+    p.add_argument("--select-layer", type=int, default=-2)
+    p.add_argument("--strategy", default=None, choices=["default", "full"], help="default: 'default' for CLIP, 'full' for SigLIP")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(handler=_llava_build)
+
+    p = commands.add_parser("swap", help="replace the vision tower of a LLaVA-NeXT checkpoint with an encoder of the same architecture")
+    p.add_argument("--llava", required=True)
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--reinit-projector", action="store_true")
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(handler=_swap)
+
+    p = commands.add_parser("llava-train", help="projector pretraining / instruction tuning (LLaVA option names); extra --key=value override the YAML")
+    p.add_argument("config", nargs="?", default=None)
+    p.set_defaults(handler=_llava_train, takes_overrides=True)
+
+    p = commands.add_parser("llava-merge", help="merge LoRA and export a checkpoint plain transformers loads")
+    p.add_argument("ckpt")
+    p.add_argument("out")
+    p.add_argument("--base", default=None, help="base LlavaNext dir when the run does not record it")
+    p.set_defaults(handler=_llava_merge)
 
     data = commands.add_parser("data", help="pretraining data tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write the synthetic compositional data set (ReasonLite/ReasonPro parquet + eval splits)")
@@ -230,7 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     try:
         return args.handler(args)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as error:

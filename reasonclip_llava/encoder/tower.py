@@ -33,7 +33,7 @@ def load_vision_config(name_or_path: str | Path) -> PretrainedConfig:
     vision_config = getattr(config, "vision_config", config)
     if vision_config.model_type not in VISION_MODELS:
         raise ValueError(
-            f"'{name_or_path}' has vision model_type '{vision_config.model_type}'; a vision tower needs one of {sorted(VISION_MODELS)}"
+            f"'{name_or_path}': vision model_type '{vision_config.model_type}' is not supported; a vision tower needs one of {sorted(VISION_MODELS)}"
         )
     return vision_config
 

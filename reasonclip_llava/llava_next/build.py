@@ -4,7 +4,8 @@ The result is a plain `LlavaNextForConditionalGeneration` + `LlavaNextProcessor`
 `from_pretrained` and needs nothing from this package at inference time.
 
 Decisions (one place each):
-  * tower: the encoder's vision transformer, copied in unchanged (`VISION_TOWERS`, one registry);
+  * tower: the encoder's vision transformer, loaded strictly by `encoder.tower.load_vision_model` (the
+    same registry and loader the LLaVA tower and `reasonclip verify` use), copied in unchanged;
   * features: hidden state of layer -2; strategy 'default' (drop CLS) for CLIP, 'full' for SigLIP,
     which has no CLS token -- 'default' would silently drop a real image patch;
   * projector: mlp2x_gelu (linear_1 - GELU - linear_2), initialised like LLaVA's (nn.Linear defaults);
@@ -21,20 +22,17 @@ import torch
 from torch import nn
 from transformers import (
     AddedToken,
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
-    CLIPVisionModel,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextProcessor,
-    PretrainedConfig,
     PreTrainedModel,
-    SiglipVisionModel,
 )
 from transformers.image_processing_base import ImageProcessingMixin
+
+from ..encoder.tower import VISION_MODELS, load_vision_model
 from transformers.utils import is_torchvision_available
-from transformers.utils import logging as hf_logging
 
 # Same processor, two backends; both save as "LlavaNextImageProcessor". Picking the PIL one ourselves
 # when torchvision is absent avoids transformers' fallback warning on every import.
@@ -44,12 +42,6 @@ else:
     from transformers import LlavaNextImageProcessorPil as LlavaNextImageProcessor
 
 IMAGE_TOKEN = "<image>"
-
-# vision model_type -> (tower class, feature strategy, extra tokens before the patches)
-VISION_TOWERS: dict[str, tuple[type[PreTrainedModel], str, int]] = {
-    "clip_vision_model": (CLIPVisionModel, "default", 1),
-    "siglip_vision_model": (SiglipVisionModel, "full", 0),
-}
 
 # LLaVA-NeXT's anyres grid for 336 px towers, in units of the tower's image size.
 ANYRES_GRID_UNITS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))
@@ -70,33 +62,6 @@ def resolve_dtype(torch_dtype: torch.dtype | str | None) -> torch.dtype:
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"torch_dtype {torch_dtype!r} is not a torch dtype (e.g. 'float32', 'bfloat16')")
     return dtype
-
-
-def encoder_vision_config(encoder: str | Path) -> PretrainedConfig:
-    """The vision sub-config of a CLIPModel/SiglipModel (or vision-only) checkpoint, checked against VISION_TOWERS."""
-    config = AutoConfig.from_pretrained(encoder)
-    vision_config = getattr(config, "vision_config", None) or config
-    if vision_config.model_type not in VISION_TOWERS:
-        raise ValueError(
-            f"encoder {encoder}: vision model_type {vision_config.model_type!r} is not supported by LLaVA-NeXT; "
-            f"supported: {', '.join(VISION_TOWERS)}"
-        )
-    return vision_config
-
-
-def load_vision_tower(encoder: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """The encoder's vision transformer as a CLIPVisionModel/SiglipVisionModel (the text tower is not loaded)."""
-    vision_config = encoder_vision_config(encoder)
-    tower_class = VISION_TOWERS[vision_config.model_type][0]
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the text tower's keys are "unexpected" by design; missing ones are checked below
-    try:
-        tower, info = tower_class.from_pretrained(encoder, config=vision_config, dtype=dtype, output_loading_info=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if info["missing_keys"]:
-        raise ValueError(f"encoder {encoder}: vision weights missing from the checkpoint: {sorted(info['missing_keys'])[:3]}")
-    return tower
 
 
 def reset_projector(model: LlavaNextForConditionalGeneration, seed: int | None = None) -> None:
@@ -195,13 +160,13 @@ def build_llava_next(
     The tower and LM tensors are the loaded ones (no copy, no random init of the big parts).
     """
     dtype = resolve_dtype(torch_dtype)
-    tower = load_vision_tower(encoder, dtype)
+    tower = load_vision_model(encoder, dtype=dtype)
     vision_config = tower.config
-    _, default_strategy, extra_tokens = VISION_TOWERS[vision_config.model_type]
-    strategy = vision_feature_select_strategy or default_strategy
+    _, has_cls_token = VISION_MODELS[vision_config.model_type]
+    strategy = vision_feature_select_strategy or ("default" if has_cls_token else "full")
     if strategy not in ("default", "full"):
         raise ValueError(f"vision_feature_select_strategy {strategy!r}: expected 'default' or 'full'")
-    if strategy == "default" and extra_tokens == 0:
+    if strategy == "default" and not has_cls_token:
         raise ValueError(f"encoder {encoder}: {vision_config.model_type} has no CLS token; use strategy 'full'")
     grid_pinpoints = image_grid_pinpoints or default_grid_pinpoints(vision_config.image_size)
 
@@ -252,7 +217,7 @@ def build_llava_next(
         patch_size=vision_config.patch_size,
         vision_feature_select_strategy=strategy,
         image_token=IMAGE_TOKEN,
-        num_additional_image_tokens=extra_tokens,
+        num_additional_image_tokens=int(has_cls_token),  # tokens before the patches
         chat_template=multimodal_chat_template(tokenizer.chat_template),
     )
     return model, processor

@@ -13,7 +13,8 @@ import torch
 from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
 from transformers.image_processing_base import ImageProcessingMixin
 
-from .build import encoder_vision_config, load_vision_tower, reset_projector
+from ..encoder.tower import load_vision_config, load_vision_model
+from .build import reset_projector
 
 # Fields that decide the tower's tensors and its computation; anything else (dropout, names) may differ.
 ARCHITECTURE_FIELDS = (
@@ -53,7 +54,7 @@ def swap_vision_tower(
     if out_dir.resolve() == llava_dir.resolve():
         raise ValueError(f"out_dir {out_dir} is the source checkpoint; write the swapped model elsewhere")
     llava_config = LlavaNextConfig.from_pretrained(llava_dir)
-    encoder_config = encoder_vision_config(encoder_dir)
+    encoder_config = load_vision_config(encoder_dir)
     mismatch = architecture_mismatch(llava_config.vision_config, encoder_config)
     if mismatch:
         raise ValueError(
@@ -65,7 +66,7 @@ def swap_vision_tower(
     processor = LlavaNextProcessor.from_pretrained(llava_dir)
     shapes_before = parameter_shapes(model)
     dtype = model.model.vision_tower.dtype
-    tower = load_vision_tower(encoder_dir, dtype)
+    tower = load_vision_model(encoder_dir, dtype=dtype)
     model.model.vision_tower.load_state_dict(tower.state_dict(), strict=True)
     if reinit_projector:
         reset_projector(model, seed=seed)
