@@ -75,3 +75,13 @@ def test_cli_eval_vqa_and_suite(tiny_llava_dir, tmp_path, capsys):
     assert main(["eval", "suite", "encoder", "--model", str(tiny_llava_dir), "--data-root", str(FIXTURES / "encoder"), "--out", str(tmp_path / "bad")]) == 2
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.startswith("reasonclip eval: error:") and str(tiny_llava_dir) in last_line and "CLIP/SigLIP" in last_line
+
+
+def test_suites_never_write_into_the_data_root(tiny_llava_dir, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "vqa" / "mmbench", root / "mmbench")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    summary = run_vqa_suite(tiny_llava_dir, root, tmp_path / "out", benchmarks=["mmbench"], limit=2, batch_size=2, progress=False)
+    assert list(summary["results"]) == ["mmbench"]
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    assert any((tmp_path / "out" / "mmbench_images").iterdir())

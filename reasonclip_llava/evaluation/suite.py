@@ -21,7 +21,7 @@ VQA_LAYOUT: dict[str, dict[str, str]] = {
     "pope": {"data": "pope", "images": "pope/val2014"},
     "mme": {"data": "mme/MME_Benchmark_release_version", "images": "mme/MME_Benchmark_release_version"},
     "scienceqa_img": {"data": "scienceqa", "images": "scienceqa/images/test"},
-    "mmbench": {"data": "mmbench/mmbench_dev.tsv", "images": "mmbench/images"},
+    "mmbench": {"data": "mmbench/mmbench_dev.tsv", "images": ""},  # base64 in the TSV: decoded under OUT
     "mmvp": {"data": "mmvp/Questions.csv", "images": "mmvp/MMVP Images"},
     "ai2d": {"data": "ai2d", "images": "ai2d/images"},
     "chartqa": {"data": "chartqa/test", "images": "chartqa/test/png"},
@@ -40,8 +40,6 @@ ENCODER_LAYOUT: dict[str, dict[str, str]] = {
     "retrieval": {"data": "retrieval/dataset_coco.json", "images": "images"},
     "zeroshot": {"data": "zeroshot/classes.json", "images": "images/classes"},
 }
-
-MMBENCH_IMAGE_CACHE = "mmbench/images"  # decoded base64 images; written, so it may not exist yet
 
 
 def resolve_layout(defaults: dict[str, dict[str, str]], layout: str | Path | None, benchmarks: list[str] | None) -> dict[str, dict[str, str]]:
@@ -107,7 +105,7 @@ def run_vqa_suite(
 
     def run_one(name: str, data: Path, images: Path, annotations: Path | None, out: Path) -> Path:
         if name == "mmbench":
-            images = Path(data_root) / table[name]["images"]
+            images = out / "mmbench_images"  # never write into the data root
         answers = run_vqa(model_dir, name, data, images, out / f"{name}_answers.jsonl", limit=limit, **generate_kwargs)
         # a --limit run is scored on the answered questions only
         questions = answers if limit is not None else None

@@ -1,0 +1,111 @@
+"""Synthetic visual-instruction data over the synthetic shape images, for the LLaVA-NeXT demo.
+
+Scenes come from `synthetic.make_item(seed, index)`, so the questions describe exactly the images that
+`generate_synthetic(out_dir, num_images, seed)` wrote (same train / held-out split). Written under
+`out_dir`:
+
+- ``llava_pretrain.json``  LLaVA LCS-558K style: "<image>" -> one descriptive caption (plain template)
+- ``llava_instruct.json``  LLaVA conversations: 2 question/answer turns per image
+- held-out images only, in the released formats the evaluators read:
+  ``vqa_eval/gqa/testdev_balanced_questions.json`` + ``vqa_eval/gqa/images/{imageId}.jpg`` (short answers)
+  ``vqa_eval/pope/coco_pope_random.json`` + ``vqa_eval/pope/val2014/`` (yes/no object presence)
+  ``encoder_eval/sugarcrepe/swap_{att,obj}.json`` + ``encoder_eval/images/`` (caption vs swap negative)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from .hard_negatives import stable_seed
+from .synthetic import PALETTE, SHAPES, OPPOSITE, Scene, make_item, relation_caption, swap_negatives
+
+QUESTION_KINDS = ("colour_of_shape", "shape_of_colour", "relation", "which_side")
+
+
+def _side_word(relation: str) -> str:
+    return {"left of": "left", "right of": "right", "above": "top", "below": "bottom"}[relation]
+
+
+def question_answer(scene: Scene, kind: str, rng: random.Random) -> tuple[str, str]:
+    """One question about `scene` and its single-word answer."""
+    a, b = scene.objects
+    target = rng.choice(scene.objects)
+    if kind == "colour_of_shape":
+        return f"What colour is the {target.shape}?", target.colour
+    if kind == "shape_of_colour":
+        return f"What shape is {target.colour}?", target.shape
+    if kind == "relation":
+        truthful = rng.random() < 0.5
+        relation = scene.relation if truthful else OPPOSITE[scene.relation]
+        return f"Is the {a.name} {relation} the {b.name}?", "yes" if truthful else "no"
+    if kind == "which_side":
+        return f"Which shape is at the {_side_word(scene.relation)}?", a.shape
+    raise ValueError(f"unknown question kind '{kind}'")
+
+
+def presence_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    """POPE-style: is there a <colour> <shape> in the image? Half of them absent."""
+    if rng.random() < 0.5:
+        present = rng.choice(scene.objects)
+        return f"Is there a {present.colour} {present.shape} in the image?", "yes"
+    names = {o.name for o in scene.objects}
+    absent = [f"{c} {s}" for c in PALETTE for s in SHAPES if f"{c} {s}" not in names]
+    return f"Is there a {rng.choice(absent)} in the image?", "no"
+
+
+def generate_synthetic_vqa(out_dir: str | Path, num_images: int, seed: int = 0, image_size: int = 64, eval_fraction: float = 0.2) -> dict[str, Path]:
+    """Write the instruction data and held-out benchmarks for the images of `generate_synthetic`."""
+    root = Path(out_dir)
+    num_eval = min(num_images - 1, max(1, round(num_images * eval_fraction)))
+    num_train = num_images - num_eval
+    pretrain, instruct, gqa, pope = [], [], {}, []
+    sugarcrepe: dict[str, dict] = {"swap_att": {}, "swap_obj": {}}
+    paths = {
+        "pretrain": root / "llava_pretrain.json",
+        "instruct": root / "llava_instruct.json",
+        "gqa": root / "vqa_eval" / "gqa" / "testdev_balanced_questions.json",
+        "gqa_images": root / "vqa_eval" / "gqa" / "images",
+        "pope": root / "vqa_eval" / "pope" / "coco_pope_random.json",
+        "pope_images": root / "vqa_eval" / "pope" / "val2014",
+        "sugarcrepe": root / "encoder_eval" / "sugarcrepe",
+        "encoder_images": root / "encoder_eval" / "images",
+    }
+    for key in ("gqa_images", "pope_images", "sugarcrepe", "encoder_images"):
+        paths[key].mkdir(parents=True, exist_ok=True)
+
+    for index in range(num_images):
+        item = make_item(seed, index, image_size)
+        rng = random.Random(stable_seed("reasonclip-synthetic-vqa", seed, index))
+        image = f"images/{index:06d}.png"
+        if index < num_train:
+            pretrain.append({"id": f"pre-{index}", "image": image, "conversations": [
+                {"from": "human", "value": "<image>"}, {"from": "gpt", "value": rng.choice(item.tb)}]})
+            turns = []
+            for turn, kind in enumerate(rng.sample(QUESTION_KINDS, 2)):
+                question, answer = question_answer(item.scene, kind, rng)
+                turns += [{"from": "human", "value": ("<image>\n" if turn == 0 else "") + question},
+                          {"from": "gpt", "value": answer}]
+            instruct.append({"id": f"inst-{index}", "image": image, "conversations": turns})
+            continue
+        image_id = f"syn{index:06d}"
+        item.image.convert("RGB").save(paths["gqa_images"] / f"{image_id}.jpg", quality=95)
+        question, answer = question_answer(item.scene, rng.choice(QUESTION_KINDS), rng)
+        gqa[f"{image_id}-q"] = {"imageId": image_id, "question": question, "answer": answer, "fullAnswer": answer}
+        pope_name = f"COCO_val2014_{index:012d}.jpg"
+        item.image.convert("RGB").save(paths["pope_images"] / pope_name, quality=95)
+        question, label = presence_question(item.scene, rng)
+        pope.append({"question_id": index, "image": pope_name, "text": question, "label": label})
+        item.image.save(paths["encoder_images"] / f"{image_id}.png")
+        caption, negatives = relation_caption(item.scene), swap_negatives(item.scene)
+        for subset in sugarcrepe:
+            sugarcrepe[subset][str(index)] = {"filename": f"{image_id}.png", "caption": caption, "negative_caption": negatives[subset]}
+
+    paths["pretrain"].write_text(json.dumps(pretrain))
+    paths["instruct"].write_text(json.dumps(instruct))
+    paths["gqa"].write_text(json.dumps(gqa))
+    paths["pope"].write_text("".join(json.dumps(row) + "\n" for row in pope))
+    for subset, rows in sugarcrepe.items():
+        (paths["sugarcrepe"] / f"{subset}.json").write_text(json.dumps(rows))
+    return paths
