@@ -57,7 +57,9 @@ class DataConfig:
     batch_size: int = 32  # per device
     num_workers: int = 0
     max_length: int = 77
-    caption_columns: list[str] = field(default_factory=lambda: ["captions"])  # read: captions pooled per image
+    # Caption columns pooled per image by READ (default ["captions"]) and by stage 0 when given (default:
+    # tb or trl from stage.captions); each image's captions are cycled over epochs.
+    caption_columns: list[str] = field(default_factory=list)
 
 
 @dataclass

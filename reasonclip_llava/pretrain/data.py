@@ -42,17 +42,33 @@ def data_format(config: PretrainConfig) -> str:
 
 
 def caption_columns(config: PretrainConfig) -> tuple[str, ...]:
-    """The caption columns a ReadDataset pools (read: data.caption_columns; stage 0: tb or trl)."""
-    if config.stage.name == "stage0":
-        return ("tb",) if config.stage.captions == "descriptive" else ("trl",)
-    return tuple(config.data.caption_columns)
+    """Caption columns a ReadDataset pools: data.caption_columns, else READ's "captions" / stage 0's tb or trl."""
+    if config.data.caption_columns:
+        return tuple(config.data.caption_columns)
+    if config.stage.name == "read":
+        return ("captions",)
+    return ("tb",) if config.stage.captions == "descriptive" else ("trl",)
+
+
+def uses_caption_pool(config: PretrainConfig) -> bool:
+    """READ, and stage 0 with hard negatives or explicit caption columns, read single-caption samples."""
+    stage = config.stage
+    return stage.name == "read" or (stage.name == "stage0" and (stage.hard_negatives > 0 or bool(config.data.caption_columns)))
+
+
+def _no_negatives(caption: str, salt: object) -> list[str]:
+    return []  # stage 0 without hard negatives: nothing to generate
+
+
+def _negative_generator(config: PretrainConfig):  # noqa: ANN202
+    return None if config.stage.hard_negatives else _no_negatives  # None: the data package's swap generator
 
 
 def _schema(config: PretrainConfig):  # noqa: ANN202
-    stage = config.stage
-    if stage.name == "read" or (stage.name == "stage0" and stage.hard_negatives):
-        return ReadSchema(caption_columns(config), k=stage.hard_negatives, seed=config.runtime.seed)
-    return ProSchema() if stage.name == "stage2" else LiteSchema()
+    if uses_caption_pool(config):
+        return ReadSchema(caption_columns(config), k=config.stage.hard_negatives, seed=config.runtime.seed,
+                          negative_generator=_negative_generator(config))
+    return ProSchema() if config.stage.name == "stage2" else LiteSchema()
 
 
 class _Concat(ConcatDataset):
@@ -71,8 +87,9 @@ def _map_dataset(config: PretrainConfig, path: Path, image_processor: Any):  # n
         return _Concat([_map_dataset(config, f, image_processor) for f in files]) if len(files) > 1 else _map_dataset(config, files[0], image_processor)
     stage, seed = config.stage, config.runtime.seed
     image_root = config.data.image_root or None
-    if stage.name == "read" or (stage.name == "stage0" and stage.hard_negatives):
-        return ReadDataset(path, image_root, image_processor, seed, caption_columns=caption_columns(config), k=stage.hard_negatives)
+    if uses_caption_pool(config):
+        return ReadDataset(path, image_root, image_processor, seed, caption_columns=caption_columns(config), k=stage.hard_negatives,
+                           negative_generator=_negative_generator(config))
     if stage.name == "stage2":
         return ReasonProDataset(path, image_root, image_processor, seed)
     return ReasonLiteDataset(path, image_root, image_processor, seed)
@@ -129,6 +146,16 @@ class TrainData:
         return int(count.item())
 
 
+class _DropFields:
+    """Collate without the sample fields the stage does not use (no T5 ids without reconstruction)."""
+
+    def __init__(self, collator: ReasonCollator, drop: tuple[str, ...]):
+        self.collator, self.drop = collator, drop
+
+    def __call__(self, samples: list[dict | None]) -> dict[str, Any]:
+        return self.collator([None if s is None else {k: v for k, v in s.items() if k not in self.drop} for s in samples])
+
+
 def _truncate(batch: dict[str, Any], size: int) -> dict[str, Any]:
     if size == batch["batch_size"]:
         return batch
@@ -166,10 +193,15 @@ def build_train_data(config: PretrainConfig, encoder: ReasonCLIPForPretraining, 
         # SigLIP's text tower pools the last position: it was trained on max-length padding.
         padding="max_length" if encoder.family == "siglip" else "longest",
     )
+    stage = config.stage
+    unused = (() if stage.name == "read" and stage.recon_weight > 0 else ("recon_target",)) + \
+             (() if stage.name == "read" and stage.align_weight > 0 else ("paraphrase",)) + \
+             (() if stage.hard_negatives > 0 else ("negatives",))
+    collate = _DropFields(collator, unused) if unused else collator
     path, seed = Path(config.data.train), config.runtime.seed
     generator = torch.Generator().manual_seed(seed)  # DataLoader iterators draw their base seed here, not from the global RNG
     workers = config.data.num_workers
-    common = dict(batch_size=config.data.batch_size, collate_fn=collator, num_workers=workers, drop_last=True,
+    common = dict(batch_size=config.data.batch_size, collate_fn=collate, num_workers=workers, drop_last=True,
                   generator=generator, pin_memory=torch.cuda.is_available(), persistent_workers=False)
     if data_format(config) == "webdataset":
         shards = sorted(str(p) for p in path.glob("*.tar")) if path.is_dir() else config.data.train

@@ -68,9 +68,11 @@ class StageObjective(nn.Module):
         return super()._apply(fn, recurse)
 
     # ------------------------------------------------------------------ pieces
-    def _text(self, batch: dict[str, Tensor], prefix: str) -> tuple[Tensor, Tensor]:
-        embeds, pooled = self.encoder.encode_text(batch[f"{prefix}_input_ids"], batch.get(f"{prefix}_attention_mask"))
-        return embeds, pooled
+    def _text(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        # No padding mask, on purpose. CLIP: the causal mask already keeps every position up to the pooled
+        # EOS from seeing the padding after it, so the pooled output is identical, and attention takes its
+        # unmasked fast path. SigLIP: its released weights were trained on max-length padding without a mask.
+        return self.encoder.encode_text(input_ids, None)
 
     def _contrastive(self, image: Tensor, text: Tensor) -> Tensor:
         if isinstance(self.contrastive, SigLipLoss):
@@ -91,28 +93,27 @@ class StageObjective(nn.Module):
             w = self.stream_weight(step)
             # One text pass over [desc; reason]; the collator pads both streams to one length.
             both = torch.cat([batch["desc_input_ids"], batch["reason_input_ids"]])
-            mask = torch.cat([batch["desc_attention_mask"], batch["reason_attention_mask"]])
-            desc, reason = F.normalize(encoder.encode_text(both, mask)[0], dim=-1).chunk(2)
+            desc, reason = F.normalize(self._text(both)[0], dim=-1).chunk(2)
             parts["clip_descriptive"] = w * self._contrastive(image, desc)
             parts["clip_reasoning"] = (1.0 - w) * self._contrastive(image, reason)
             if "anchor" in self.frozen_terms:
                 parts["anchor"] = self.frozen_terms["anchor"]()
 
         elif stage.name == "stage2":
-            text_raw, _ = self._text(batch, "reason")
+            text_raw, _ = self._text(batch["reason_input_ids"])
             parts["clip_reasoning"] = self._contrastive(image, F.normalize(text_raw, dim=-1))
             image_logits, text_logits = encoder.category_logits(image_raw, text_raw)
             parts["category"], _ = self.category(text_logits, batch["text_category"], image_logits, batch["image_categories"])
 
         else:  # stage0 / read: one caption stream, optionally with k hard negatives per caption
-            if stage.hard_negatives:  # ReadDataset batches: caption_*, neg_*, paraphrase_*, recon_*
+            if "caption_input_ids" in batch:  # single-caption samples (ReadDataset): caption_*, neg_*, paraphrase_*, recon_*
                 prefix = "caption"
-            else:
+            else:  # ReasonLite samples: the stream stage.captions names
                 prefix = "reason" if stage.captions == "reasoning" else "desc"
-            text_raw, pooled = self._text(batch, prefix)
+            text_raw, pooled = self._text(batch[f"{prefix}_input_ids"])
             text = F.normalize(text_raw, dim=-1)
             if stage.hard_negatives:
-                negatives = F.normalize(self._text(batch, "neg")[0], dim=-1)
+                negatives = F.normalize(self._text(batch["neg_input_ids"])[0], dim=-1)
                 parts["clip_hard_negatives"] = self.hard_negative(image, text, negatives, encoder.logit_scale)
             else:
                 parts["clip"] = self._contrastive(image, text)
@@ -123,7 +124,7 @@ class StageObjective(nn.Module):
                     )
                     parts["reconstruction"] = stage.recon_weight * recon
                 if stage.align_weight > 0:
-                    paraphrase = F.normalize(self._text(batch, "paraphrase")[0], dim=-1)
+                    paraphrase = F.normalize(self._text(batch["paraphrase_input_ids"])[0], dim=-1)
                     parts["alignment"] = stage.align_weight * self.alignment(paraphrase, text, encoder.logit_scale)
 
         return torch.stack(list(parts.values())).sum(), parts
