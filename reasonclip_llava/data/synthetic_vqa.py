@@ -18,6 +18,7 @@ import json
 import random
 from pathlib import Path
 
+from ..evaluation.benchmarks import SHORT_ANSWER_PROMPT
 from .hard_negatives import stable_seed
 from .synthetic import PALETTE, SHAPES, OPPOSITE, Scene, make_item, relation_caption, swap_negatives
 
@@ -85,7 +86,10 @@ def generate_synthetic_vqa(out_dir: str | Path, num_images: int, seed: int = 0, 
             turns = []
             for turn, kind in enumerate(rng.sample(QUESTION_KINDS, 2)):
                 question, answer = question_answer(item.scene, kind, rng)
-                turns += [{"from": "human", "value": ("<image>\n" if turn == 0 else "") + question},
+                # LLaVA-1.5's mix appends the short-answer instruction to VQA-style questions; the
+                # benchmarks' prompts carry it too, so training and evaluation prompts agree.
+                prompt = f"{question}\n{SHORT_ANSWER_PROMPT}"
+                turns += [{"from": "human", "value": ("<image>\n" if turn == 0 else "") + prompt},
                           {"from": "gpt", "value": answer}]
             instruct.append({"id": f"inst-{index}", "image": image, "conversations": turns})
             continue
