@@ -267,3 +267,26 @@ def test_clip_tokenizer_matches_open_clip_simple_tokenizer(clip_tokenizer):
     for text in texts:
         ours = clip_tokenizer(text).input_ids
         assert ours == [reference.sot_token_id, *reference.encode(text), reference.eot_token_id], text
+
+
+def test_naflex_siglip2_is_refused_with_the_reason(tmp_path):
+    from transformers import Siglip2Config
+
+    Siglip2Config(
+        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=100),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+    ).save_pretrained(tmp_path / "siglip2")
+    with pytest.raises(ValueError, match="siglip2.*pixel_attention_mask"):
+        ReasonCLIPForPretraining.from_pretrained(tmp_path / "siglip2")
+    with pytest.raises(ValueError, match="siglip2"):
+        ReasonCLIPVisionTower(tmp_path / "siglip2", delay_load=True)
+
+
+def test_cli_names_missing_paths_in_one_line(tmp_path, capsys):
+    from reasonclip_llava.cli import main
+
+    for argv in (["verify", str(tmp_path / "no_export"), "--base", str(tmp_path / "no_base")],
+                 ["swap", "--llava", str(tmp_path / "no_llava"), "--encoder", str(tmp_path / "x"), "--out", str(tmp_path / "o")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "error:" in err[0] and "no_" in err[0], err

@@ -103,7 +103,7 @@ def check_exported_weights(directory: Path, model: torch.nn.Module) -> None:
 
 def write_export_card(directory: Path, model_type: str, provenance: dict[str, str]) -> Path:
     """A short model card; `reasonclip card` replaces it with one carrying evaluation results."""
-    model_class = {"clip": "CLIPModel", "siglip": "SiglipModel", "siglip2": "Siglip2Model"}[model_type]
+    model_class = {"clip": "CLIPModel", "siglip": "SiglipModel"}[model_type]
     family = SUPPORTED_MODEL_TYPES[model_type][0]
     text = f"""---
 library_name: transformers

@@ -26,11 +26,16 @@ TRAINING_FILE = "reasonclip_training.json"
 NUM_CATEGORIES = 5
 CATEGORIES = ("S", "A", "H", "T", "P")  # spatial, attribute, human/action, temporal, physical
 
-# model_type of the dual-encoder config -> (family, vision sub-config model_type)
+# model_type of the dual-encoder config -> (family, vision sub-config model_type). Fixed-resolution
+# SigLIP 2 checkpoints of model_type 'siglip' load here; NaFlex 'siglip2' ones need variable-resolution
+# inputs (pixel_attention_mask, spatial_shapes) that neither the trainer nor LLaVA towers produce.
 SUPPORTED_MODEL_TYPES = {
     "clip": ("clip", "clip_vision_model"),
     "siglip": ("siglip", "siglip_vision_model"),
-    "siglip2": ("siglip", "siglip2_vision_model"),
+}
+UNSUPPORTED_MODEL_TYPES = {
+    "siglip2": "NaFlex SigLIP 2 ('siglip2') needs variable-resolution inputs (pixel_attention_mask, spatial_shapes); "
+    "use a fixed-resolution SigLIP / SigLIP 2 checkpoint of model_type 'siglip'",
 }
 # Files that travel with a checkpoint so that it stays usable on its own.
 SIDECAR_FILES = (
@@ -53,6 +58,8 @@ def load_dual_encoder_config(name_or_path: str | Path) -> PretrainedConfig:
         config = AutoConfig.from_pretrained(str(name_or_path))
     except OSError as error:
         raise FileNotFoundError(f"cannot read a model config from '{name_or_path}': {error}") from None
+    if config.model_type in UNSUPPORTED_MODEL_TYPES:
+        raise ValueError(f"'{name_or_path}': {UNSUPPORTED_MODEL_TYPES[config.model_type]}")
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
             f"'{name_or_path}' is a '{config.model_type}' checkpoint; ReasonCLIP needs a dual encoder "
@@ -101,7 +108,7 @@ class CategoryHeads(nn.Module):
 
 
 class ReasonCLIPForPretraining(nn.Module):
-    """A transformers CLIPModel / SiglipModel / Siglip2Model with optional training-only heads."""
+    """A transformers CLIPModel / SiglipModel (SigLIP and fixed-resolution SigLIP 2) with training-only heads."""
 
     def __init__(self, backbone: PreTrainedModel, heads: HeadsConfig | None = None, info: TrainingInfo | None = None):
         super().__init__()
