@@ -1,0 +1,184 @@
+"""Training-step throughput: our trainer (`pretrain`) vs open_clip_train's `train_one_epoch`.
+
+Same architecture (ViT-B/32 with QuickGELU, random init, `--layers` layers per tower; 12 is the real
+depth), same precision (fp32), same images and token ids, same optimizer settings (AdamW lr 1e-5,
+wd 0.05, warmup + cosine), no data loading on either side: both loops draw pre-made batches from memory
+and the time between two consecutive batch draws is one step (forward, backward, optimizer step,
+scheduler, logit_scale clamp, bookkeeping). Reported: median step time of each and the ratio
+open_clip / ours (> 1: ours is faster). Two rows for ours: captions padded to 77 like open_clip's
+tokenizer (same batch), and padded to the longest caption as our collator does.
+
+open_clip imports torchvision, which cannot be installed beside this project's torch, so run this in a
+separate virtual environment (wheels are on local disk for Python 3.11; no network needed):
+
+    python -m venv /tmp/ocvenv
+    /tmp/ocvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 open-clip-torch==3.3.0 timm ftfy regex
+    /tmp/ocvenv/bin/pip install transformers==5.23.0 accelerate==1.15.0 safetensors tokenizers huggingface_hub \
+        pyarrow webdataset pyyaml sentencepiece protobuf tqdm tensorboard
+    /tmp/ocvenv/bin/pip install --no-deps -e .          # this package, without its (torch) dependencies
+    /tmp/ocvenv/bin/python bench/bench_vs_open_clip.py --layers 12 --batch 32 --steps 6
+
+(the torch wheel pulls its CUDA libraries, ~5 GB installed; the benchmark itself runs on CPU or GPU.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+
+def batches(num: int, batch: int, caption_tokens: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(images [B, 3, 224, 224], open_clip-style token ids [B, 77]: <sot> ... <eot> then 0-padding)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(num):
+        ids = torch.zeros(batch, 77, dtype=torch.long)
+        lengths = torch.randint(caption_tokens // 2, caption_tokens + 1, (batch,), generator=g)
+        for row, length in enumerate(lengths.tolist()):
+            ids[row, 0], ids[row, length - 1] = 49406, 49407
+            ids[row, 1 : length - 1] = torch.randint(1000, 40000, (length - 2,), generator=g)
+        out.append((torch.randn(batch, 3, 224, 224, generator=g), ids))
+    return out
+
+
+class Timeline(list):
+    """perf_counter() at every batch draw; consecutive differences are step times."""
+
+    def steps(self, skip: int) -> list[float]:
+        return [b - a for a, b in zip(self[skip:], self[skip + 1 :])]
+
+
+# ------------------------------------------------------------------------------------------ open_clip
+def run_open_clip(data: list, args: argparse.Namespace) -> list[float]:
+    import open_clip
+    from open_clip_train.scheduler import cosine_lr
+    from open_clip_train.train import train_one_epoch
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(
+        embed_dim=512,
+        vision_cfg=open_clip.CLIPVisionCfg(layers=args.layers, width=768, patch_size=32, image_size=224),
+        text_cfg=open_clip.CLIPTextCfg(layers=args.layers, width=512, heads=8, context_length=77, vocab_size=49408),
+        quick_gelu=True,
+        output_dict=True,  # as open_clip_train/main.py creates it
+    ).to(args.device)
+    # open_clip_train/main.py's parameter groups: no weight decay on gains, biases, logit_scale.
+    exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
+    named = list(model.named_parameters())
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
+         {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": 0.05}],
+        lr=1e-5, betas=(0.9, 0.98), eps=1e-6,
+    )
+    total = len(data)
+    scheduler = cosine_lr(optimizer, 1e-5, max(1, total // 10), total)
+    timeline = Timeline()
+
+    class Loader:
+        num_batches, num_samples = total, total * args.batch
+
+        def __iter__(self):
+            for images, texts in data:
+                timeline.append(time.perf_counter())
+                yield images, texts
+            timeline.append(time.perf_counter())
+
+    run_args = SimpleNamespace(
+        device=args.device, precision="fp32", distill=False, accum_freq=1, skip_scheduler=False, grad_clip_norm=None,
+        horovod=False, log_every_n_steps=10, batch_size=args.batch, world_size=1, rank=0, local_rank=0, wandb=False,
+    )
+    data_info = SimpleNamespace(dataloader=Loader(), set_epoch=lambda epoch: None)  # open_clip_train.data.DataInfo's interface
+    train_one_epoch(model, {"train": data_info}, open_clip.ClipLoss(), 0, optimizer, None, scheduler, None, run_args)
+    return timeline.steps(skip=args.warmup)
+
+
+# ------------------------------------------------------------------------------------------ ours
+def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool) -> list[float]:
+    from transformers import CLIPConfig, CLIPModel
+
+    import reasonclip_llava.pretrain.data as pretrain_data
+    from reasonclip_llava.pretrain.config import load_config
+    from reasonclip_llava.pretrain.trainer import pretrain
+
+    work = Path(tempfile.mkdtemp(prefix="bench_ours_"))
+    vision = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=args.layers, image_size=224,
+                  patch_size=32, hidden_act="quick_gelu")
+    text = dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=args.layers, vocab_size=49408,
+                max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_act="quick_gelu")
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=512)).save_pretrained(work / "model")
+    timeline = Timeline()
+
+    class InMemoryData:  # stands in for build_train_data(): the same loop, no image decoding
+        batches_per_epoch, skipped_images = len(data), 0
+
+        def state_dict(self) -> dict[str, Any]:
+            return {}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            pass
+
+        def batches(self, device: torch.device):
+            for images, ids in data:
+                timeline.append(time.perf_counter())
+                if dynamic_padding:
+                    ids = ids[:, : int(ids.ne(0).sum(1).max())]
+                ids = ids.masked_fill(ids == 0, 49407)  # HF CLIP pads with <eot>; it pools at the first one
+                yield {"pixel_values": images.to(device), "desc_input_ids": ids.to(device)}
+            timeline.append(time.perf_counter())
+            while True:  # the loop ends at max_steps; never reached
+                yield {}
+
+    original = pretrain_data.build_train_data
+    pretrain_data.build_train_data = lambda *a, **k: InMemoryData()
+    try:
+        config = load_config(None, [
+            f"--model.name_or_path={work / 'model'}", "--data.train=in-memory", f"--runtime.output_dir={work / 'run'}",
+            "--stage.name=stage0", f"--data.batch_size={args.batch}", f"--schedule.max_steps={len(data)}", "--schedule.warmup_ratio=0.1",
+            "--optim.lr=1e-5", "--optim.weight_decay=0.05", f"--optim.logit_scale_max={math.log(100)}", "--runtime.save_every=0",
+            "--runtime.report_to=", "--runtime.progress_bar=false", "--runtime.log_every=10",
+        ])
+        pretrain(config)
+    finally:
+        pretrain_data.build_train_data = original
+    return timeline.steps(skip=args.warmup)[: len(data) - args.warmup]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per run (after --warmup)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--caption-tokens", type=int, default=24, help="longest caption (tokens); ReasonLite: <= 30 words")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the three runs")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = batches(args.steps + args.warmup, args.batch, args.caption_tokens)
+    times: dict[str, list[float]] = {"open_clip": [], "ours_pad77": [], "ours_dynamic": []}
+    for _ in range(args.rounds):  # interleaved so load changes hit every run alike
+        times["open_clip"] += run_open_clip(data, args)
+        times["ours_pad77"] += run_ours(data, args, dynamic_padding=False)
+        times["ours_dynamic"] += run_ours(data, args, dynamic_padding=True)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    print(f"torch {torch.__version__} device={args.device} threads={torch.get_num_threads()} layers={args.layers} batch={args.batch} "
+          f"steps={args.steps}x{args.rounds} caption_tokens<={args.caption_tokens}")
+    for name, value in median.items():
+        print(f"  {name:13s} {value * 1000:9.1f} ms/step  {args.batch / value:8.1f} samples/s")
+    print(f"throughput ours / open_clip (same 77-token batch)  = {median['open_clip'] / median['ours_pad77']:.3f}x")
+    print(f"throughput ours / open_clip (our dynamic padding)  = {median['open_clip'] / median['ours_dynamic']:.3f}x  (goal >= 1.3x)")
+
+
+if __name__ == "__main__":
+    main()
