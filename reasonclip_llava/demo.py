@@ -82,10 +82,13 @@ def _load_in_original_llava(encoder_dir: Path) -> None:
     except ImportError:
         print("   llava-torch not installed: skipped (pip install --no-deps llava-torch)")
         return
-    from .encoder.llava_compat import register_with_llava
+    from .encoder.llava_compat import register_with_llava, unregister_from_llava
 
     register_with_llava()
-    tower = build_vision_tower(SimpleNamespace(mm_vision_tower=str(encoder_dir), mm_vision_select_layer=-2, mm_vision_select_feature="patch"))
+    try:
+        tower = build_vision_tower(SimpleNamespace(mm_vision_tower=str(encoder_dir), mm_vision_select_layer=-2, mm_vision_select_feature="patch"))
+    finally:
+        unregister_from_llava()  # the demo leaves LLaVA as it found it
     size = tower.config.image_size  # original LLaVA towers have no image_size property
     features = tower(torch.randn(1, 3, size, size))
     print(f"   {type(tower).__module__}.{type(tower).__name__}: features {tuple(features.shape)}")

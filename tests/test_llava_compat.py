@@ -23,13 +23,14 @@ def exported(tiny_clip_dir, tmp_path_factory):
     return export_encoder(model.save_pretrained(root / "ckpt", source=tiny_clip_dir), root / "ReasonCLIP-tiny")
 
 
-@pytest.fixture()
+@pytest.fixture(autouse=True)
 def restore_llava_builder():
-    from llava.model import llava_arch
+    """Each test starts and ends with LLaVA's own builder, whatever ran before in this process."""
+    from reasonclip_llava.encoder.llava_compat import unregister_from_llava
 
-    saved = (llava_builder.build_vision_tower, llava_arch.build_vision_tower)
+    unregister_from_llava()
     yield
-    llava_builder.build_vision_tower, llava_arch.build_vision_tower = saved
+    unregister_from_llava()
 
 
 def _llava_args(tower: str, **extra):
@@ -57,7 +58,7 @@ def _hub_cache_snapshot(cache_dir, repo_id, source_dir):
     (repo / "refs" / "main").write_text("0" * 40)
 
 
-def test_registration_makes_llava_accept_reasonclip_hub_ids(exported, tmp_path, monkeypatch, restore_llava_builder):
+def test_registration_makes_llava_accept_reasonclip_hub_ids(exported, tmp_path, monkeypatch):
     from reasonclip_llava.encoder.llava_compat import register_with_llava
 
     cache = tmp_path / "hub"
@@ -82,9 +83,14 @@ def test_registration_makes_llava_accept_reasonclip_hub_ids(exported, tmp_path, 
 
     os.symlink(exported, tmp_path / "plain_clip")
     assert isinstance(llava_builder.build_vision_tower(_llava_args(str(tmp_path / "plain_clip"))), CLIPVisionTower)
+    from reasonclip_llava.encoder.llava_compat import unregister_from_llava
+
+    unregister_from_llava()
+    with pytest.raises(ValueError, match="Unknown vision tower"):
+        llava_builder.build_vision_tower(args)  # unregistered: LLaVA's own rule again
 
 
-def test_original_llava_model_runs_with_exported_tower(exported, restore_llava_builder):
+def test_original_llava_model_runs_with_exported_tower(exported):
     from llava.constants import IMAGE_TOKEN_INDEX
     from llava.model import LlavaLlamaForCausalLM
     from llava.model.language_model.llava_llama import LlavaConfig

@@ -55,3 +55,16 @@ def register_with_llava(aliases: dict[str, str | Path] | None = None) -> None:
     # llava_arch imported the function by name, so both references are replaced.
     builder.build_vision_tower = build_vision_tower
     llava_arch.build_vision_tower = build_vision_tower
+
+
+def unregister_from_llava() -> None:
+    """Undo `register_with_llava` (LLaVA's own builder back in place, aliases forgotten)."""
+    global _original_builder
+    if _original_builder is None:
+        return
+    from llava.model import llava_arch
+    from llava.model.multimodal_encoder import builder
+
+    builder.build_vision_tower = llava_arch.build_vision_tower = _original_builder
+    _original_builder = None
+    REGISTERED_TOWERS.clear()
