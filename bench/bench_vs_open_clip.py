@@ -104,9 +104,8 @@ def run_open_clip(data: list, args: argparse.Namespace) -> list[float]:
 def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool) -> list[float]:
     from transformers import CLIPConfig, CLIPModel
 
-    import reasonclip_llava.pretrain.data as pretrain_data
+    import reasonclip_llava.pretrain.trainer as trainer
     from reasonclip_llava.pretrain.config import load_config
-    from reasonclip_llava.pretrain.trainer import pretrain
 
     work = Path(tempfile.mkdtemp(prefix="bench_ours_"))
     vision = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=args.layers, image_size=224,
@@ -137,8 +136,8 @@ def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool) -> lis
             while True:  # the loop ends at max_steps; never reached
                 yield {}
 
-    original = pretrain_data.build_train_data
-    pretrain_data.build_train_data = lambda *a, **k: InMemoryData()
+    original = trainer.build_train_data
+    trainer.build_train_data = lambda *a, **k: InMemoryData()
     try:
         config = load_config(None, [
             f"--model.name_or_path={work / 'model'}", "--data.train=in-memory", f"--runtime.output_dir={work / 'run'}",
@@ -146,9 +145,9 @@ def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool) -> lis
             "--optim.lr=1e-5", "--optim.weight_decay=0.05", f"--optim.logit_scale_max={math.log(100)}", "--runtime.save_every=0",
             "--runtime.report_to=", "--runtime.progress_bar=false", "--runtime.log_every=10",
         ])
-        pretrain(config)
+        trainer.pretrain(config)
     finally:
-        pretrain_data.build_train_data = original
+        trainer.build_train_data = original
     return timeline.steps(skip=args.warmup)[: len(data) - args.warmup]
 
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from pretrain_helpers import REPO, checkpoint_tensors, make_workspace, recipe, single_thread, stage_args
 from reasonclip_llava.pretrain.trainer import pretrain_from_yaml

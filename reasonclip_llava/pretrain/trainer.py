@@ -18,12 +18,10 @@ final weights equal an uninterrupted run's bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
-import math
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +34,10 @@ from torch import nn
 from ..encoder.modeling import HeadsConfig, ReasonCLIPForPretraining
 from ..losses import clamp_logit_scale_
 from .config import PretrainConfig
+from .data import build_train_data
 from .objective import StageObjective
 from .schedule import build_lr_scheduler
 
-logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state"
@@ -110,12 +108,13 @@ def build_accelerator(config: PretrainConfig) -> Accelerator:
             hf_ds_config=runtime.deepspeed,
             gradient_accumulation_steps=runtime.gradient_accumulation_steps,
             gradient_clipping=config.optim.max_grad_norm or 0.0,
+            zero3_init_flag=False,  # see pretrain(): the model is loaded whole, then partitioned
         )
     report_to = [t for t in runtime.report_to if t]
     accelerator = Accelerator(
         # On a machine without an accelerator, cpu=True is what makes accelerate run torchrun's processes
         # as one gloo group (MULTI_CPU) instead of independent single-process runs.
-        cpu=not _has_accelerator(),
+        cpu=not _has_accelerator() and plugin is None,
         mixed_precision=runtime.mixed_precision,
         gradient_accumulation_steps=runtime.gradient_accumulation_steps,
         deepspeed_plugin=plugin,
@@ -175,23 +174,72 @@ def resolve_resume(config: PretrainConfig) -> Path | None:
 
 
 def save_checkpoint(accelerator: Accelerator, objective: nn.Module, config: PretrainConfig, step: int) -> Path:
-    """Write checkpoint-{step}/ atomically: everything goes to a temp dir that is renamed at the end."""
-    output_dir = Path(config.runtime.output_dir)
-    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = output_dir / f".tmp-{CHECKPOINT_PREFIX}{step}"
+    """checkpoint-{step}/ = training checkpoint + trainer_state/ (accelerate save_state), written atomically."""
+    target = Path(config.runtime.output_dir) / f"{CHECKPOINT_PREFIX}{step}"
+    _write_atomically(accelerator, objective, config, target, lambda tmp: accelerator.save_state(str(tmp / TRAINER_STATE)))
+    if accelerator.is_main_process:
+        _prune_checkpoints(target.parent, config.runtime.keep_last)
+    return target
+
+
+def _write_atomically(accelerator: Accelerator, objective: nn.Module, config: PretrainConfig, target: Path, extra=None) -> None:  # noqa: ANN001
+    """Save the model (plus what `extra(tmp_dir)` writes, on every rank) to a temp dir, then rename it to target.
+
+    A crash at any point leaves either the previous target or none, never a half-written one.
+    """
+    tmp = target.with_name(f".tmp-{target.name}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / TRAINER_STATE))  # every rank writes its part (RNG, ZeRO shards)
+    if extra is not None:
+        extra(tmp)  # collective: every rank writes its part (RNG states, ZeRO shards)
+    encoder = accelerator.unwrap_model(objective).encoder
+    with _full_weights(accelerator, encoder), _scalars_as_0d(encoder):  # collective under ZeRO-3
+        if accelerator.is_main_process:
+            encoder.save_pretrained(tmp, source=config.model.name_or_path)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(objective).encoder.save_pretrained(tmp, source=config.model.name_or_path)
-        if final.exists():  # a re-run over an old output_dir: replace, never merge
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _prune_checkpoints(output_dir, config.runtime.keep_last)
+        if target.exists():  # a re-run over an old output_dir: replace, never merge
+            shutil.rmtree(target)
+        os.replace(tmp, target)
     accelerator.wait_for_everyone()
-    return final
+
+
+def _scalars_as_1d(module: nn.Module) -> None:
+    """Hold 0-d parameters (CLIP's logit_scale, SigLIP's logit_bias) as shape [1].
+
+    DeepSpeed (0.19) broadcasts every parameter through a uint8 view at initialisation, which fails
+    on 0-d tensors. Shape [1] broadcasts the same way in the losses; `_scalars_as_0d` restores the
+    checkpoint shape while saving.
+    """
+    for owner in module.modules():
+        for name, param in list(owner.named_parameters(recurse=False)):
+            if param.ndim == 0:
+                owner._parameters[name] = nn.Parameter(param.detach().reshape(1), requires_grad=param.requires_grad)
+                owner._reasonclip_scalars = (*getattr(owner, "_reasonclip_scalars", ()), name)
+
+
+@contextlib.contextmanager
+def _scalars_as_0d(module: nn.Module):  # noqa: ANN202
+    """While saving: the parameters `_scalars_as_1d` reshaped are 0-d again, as the checkpoint format wants."""
+    reshaped = [getattr(owner, name) for owner in module.modules() for name in getattr(owner, "_reasonclip_scalars", ())]
+    for param in reshaped:
+        param.data = param.data.reshape(())
+    try:
+        yield
+    finally:
+        for param in reshaped:
+            param.data = param.data.reshape(1)
+
+
+def _full_weights(accelerator: Accelerator, module: nn.Module):  # noqa: ANN202
+    """Context in which `module` holds its full weights (ZeRO-3 partitions them; elsewhere a no-op)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.zero_stage == 3:
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+    return contextlib.nullcontext()
 
 
 def _prune_checkpoints(output_dir: Path, keep_last: int | None) -> None:
@@ -204,17 +252,17 @@ def _prune_checkpoints(output_dir: Path, keep_last: int | None) -> None:
 # --------------------------------------------------------------------------- the run
 def pretrain(config: PretrainConfig) -> Path:
     """Run one stage as configured; return output_dir/final (a training checkpoint, heads included)."""
-    from .data import build_train_data  # data plumbing: datasets, collator, resumable sampler
-
     runtime, stage = config.runtime, config.stage
-    accelerator = build_accelerator(config)
     set_seed(runtime.seed)
     output_dir = Path(runtime.output_dir)
 
+    # Loaded before the accelerator exists: with a ZeRO-3 config in place, transformers would build the
+    # model inside deepspeed.zero.Init; a CLIP-sized model is loaded whole and partitioned by prepare().
     t5 = load_t5_decoder(config)
     encoder = ReasonCLIPForPretraining.from_pretrained(
         config.model.name_or_path, heads=stage_heads(config, t5.config.d_model if t5 is not None else None)
     )
+    accelerator = build_accelerator(config)
     encoder.info.stage, encoder.info.recipe = stage.name, runtime.recipe or encoder.info.recipe
     if config.optim.logit_scale_max is not None:
         clamp_logit_scale_(encoder.logit_scale, config.optim.logit_scale_max)
@@ -226,6 +274,8 @@ def pretrain(config: PretrainConfig) -> Path:
     max_steps = resolve_max_steps(config, data.batches_per_epoch)
     warmup = config.schedule.warmup_steps if config.schedule.warmup_steps is not None else round(config.schedule.warmup_ratio * max_steps)
 
+    if accelerator.state.deepspeed_plugin is not None:
+        _scalars_as_1d(encoder)
     objective = StageObjective(encoder, stage, max_steps, config.optim.logit_scale_max, t5=t5)
     optimizer = build_optimizer(encoder, config.optim)
     scheduler = build_lr_scheduler(optimizer, config.schedule.scheduler, warmup, max_steps)
@@ -265,21 +315,19 @@ def pretrain(config: PretrainConfig) -> Path:
         progress.step, progress.data = step + 1, data.state_dict()
 
         if step % runtime.log_every == 0 or step + 1 == max_steps:
-            _log(accelerator, loss, parts, scheduler, objective, step, bar)
+            _log(accelerator, loss, parts, optimizer, objective, step, bar)
         bar.update(1)
         if runtime.save_every and (step + 1) % runtime.save_every == 0 and step + 1 < max_steps:
             save_checkpoint(accelerator, objective, config, step + 1)
 
     bar.close()
     final = output_dir / FINAL_DIR
-    if accelerator.is_main_process:
-        tmp = output_dir / f".tmp-{FINAL_DIR}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(objective).encoder.save_pretrained(tmp, source=config.model.name_or_path)
-        (tmp / "training_summary.json").write_text(json.dumps({"steps": max_steps, "skipped_images": data.skipped_images}))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    accelerator.wait_for_everyone()
+
+    def write_summary(tmp: Path) -> None:
+        if accelerator.is_main_process:
+            (tmp / "training_summary.json").write_text(json.dumps({"steps": max_steps, "skipped_images": data.skipped_images}))
+
+    _write_atomically(accelerator, objective, config, final, write_summary)
     accelerator.end_training()
     return final
 
@@ -316,10 +364,9 @@ def _stop_if_not_finite(accelerator: Accelerator, loss: torch.Tensor, step: int)
         raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {step}; stopping without saving")
 
 
-def _log(accelerator, loss, parts, scheduler, objective, step, bar) -> None:  # noqa: ANN001
+def _log(accelerator, loss, parts, optimizer, objective, step, bar) -> None:  # noqa: ANN001
     values = {"loss": loss.item(), **{f"loss/{k}": v.item() for k, v in parts.items()}}
-    for group, lr in zip(scheduler.scheduler.optimizer.param_groups if hasattr(scheduler, "scheduler") else scheduler.optimizer.param_groups, scheduler.get_last_lr()):
-        values[f"lr/{group['name']}"] = lr
+    values.update({f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups})
     values["logit_scale"] = accelerator.unwrap_model(objective).encoder.logit_scale.item()
     if accelerator.log_with:
         accelerator.log(values, step=step)
