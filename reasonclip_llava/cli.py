@@ -67,6 +67,13 @@ def _eval_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from .pretrain.trainer import pretrain_from_yaml
+
+    print(pretrain_from_yaml(args.config, args.overrides))
+    return 0
+
+
 def _llava_build(args: argparse.Namespace) -> int:
     from .llava_next.build import build_and_save
 
@@ -166,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, help="base checkpoint id or path")
     p.add_argument("--layer", type=int, default=-2, help="vision feature layer compared bitwise (LLaVA's select layer)")
     p.set_defaults(handler=_verify)
+
+    p = commands.add_parser("pretrain", help="one ReasonCLIP stage (stage0 / stage1 / stage2 / read) from a recipe; extra --key=value or --section.key=value override it")
+    p.add_argument("config", help="recipe YAML, e.g. train/stage1_l14_336.yaml")
+    p.set_defaults(handler=_pretrain, takes_overrides=True)
 
     p = commands.add_parser("llava-build", help="build a LLaVA-NeXT (transformers LlavaNext) from a causal LM and an encoder")
     p.add_argument("--lm", required=True, help="causal LM id or path (Llama / Qwen / Mistral family)")
