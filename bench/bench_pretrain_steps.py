@@ -109,6 +109,7 @@ def main() -> None:
         "stage1_no_anchor": Step(base, StageConfig(name="stage1", anchor_beta=0.0), args.device),  # where the cost goes
         "hard_negatives": Step(base, StageConfig(name="stage0", hard_negatives=3), args.device),
         "read": Step(base, StageConfig(name="read", hard_negatives=3), args.device, t5=t5),
+        "read_no_recon": Step(base, StageConfig(name="read", hard_negatives=3, recon_weight=0.0), args.device),  # where the cost goes
     }
     batch = make_batch(args.batch, args.caption_tokens, 3, args.device)
     for step in steps.values():  # warm-up (allocator, AdamW state)
@@ -126,6 +127,8 @@ def main() -> None:
     print(f"  of which two streams (no anchor)   = {median['stage1_no_anchor'] / median['plain']:.3f}x; the L2 anchor costs "
           f"{(median['stage1'] - median['stage1_no_anchor']) * 1000:.0f} ms/step, O(parameters), independent of the batch")
     print(f"READ / hard-negative contrastive     = {median['read'] / median['hard_negatives']:.3f}x  (goal <= 1.30x)")
+    print(f"  of which paraphrase alignment      = {median['read_no_recon'] / median['hard_negatives']:.3f}x; the frozen T5 decoder "
+          f"(forward + input gradient) costs {(median['read'] - median['read_no_recon']) * 1000:.0f} ms/step")
 
 
 if __name__ == "__main__":

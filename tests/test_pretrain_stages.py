@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -265,3 +266,20 @@ def test_bad_paths_name_the_key(ws, tmp_path):
         pretrain(load_config(recipe("stage1"), stage_args(ws, "stage1", tmp_path, f"--runtime.resume_from={tmp_path}")))
     with pytest.raises(FileNotFoundError, match="stage.t5_model"):
         pretrain(load_config(recipe("read"), stage_args(ws, "read", tmp_path, f"--stage.t5_model={tmp_path / 'no_t5'}")))
+
+
+# ----------------------------------------------------------------------------------------- webdataset
+def test_webdataset_shards_train_and_resume_exactly(ws, tmp_path):
+    from reasonclip_llava.data import write_wds_shards
+
+    shards = tmp_path / "shards"
+    write_wds_shards(ws["reasonlite"], shards, samples_per_shard=10)  # 38 rows -> 4 shards; a dir of .tar is detected
+    args = lambda out, *extra: stage_args(ws, "stage1", out, f"--data.train={shards}", "--runtime.save_every=2", *extra)  # noqa: E731
+    straight = pretrain_from_yaml(recipe("stage1"), args(tmp_path / "straight", "--schedule.max_steps=5"))
+    # the same run in two parts: stopped after step 2 (as if killed after checkpoint-2), then resumed
+    pretrain_from_yaml(recipe("stage1"), args(tmp_path / "parts", "--schedule.max_steps=5"))
+    for late in ("checkpoint-4", "final"):
+        shutil.rmtree(tmp_path / "parts" / late)
+    resumed = pretrain_from_yaml(recipe("stage1"), args(tmp_path / "parts", "--schedule.max_steps=5", "--runtime.resume_from=latest"))
+    expected, got = checkpoint_tensors(straight), checkpoint_tensors(resumed)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)

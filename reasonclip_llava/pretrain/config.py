@@ -12,7 +12,8 @@ the field's type (so `--optim.lr=1e-5` is a float even though YAML 1.1 reads `1e
 
 The stage decides which objective terms are active (see `trainer.compute_loss`):
 
-    stage0  contrastive on one caption stream (stage.captions), optionally with hard negatives
+    stage0  contrastive on one caption stream (stage.captions: tb or trl; or the data.caption_columns
+            pool), optionally with stage.hard_negatives swap negatives per caption
     stage1  w(t) * CLIP(img, desc) + (1 - w(t)) * CLIP(img, reason) + beta * ||theta - theta0||^2
     stage2  CLIP(img, reason) + gamma * [CE(text head) + BCE(image head)]
     read    hard-negative CLIP (k negatives) + recon_weight * T5 reconstruction + align_weight * paraphrase

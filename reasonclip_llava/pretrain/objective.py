@@ -63,8 +63,10 @@ class StageObjective(nn.Module):
         object.__setattr__(self, "frozen_terms", terms)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
-        for term in self.frozen_terms.values():
-            term._apply(fn)
+        # .to(device) / .bfloat16() reach the frozen T5. Not theta0: it follows the parameters' device
+        # by itself and stays fp32 (a bf16 copy would round the anchor).
+        if "reconstruction" in self.frozen_terms:
+            self.frozen_terms["reconstruction"]._apply(fn)
         return super()._apply(fn, recurse)
 
     # ------------------------------------------------------------------ pieces
@@ -110,21 +112,25 @@ class StageObjective(nn.Module):
                 prefix = "caption"
             else:  # ReasonLite samples: the stream stage.captions names
                 prefix = "reason" if stage.captions == "reasoning" else "desc"
-            text_raw, pooled = self._text(batch[f"{prefix}_input_ids"])
-            text = F.normalize(text_raw, dim=-1)
+            blocks = {"text": batch[f"{prefix}_input_ids"]}
             if stage.hard_negatives:
-                negatives = F.normalize(self._text(batch["neg_input_ids"])[0], dim=-1)
-                parts["clip_hard_negatives"] = self.hard_negative(image, text, negatives, encoder.logit_scale)
+                blocks["negatives"] = batch["neg_input_ids"]
+            if stage.name == "read" and stage.align_weight > 0:
+                blocks["paraphrase"] = batch["paraphrase_input_ids"]
+            # One text pass over [captions; negatives; paraphrases] (the collator pads them to one length).
+            sizes = [ids.shape[0] for ids in blocks.values()]
+            embeds, pooled = self._text(torch.cat(list(blocks.values())))
+            texts = dict(zip(blocks, F.normalize(embeds, dim=-1).split(sizes)))
+            if stage.hard_negatives:
+                parts["clip_hard_negatives"] = self.hard_negative(image, texts["text"], texts["negatives"], encoder.logit_scale)
             else:
-                parts["clip"] = self._contrastive(image, text)
-            if stage.name == "read":
-                if "reconstruction" in self.frozen_terms:
-                    recon = self.frozen_terms["reconstruction"](
-                        pooled, encoder.recon_projector, batch["recon_labels"], batch.get("recon_attention_mask")
-                    )
-                    parts["reconstruction"] = stage.recon_weight * recon
-                if stage.align_weight > 0:
-                    paraphrase = F.normalize(self._text(batch["paraphrase_input_ids"])[0], dim=-1)
-                    parts["alignment"] = stage.align_weight * self.alignment(paraphrase, text, encoder.logit_scale)
+                parts["clip"] = self._contrastive(image, texts["text"])
+            if "reconstruction" in self.frozen_terms:
+                recon = self.frozen_terms["reconstruction"](
+                    pooled[: sizes[0]], encoder.recon_projector, batch["recon_labels"], batch.get("recon_attention_mask")
+                )
+                parts["reconstruction"] = stage.recon_weight * recon
+            if "paraphrase" in texts:
+                parts["alignment"] = stage.align_weight * self.alignment(texts["paraphrase"], texts["text"], encoder.logit_scale)
 
         return torch.stack(list(parts.values())).sum(), parts
