@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.overrides = extra
     try:
         return args.handler(args)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, FloatingPointError) as error:
         # Bad input gets one line naming the problem, not a traceback.
         print(f"reasonclip {args.command}: error: {error}", file=sys.stderr)
         return 2
