@@ -1,4 +1,4 @@
-"""Throughput of `reasonclip eval vqa`: batched (16) vs one-question-at-a-time greedy generation.
+"""Throughput of `reasonclip eval vqa`: batched (32 by default) vs one-question-at-a-time greedy generation.
 
 Same tiny random LlavaNext (CLIP tower 32 px / patch 8, anyres pinpoints [[32,64],[64,32],[64,64]],
 Qwen2 text model), same synthetic questions (random-noise images of 12 sizes, so rows differ in
@@ -83,7 +83,7 @@ def timed_inputs(processor, questions: list[VQAQuestion], batch_size: int) -> fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=64, help="text model width")
     parser.add_argument("--layers", type=int, default=2, help="text model depth")
