@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO-2 (stage A, `deepspeed` launcher) then ZeRO-3 (stage B full and LoRA, torchrun), on CPU.
+"""DeepSpeed ZeRO-2 (stage A) then ZeRO-3 (stage B full), both through the `deepspeed` launcher, and
+ZeRO-3 LoRA through torchrun, on CPU.
 
 ZeRO-3 is where LLaVA loses weights: a tower or projector loaded into an already-partitioned model comes
 back with size-0 tensors or random values. Stage B here trains only the LM, so after a ZeRO-3 run the
@@ -81,7 +82,7 @@ def runs(tmp_path_factory, tiny_clip_dir):
     launch(dict(common, model_name_or_path=str(stage_a), template="qwen_1_5", mm_tunable_parts="mm_language_model",
                 learning_rate=1e-3, data_path=str(instruct_json), image_folder=str(instruct_images),
                 output_dir=str(stage_b)),
-           root / "stage_b.yaml", f"--deepspeed={REPO / 'train/zero3.json'}", "--gradient_checkpointing")
+           root / "stage_b.yaml", f"--deepspeed={REPO / 'train/zero3.json'}", "--gradient_checkpointing", launcher="deepspeed")
     lora = root / "lora"
     launch(dict(common, model_name_or_path=str(stage_a), template="qwen_1_5",
                 mm_tunable_parts="mm_mlp_adapter,mm_language_model", lora_enable=True, lora_r=4, lora_alpha=8,
