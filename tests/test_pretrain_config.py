@@ -76,7 +76,7 @@ def test_overrides_are_type_coerced_and_bare_keys_resolve():
         (["--stage.name=stage3"], "config key 'stage.name' must be one of"),
         (["--stage.w_schedule=[0.7, 0.9, 0.5, 0.2, 0.6]"], "config key 'stage.w_schedule'"),
         (["--stage.name=read", "--stage.hard_negatives=0"], "config key 'stage.hard_negatives'"),
-        (["--seed"], "has no value"),
+        (["--seed"], "config key 'runtime.seed' expects int, got True"),  # a bare --flag means true
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):

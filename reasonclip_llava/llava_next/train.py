@@ -37,6 +37,7 @@ from transformers import (
 )
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+from ..config_utils import LAUNCHER_KEYS, coerce, parse_overrides
 from .build import build_llava_next
 from .data import LengthGroupedSampler, LlavaConversationDataset, LlavaDataCollator
 
@@ -139,39 +140,6 @@ class LlavaTrainConfig:
 # ---- config loading -------------------------------------------------------------------------------
 
 _TYPE_HINTS = typing.get_type_hints(LlavaTrainConfig)
-_IGNORED_KEYS = {"local_rank"}  # appended by the deepspeed launcher
-
-
-def _coerce(key: str, value: Any) -> Any:
-    """YAML / command-line value -> the field's type (PyYAML reads '1e-3' as a string, '--bf16' has no value)."""
-    hint = _TYPE_HINTS[key]
-    allowed = typing.get_args(hint) or (hint,)  # `int | None` -> (int, NoneType); `int` -> (int,)
-    nullable = type(None) in allowed
-    if value is None or (nullable and isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
-        if nullable:
-            return None
-        raise ValueError(f"config key {key!r} cannot be null")
-    target = next(t for t in allowed if t is not type(None))
-    try:
-        if target is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("true", "1", "yes", "on"):
-                return True
-            if text in ("false", "0", "no", "off"):
-                return False
-            raise ValueError(value)
-        if target in (int, float):
-            number = float(value)
-            if isinstance(value, bool) or (target is int and not number.is_integer()):
-                raise ValueError(value)
-            return int(number) if target is int else number
-        if target is list:
-            return yaml.safe_load(value) if isinstance(value, str) else list(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"config key {key!r}: cannot read {value!r} as {getattr(target, '__name__', target)}") from None
 
 
 def config_from_dict(values: dict[str, Any]) -> LlavaTrainConfig:
@@ -179,32 +147,12 @@ def config_from_dict(values: dict[str, Any]) -> LlavaTrainConfig:
     known = {f.name for f in dataclasses.fields(LlavaTrainConfig)}
     kwargs = {}
     for key, value in values.items():
-        if key in _IGNORED_KEYS:
+        if key in LAUNCHER_KEYS:
             continue
         if key not in known:
             raise ValueError(f"unknown config key {key!r}")
-        kwargs[key] = _coerce(key, value)
+        kwargs[key] = coerce(value, _TYPE_HINTS[key], key)
     return LlavaTrainConfig(**kwargs)
-
-
-def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
-    """`--key=value`, `--key value` and bare `--flag` (= true) -> {key: raw value}."""
-    overrides: dict[str, Any] = {}
-    index = 0
-    while index < len(argv):
-        token = argv[index]
-        if not token.startswith("--"):
-            raise ValueError(f"unexpected argument {token!r}; overrides look like --key=value")
-        key, has_value, value = token[2:].partition("=")
-        key = key.replace("-", "_")
-        if not has_value:
-            if index + 1 < len(argv) and not argv[index + 1].startswith("--"):
-                value, index = argv[index + 1], index + 1
-            else:
-                value = "true"
-        overrides[key] = value
-        index += 1
-    return overrides
 
 
 def load_train_config(path: str | Path | None = None, overrides: Sequence[str] | dict[str, Any] = ()) -> LlavaTrainConfig:
@@ -218,7 +166,7 @@ def load_train_config(path: str | Path | None = None, overrides: Sequence[str] |
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of option: value")
         values.update(loaded)
-    values.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    values.update(overrides if isinstance(overrides, dict) else dict(parse_overrides(overrides)))
     return config_from_dict(values)
 
 

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..config_utils import coerce, parse_overrides  # noqa: F401  (parse_overrides is part of this module's API)
 
 STAGES = ("stage0", "stage1", "stage2", "read")
 CAPTION_STREAMS = ("descriptive", "reasoning")
@@ -184,26 +185,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return config.validate()
 
 
-def parse_overrides(args: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
-    """`--a.b=1 --c 2` -> [("a.b", "1"), ("c", "2")]."""
-    pairs, i = [], 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise ValueError(f"override '{arg}' must look like --key=value")
-        body = arg[2:]
-        if "=" in body:
-            key, value = body.split("=", 1)
-        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-            key, value = body, args[i + 1]
-            i += 1
-        else:
-            raise ValueError(f"override '{arg}' has no value (use --key=value)")
-        pairs.append((key.replace("-", "_"), value))
-        i += 1
-    return pairs
-
-
 def resolve_key(key: str) -> str:
     """A dotted key stays; a bare field name maps to its section when it is unique."""
     if "." in key:
@@ -224,7 +205,7 @@ def set_value(config: PretrainConfig, dotted: str, value: Any) -> None:
     hints = typing.get_type_hints(type(section))
     if key not in hints:
         raise ValueError(f"unknown config key '{dotted}'")
-    setattr(section, key, _coerce(value, hints[key], dotted))
+    setattr(section, key, coerce(value, hints[key], dotted))
 
 
 def _sections() -> dict[str, type]:
@@ -236,42 +217,3 @@ def _get(config: PretrainConfig, dotted: str) -> Any:
     return getattr(getattr(config, section), key)
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Convert a YAML value to the field type; fail with one line naming the key."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            if type(None) in args:
-                return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
-    if origin is list:
-        if value is None:
-            return []
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()] if value.strip() else []
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key '{key}' expects a list, got {value!r}")
-        return [_coerce(v, args[0], key) for v in value]
-    try:
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-                return value.lower() in ("true", "yes", "1")
-            raise ValueError
-        if hint is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if hint is str:
-            if isinstance(value, (dict, list)):
-                raise ValueError
-            return str(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"config key '{key}' expects {getattr(hint, '__name__', hint)}, got {value!r}") from None
-    raise TypeError(f"config key '{key}': unsupported field type {hint}")

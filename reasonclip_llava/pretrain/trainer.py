@@ -404,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reasonclip_llava.pretrain", description="Run one ReasonCLIP pretraining stage.")
     parser.add_argument("config", help="recipe YAML (train/stage1_b32.yaml, ...)")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="--section.key=value or --key=value")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
     args = parser.parse_args(argv)
     try:
         print(pretrain_from_yaml(args.config, args.overrides))

@@ -1,0 +1,84 @@
+"""What both training configs share: command-line overrides and typed coercion of YAML / CLI values.
+
+`reasonclip pretrain` (nested sections, `--optim.lr=1e-4`) and `reasonclip llava-train` (LLaVA's flat
+option names, `--learning_rate 2e-5`) read their overrides and convert values here, so the two accept
+the same forms and fail with the same one-line errors naming the key.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Sequence
+
+import yaml
+
+# Added by the `deepspeed` launcher in front of the script's own arguments; never a config key.
+LAUNCHER_KEYS = frozenset({"local_rank"})
+
+
+def parse_overrides(argv: Sequence[str]) -> list[tuple[str, str]]:
+    """`--a.b=1 --c 2 --flag` -> [("a.b", "1"), ("c", "2"), ("flag", "true")]; dashes in keys become '_'."""
+    pairs, index = [], 0
+    while index < len(argv):
+        token = argv[index]
+        if not token.startswith("--"):
+            raise ValueError(f"override '{token}' must look like --key=value")
+        key, has_value, value = token[2:].partition("=")
+        if not has_value:
+            if index + 1 < len(argv) and not argv[index + 1].startswith("--"):
+                value, index = argv[index + 1], index + 1
+            else:
+                value = "true"  # a bare --flag
+        key = key.replace("-", "_")
+        if key not in LAUNCHER_KEYS:
+            pairs.append((key, value))
+        index += 1
+    return pairs
+
+
+def coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the field type `hint`; fail with one line naming `key`.
+
+    PyYAML reads '1e-3' as a string and the command line gives strings only, hence the conversions.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~", "")):
+            if type(None) in args:
+                return None
+            raise ValueError(f"config key '{key}' cannot be null")
+        return coerce(value, next(a for a in args if a is not type(None)), key)
+    if hint is list or origin is list:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            text = value.strip()
+            value = yaml.safe_load(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key '{key}' expects a list, got {value!r}")
+        return [coerce(v, args[0], key) for v in value] if args else list(value)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "yes", "on", "1"):
+                return True
+            if text in ("false", "no", "off", "0"):
+                return False
+            raise ValueError
+        if hint in (int, float):
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if hint is int and not number.is_integer():
+                raise ValueError
+            return int(number) if hint is int else number
+        if hint is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config key '{key}' expects {getattr(hint, '__name__', hint)}, got {value!r}") from None
+    raise TypeError(f"config key '{key}': unsupported field type {hint}")
