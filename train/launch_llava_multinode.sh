@@ -32,12 +32,8 @@ else
 fi
 WORLD=$(( NNODES * GPUS_PER_NODE ))
 # Fewer devices than the recipe assumes -> more accumulation; more devices -> smaller per-device batch.
-if (( PER_DEVICE * WORLD > GLOBAL_BATCH )); then PER_DEVICE=$(( GLOBAL_BATCH / WORLD )); fi
-if (( PER_DEVICE < 1 || GLOBAL_BATCH % (PER_DEVICE * WORLD) != 0 )); then
-  echo "GLOBAL_BATCH=$GLOBAL_BATCH cannot be split over WORLD=$WORLD devices with PER_DEVICE=$PER_DEVICE" >&2
-  exit 2
-fi
-ACCUM=$(( GLOBAL_BATCH / (PER_DEVICE * WORLD) ))
+DEVICES=$WORLD
+source "$(dirname "$0")/split_global_batch.sh"
 ARGS=("$RECIPE" --per_device_train_batch_size="$PER_DEVICE" --gradient_accumulation_steps="$ACCUM" "$@")
 
 if [ -n "${HOSTFILE:-}" ]; then

@@ -16,12 +16,8 @@ GLOBAL_BATCH=${GLOBAL_BATCH:-256}
 PER_DEVICE=${PER_DEVICE:-32}
 
 # Fewer devices than the recipe assumes -> more accumulation; more devices -> smaller per-device batch.
-if (( PER_DEVICE * NUM_GPUS > GLOBAL_BATCH )); then PER_DEVICE=$(( GLOBAL_BATCH / NUM_GPUS )); fi
-if (( PER_DEVICE < 1 || GLOBAL_BATCH % (PER_DEVICE * NUM_GPUS) != 0 )); then
-  echo "GLOBAL_BATCH=$GLOBAL_BATCH cannot be split over NUM_GPUS=$NUM_GPUS devices with PER_DEVICE=$PER_DEVICE" >&2
-  exit 2
-fi
-ACCUM=$(( GLOBAL_BATCH / (PER_DEVICE * NUM_GPUS) ))
+DEVICES=$NUM_GPUS
+source "$(dirname "$0")/split_global_batch.sh"
 
 exec deepspeed --num_gpus "$NUM_GPUS" --module reasonclip_llava.llava_next.train "$RECIPE" \
   --language_model="$LLM" \
