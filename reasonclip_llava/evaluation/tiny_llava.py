@@ -14,6 +14,7 @@ import torch
 from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
+from ..llava_next.build import add_image_token
 from ..llava_next.tiny_lm import FAMILY_CONFIG, build_tiny_tokenizer
 
 TINY_PINPOINTS = [[32, 64], [64, 32], [64, 64]]
@@ -49,8 +50,7 @@ def save_tiny_llava_next(
     """
     out_dir = Path(out_dir)
     tokenizer = build_tiny_tokenizer(family)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    image_token_id = add_image_token(tokenizer)
     text_config = FAMILY_CONFIG[family](
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
