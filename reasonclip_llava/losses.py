@@ -345,9 +345,31 @@ class L2AnchorLoss(nn.Module):
         device = self._params[0].device
         if self.anchor.device != device:
             self.anchor = self.anchor.to(device)
-        params = [p if p.dtype == torch.float32 else p.float() for p in self._params]
-        diffs = torch._foreach_sub(params, self._anchor_views())
-        return self.beta * torch.stack(torch._foreach_norm(diffs)).square().sum()
+        return self.beta * _SquaredDistance.apply(self._anchor_views(), *self._params)
+
+
+class _SquaredDistance(torch.autograd.Function):
+    """sum_i ||p_i - a_i||^2 (fp32) over lists of tensors; gradient 2 (p_i - a_i).
+
+    Autograd of the same expression written with foreach ops keeps every difference alive until
+    backward (a second copy of the anchored weights) and differentiates `_foreach_norm` one parameter
+    at a time (a chain of small kernels per tensor: ~35 ms per step for ViT-L/14 on an H100). Here
+    both passes are a few multi-tensor kernels and nothing is kept but references.
+    """
+
+    @staticmethod
+    def forward(ctx, anchors: list[Tensor], *params: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.anchors = anchors
+        ctx.save_for_backward(*params)
+        diffs = torch._foreach_sub([p if p.dtype == torch.float32 else p.float() for p in params], anchors)
+        return torch.stack(torch._foreach_norm(diffs)).square().sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        params = ctx.saved_tensors
+        grads = torch._foreach_sub([p if p.dtype == torch.float32 else p.float() for p in params], ctx.anchors)
+        torch._foreach_mul_(grads, 2.0 * grad)
+        return (None, *(g if g.dtype == p.dtype else g.to(p.dtype) for g, p in zip(grads, params)))
 
 
 class CategoryLoss(nn.Module):
