@@ -218,6 +218,33 @@ def test_read_objective_gradients_skip_t5(ws):
     assert not any(k.startswith("frozen") or "t5" in k for k in objective.state_dict())
 
 
+def test_read_bf16_holds_the_frozen_decoder_in_bf16(ws):
+    from reasonclip_llava.pretrain.trainer import load_t5_decoder
+
+    fp32 = load_t5_decoder(load_config(recipe("read"), stage_args(ws, "read", ws["t5"], "--runtime.mixed_precision=no")))
+    bf16 = load_t5_decoder(load_config(recipe("read"), stage_args(ws, "read", ws["t5"], "--runtime.mixed_precision=bf16")))
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32} and {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    assert fp32.encoder is None and not any(p.requires_grad for p in bf16.parameters())
+
+    # Under bf16 autocast the bf16 decoder computes the fp32 decoder's loss (to bf16 rounding) and passes the gradient on.
+    processor, tokenizer = _processor_and_tokenizer(ws["clip"])
+    from transformers import AutoTokenizer
+
+    dataset = ReadDataset(ws["reasonlite"], image_processor=processor, caption_columns=("tb",), k=3)
+    batch = _batch(dataset, tokenizer, t5_tokenizer=AutoTokenizer.from_pretrained(ws["t5"]))
+    losses = {}
+    for name, t5 in (("fp32", fp32), ("bf16", bf16)):
+        encoder = ReasonCLIPForPretraining.from_pretrained(ws["clip"], heads=HeadsConfig(recon_dim=t5.config.d_model))
+        torch.nn.init.normal_(encoder.recon_projector.weight, std=0.5, generator=torch.Generator().manual_seed(0))
+        objective = StageObjective(encoder, StageConfig(name="read", hard_negatives=3), max_steps=10, logit_scale_max=LN50, t5=t5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, parts = objective(batch, step=0)
+        parts["reconstruction"].backward()
+        assert encoder.recon_projector.weight.grad.abs().sum() > 0
+        losses[name] = parts["reconstruction"].float()
+    torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=2e-2, atol=0)
+
+
 # ----------------------------------------------------------------------------------------- temperature, SigLIP
 def test_logit_scale_clamped_to_ln50(ws, tmp_path):
     clip = tmp_path / "hot_clip"
