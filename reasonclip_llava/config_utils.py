@@ -58,6 +58,8 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config key '{key}' expects a list, got {value!r}")
         return [coerce(v, args[0], key) for v in value] if args else list(value)
+    if hint is str and isinstance(value, bool):  # YAML 1.1 reads an unquoted no / off / yes as a boolean
+        raise ValueError(f"config key '{key}' expects a string, got the YAML boolean {value}: quote the value")
     try:
         if hint is bool:
             if isinstance(value, bool):

@@ -76,7 +76,7 @@ def test_overrides_are_type_coerced_and_bare_keys_resolve():
         (["--stage.name=stage3"], "config key 'stage.name' must be one of"),
         (["--stage.w_schedule=[0.7, 0.9, 0.5, 0.2, 0.6]"], "config key 'stage.w_schedule'"),
         (["--stage.name=read", "--stage.hard_negatives=0"], "config key 'stage.hard_negatives'"),
-        (["--seed"], "config key 'runtime.seed' expects int, got True"),  # a bare --flag means true
+        (["--seed"], "config key 'runtime.seed' expects int, got 'true'"),  # a bare --flag means true
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):
@@ -84,6 +84,16 @@ def test_bad_overrides_name_the_key(overrides, message):
         load_config(TRAIN / "stage1_b32.yaml", overrides)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_string_fields_keep_yaml_boolean_words(tmp_path):
+    # On the command line 'no' is the string the field wants, not YAML 1.1's false.
+    assert load_config(TRAIN / "stage1_b32.yaml", ["--runtime.mixed_precision=no"]).runtime.mixed_precision == "no"
+    assert load_config(TRAIN / "stage1_b32.yaml", ["--mixed_precision", "no"]).runtime.mixed_precision == "no"
+    recipe = tmp_path / "unquoted.yaml"
+    recipe.write_text((TRAIN / "stage1_b32.yaml").read_text().replace("mixed_precision: bf16", "mixed_precision: no"))
+    with pytest.raises(ValueError, match="config key 'runtime.mixed_precision' expects a string, got the YAML boolean False: quote"):
+        load_config(recipe)
 
 
 def test_bad_yaml_keys_name_the_key(tmp_path):

@@ -181,7 +181,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
                 set_value(config, f"{section}.{key}", value)
         config.runtime.recipe = str(path)
     for key, value in parse_overrides(overrides):
-        set_value(config, resolve_key(key), yaml.safe_load(value) if isinstance(value, str) else value)
+        set_value(config, resolve_key(key), value)  # coerce() reads the string as the field's type ('no' stays 'no')
     return config.validate()
 
 
