@@ -12,6 +12,7 @@ one costs: same parameter count, same FLOPs, latency ratio 1.00 +- 2%. Two parts
            vision-tower FLOPs for a 5-tile anyres image.
 
     python bench/bench_llava_parity.py [--repeats 200] [--generate-repeats 40] [--new-tokens 8] [--device cpu]
+    python bench/bench_llava_parity.py --device cuda --real-size-latency   # + real-size bf16 forward latency
 """
 
 from __future__ import annotations
@@ -91,18 +92,21 @@ def tiny_pair(workdir: Path, device: str):
     return load(stock_dir), load(reasonclip_dir), LlavaNextProcessor.from_pretrained(stock_dir)
 
 
-def real_size_meta() -> dict[str, dict[str, int]]:
+def real_size_configs() -> dict[str, LlavaNextConfig]:
     text_config = Qwen3Config(**QWEN3_1_7B)
     with tempfile.TemporaryDirectory() as directory:
         CLIPConfig(text_config=CLIP_L14_TEXT, vision_config=CLIP_L14_336_VISION, projection_dim=768).save_pretrained(directory)
         reasonclip_vision = load_vision_config(directory)  # what build_llava_next reads from a ReasonCLIP export
-    configs = {
+    return {
         "stock CLIP-L/14-336": LlavaNextConfig(text_config=text_config, image_token_index=151936, tie_word_embeddings=True),
         "ReasonCLIP-L/14-336": LlavaNextConfig(vision_config=reasonclip_vision, text_config=text_config,
                                                image_token_index=151936, tie_word_embeddings=True),
     }
+
+
+def real_size_meta() -> dict[str, dict[str, int]]:
     results = {}
-    for name, config in configs.items():
+    for name, config in real_size_configs().items():
         with torch.device("meta"):
             model = LlavaNextForConditionalGeneration(config)
             tiles = torch.empty(5, 3, 336, 336)  # anyres: base image + 2x2 grid
@@ -117,6 +121,33 @@ def real_size_meta() -> dict[str, dict[str, int]]:
     return results
 
 
+def real_size_latency(device: str, repeats: int, prompt_tokens: int = 64) -> dict[str, float]:
+    """Forward latency (ms) of both real-size models, random bf16 weights, one 672x672 image (5 anyres tiles)."""
+    results, models = {}, {}
+    for name, config in real_size_configs().items():
+        # The image token must index a real embedding row (llava-hf checkpoints add it to the vocabulary);
+        # the meta configs keep the LM's own vocabulary so the parameter counts are the published ones.
+        config.image_token_index = config.text_config.vocab_size - 1
+        torch.manual_seed(0)
+        with torch.device(device):
+            models[name] = LlavaNextForConditionalGeneration(config).to(torch.bfloat16).eval()
+    config = next(iter(models.values())).config
+    pixel_values = torch.randn(1, 5, 3, 336, 336, device=device, dtype=torch.bfloat16)
+    image_sizes = torch.tensor([[672, 672]], device=device)
+    with torch.inference_mode():  # how many image tokens the anyres packing makes (base + 2x2 grid + row newlines)
+        features = next(iter(models.values())).model.get_image_features(pixel_values, image_sizes)
+    features = getattr(features, "pooler_output", features)
+    image_tokens = sum(f.shape[0] for f in features)
+    input_ids = torch.randint(0, config.image_token_index, (1, image_tokens + prompt_tokens), device=device)
+    input_ids[0, 8 : 8 + image_tokens] = config.image_token_index
+    fns = {name: (lambda m=m: m(input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes, use_cache=False))
+           for name, m in models.items()}
+    names = list(fns)
+    a, b = interleaved_medians(fns[names[0]], fns[names[1]], repeats, device)
+    results = {names[0]: a * 1e3, names[1]: b * 1e3, "tokens": image_tokens + prompt_tokens}
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=200)
@@ -124,6 +155,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads; 1 keeps shared machines steady")
+    parser.add_argument("--real-size-latency", action="store_true",
+                        help="also time both real-size models (bf16, random weights; needs a GPU with ~16 GB)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -162,6 +195,13 @@ def main() -> None:
         a, b = results[names[0]][key], results[names[1]][key]
         fmt = "{:>22,.1f}" if key == "tower_gflops" else "{:>22,}"
         print(f"{label:28}" + fmt.format(a) + fmt.format(b) + f"{str(a == b):>8}")
+
+    if args.real_size_latency:
+        latency = real_size_latency(args.device, max(10, args.repeats // 10))
+        device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+        print(f"\nReal size, bf16 random weights, {device_name}: one forward over {latency.pop('tokens')} tokens (5 anyres tiles)")
+        (name_a, a), (name_b, b) = latency.items()
+        print(f"{'forward median (ms)':28}{a:>22.2f}{b:>22.2f}{b / a:>8.4f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Training-step throughput: our trainer (`pretrain`) vs open_clip_train's `train_one_epoch`.
 
-Same architecture (ViT-B/32 with QuickGELU, random init, `--layers` layers per tower; 12 is the real
-depth), same precision (fp32), same images and token ids, same optimizer settings (AdamW lr 1e-5,
+Same architecture (ViT-B/32, or ViT-L/14-336 with `--size l14-336`, QuickGELU, random init; `--layers`
+overrides the depth of both towers), same precision (fp32, or `--precision bf16`: open_clip's amp_bf16
+vs our runtime.mixed_precision=bf16, both autocast over fp32 weights), same images and token ids, same optimizer settings (AdamW lr 1e-5,
 wd 0.05, warmup + cosine), no data loading on either side: both loops draw pre-made batches from memory
 and the time between two consecutive batch draws is one step (forward, backward, optimizer step,
 scheduler, logit_scale clamp, bookkeeping). Reported: median step time of each and the ratio
@@ -17,6 +18,7 @@ separate virtual environment (wheels are on local disk for Python 3.11; no netwo
         pyarrow webdataset pyyaml sentencepiece protobuf tqdm tensorboard
     /tmp/ocvenv/bin/pip install --no-deps -e .          # this package, without its (torch) dependencies
     /tmp/ocvenv/bin/python bench/bench_vs_open_clip.py --layers 12 --batch 32 --steps 6
+    # on a GPU: python bench/bench_vs_open_clip.py --size l14-336 --precision bf16 --batch 64 --device cuda
 
 (the torch wheel pulls its CUDA libraries, ~5 GB installed; the benchmark itself runs on CPU or GPU.)
 """
@@ -35,8 +37,22 @@ from typing import Any
 import torch
 
 
-def batches(num: int, batch: int, caption_tokens: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(images [B, 3, 224, 224], open_clip-style token ids [B, 77]: <sot> ... <eot> then 0-padding)."""
+# name -> vision (width, layers, heads, patch, image size), text (width, layers, heads), joint dim; --layers overrides both depths
+SIZES = {
+    "b32": ((768, 12, 12, 32, 224), (512, 12, 8), 512),
+    "l14-336": ((1024, 24, 16, 14, 336), (768, 12, 12), 768),
+}
+
+
+def towers(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    (v_width, v_layers, v_heads, patch, image), (t_width, t_layers, t_heads), joint = SIZES[args.size]
+    if args.layers:
+        v_layers = t_layers = args.layers
+    return (v_width, v_layers, v_heads, patch, image), (t_width, t_layers, t_heads), joint
+
+
+def batches(num: int, batch: int, caption_tokens: int, image_size: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(images [B, 3, S, S], open_clip-style token ids [B, 77]: <sot> ... <eot> then 0-padding)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(num):
@@ -45,7 +61,7 @@ def batches(num: int, batch: int, caption_tokens: int, seed: int = 0) -> list[tu
         for row, length in enumerate(lengths.tolist()):
             ids[row, 0], ids[row, length - 1] = 49406, 49407
             ids[row, 1 : length - 1] = torch.randint(1000, 40000, (length - 2,), generator=g)
-        out.append((torch.randn(batch, 3, 224, 224, generator=g), ids))
+        out.append((torch.randn(batch, 3, image_size, image_size, generator=g), ids))
     return out
 
 
@@ -62,11 +78,12 @@ def run_open_clip(data: list, args: argparse.Namespace) -> list[float]:
     from open_clip_train.scheduler import cosine_lr
     from open_clip_train.train import train_one_epoch
 
+    (v_width, v_layers, _, patch, image), (t_width, t_layers, t_heads), joint = towers(args)
     torch.manual_seed(0)
-    model = open_clip.CLIP(
-        embed_dim=512,
-        vision_cfg=open_clip.CLIPVisionCfg(layers=args.layers, width=768, patch_size=32, image_size=224),
-        text_cfg=open_clip.CLIPTextCfg(layers=args.layers, width=512, heads=8, context_length=77, vocab_size=49408),
+    model = open_clip.CLIP(  # open_clip's vision heads = width // 64, as in CLIP
+        embed_dim=joint,
+        vision_cfg=open_clip.CLIPVisionCfg(layers=v_layers, width=v_width, patch_size=patch, image_size=image),
+        text_cfg=open_clip.CLIPTextCfg(layers=t_layers, width=t_width, heads=t_heads, context_length=77, vocab_size=49408),
         quick_gelu=True,
         output_dict=True,  # as open_clip_train/main.py creates it
     ).to(args.device)
@@ -92,7 +109,7 @@ def run_open_clip(data: list, args: argparse.Namespace) -> list[float]:
             timeline.append(time.perf_counter())
 
     run_args = SimpleNamespace(
-        device=args.device, precision="fp32", distill=False, accum_freq=1, skip_scheduler=False, grad_clip_norm=None,
+        device=args.device, precision="amp_bf16" if args.precision == "bf16" else "fp32", distill=False, accum_freq=1, skip_scheduler=False, grad_clip_norm=None,
         horovod=False, log_every_n_steps=10, batch_size=args.batch, world_size=1, rank=0, local_rank=0, wandb=False,
     )
     data_info = SimpleNamespace(dataloader=Loader(), set_epoch=lambda epoch: None)  # open_clip_train.data.DataInfo's interface
@@ -108,12 +125,14 @@ def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool) -> lis
     from reasonclip_llava.pretrain.config import load_config
 
     work = Path(tempfile.mkdtemp(prefix="bench_ours_"))
-    vision = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=args.layers, image_size=224,
-                  patch_size=32, hidden_act="quick_gelu")
-    text = dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=args.layers, vocab_size=49408,
-                max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_act="quick_gelu")
+    (v_width, v_layers, v_heads, patch, image), (t_width, t_layers, t_heads), joint = towers(args)
+    vision = dict(hidden_size=v_width, intermediate_size=4 * v_width, num_attention_heads=v_heads, num_hidden_layers=v_layers,
+                  image_size=image, patch_size=patch, hidden_act="quick_gelu")
+    text = dict(hidden_size=t_width, intermediate_size=4 * t_width, num_attention_heads=t_heads, num_hidden_layers=t_layers,
+                vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+                hidden_act="quick_gelu")
     torch.manual_seed(0)
-    CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=512)).save_pretrained(work / "model")
+    CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=joint)).save_pretrained(work / "model")
     timeline = Timeline()
 
     class InMemoryData:  # stands in for build_train_data(): the same loop, no image decoding
@@ -144,6 +163,7 @@ def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool) -> lis
             "--stage.name=stage0", f"--data.batch_size={args.batch}", f"--schedule.max_steps={len(data)}", "--schedule.warmup_ratio=0.1",
             "--optim.lr=1e-5", "--optim.weight_decay=0.05", f"--optim.logit_scale_max={math.log(100)}", "--runtime.save_every=0",
             "--runtime.report_to=", "--runtime.progress_bar=false", "--runtime.log_every=10",
+            f"--runtime.mixed_precision={'bf16' if args.precision == 'bf16' else 'no'}",
         ])
         trainer.pretrain(config)
     finally:
@@ -153,7 +173,9 @@ def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool) -> lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--size", choices=sorted(SIZES), default="b32", help="ViT-B/32 or ViT-L/14-336 shaped CLIP")
+    parser.add_argument("--layers", type=int, default=None, help="layers per tower (default: the size's real depths)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: amp_bf16 / mixed_precision=bf16")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per run (after --warmup)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -164,14 +186,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = batches(args.steps + args.warmup, args.batch, args.caption_tokens)
+    data = batches(args.steps + args.warmup, args.batch, args.caption_tokens, towers(args)[0][4])
     times: dict[str, list[float]] = {"open_clip": [], "ours_pad77": [], "ours_dynamic": []}
     for _ in range(args.rounds):  # interleaved so load changes hit every run alike
         times["open_clip"] += run_open_clip(data, args)
         times["ours_pad77"] += run_ours(data, args, dynamic_padding=False)
         times["ours_dynamic"] += run_ours(data, args, dynamic_padding=True)
     median = {k: statistics.median(v) for k, v in times.items()}
-    print(f"torch {torch.__version__} device={args.device} threads={torch.get_num_threads()} layers={args.layers} batch={args.batch} "
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__} device={device_name} size={args.size} layers={towers(args)[0][1]}/{towers(args)[1][1]} "
+          f"precision={args.precision} batch={args.batch} "
           f"steps={args.steps}x{args.rounds} caption_tokens<={args.caption_tokens}")
     for name, value in median.items():
         print(f"  {name:13s} {value * 1000:9.1f} ms/step  {args.batch / value:8.1f} samples/s")
