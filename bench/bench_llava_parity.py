@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads; 1 keeps shared machines steady")
     parser.add_argument("--real-size-latency", action="store_true",
                         help="also time both real-size models (bf16, random weights; needs a GPU with ~16 GB)")
+    parser.add_argument("--real-size-repeats", type=int, default=40)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -197,7 +198,7 @@ def main() -> None:
         print(f"{label:28}" + fmt.format(a) + fmt.format(b) + f"{str(a == b):>8}")
 
     if args.real_size_latency:
-        latency = real_size_latency(args.device, max(10, args.repeats // 10))
+        latency = real_size_latency(args.device, args.real_size_repeats)
         device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
         print(f"\nReal size, bf16 random weights, {device_name}: one forward over {latency.pop('tokens')} tokens (5 anyres tiles)")
         (name_a, a), (name_b, b) = latency.items()

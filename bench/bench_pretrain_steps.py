@@ -36,7 +36,7 @@ from transformers import CLIPConfig, CLIPModel, T5Config, T5ForConditionalGenera
 from reasonclip_llava.encoder.modeling import HeadsConfig, ReasonCLIPForPretraining
 from reasonclip_llava.pretrain.config import OptimConfig, StageConfig
 from reasonclip_llava.pretrain.objective import StageObjective
-from reasonclip_llava.pretrain.trainer import build_optimizer
+from reasonclip_llava.pretrain.trainer import build_optimizer, compile_repeated_layers
 
 
 SIZES = {  # (vision tower, text tower width / ff / heads, joint dim)
@@ -81,11 +81,13 @@ class Step:
     """One configured training step: objective + AdamW over the configured parameter groups."""
 
     def __init__(self, base: CLIPModel, stage: StageConfig, device: str, t5: T5ForConditionalGeneration | None = None,
-                 autocast_dtype: torch.dtype | None = None):
+                 autocast_dtype: torch.dtype | None = None, compile_layers: bool = False):
         heads = HeadsConfig(recon_dim=t5.config.d_model if t5 is not None else None)
         model = CLIPModel(base.config)
         model.load_state_dict(base.state_dict())
         self.encoder = ReasonCLIPForPretraining(model, heads)
+        if compile_layers:  # what the trainer does with model.torch_compile=true
+            compile_repeated_layers(self.encoder.backbone)
         self.objective = StageObjective(self.encoder, stage, max_steps=100, logit_scale_max=math.log(50), t5=t5).to(device)
         self.optimizer = build_optimizer(self.encoder, OptimConfig(lr=1e-5))  # the trainer's optimizer
         self.device = device
@@ -128,6 +130,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast over fp32 weights")
     parser.add_argument("--sequential", action="store_true", help="build, time and free one variant at a time")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="model.torch_compile=true: compiled layers (CLIP and T5)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,9 +140,12 @@ def main() -> None:
     t5 = t5_large_decoder(t5_layers)
     if args.precision == "bf16":
         t5.to(torch.bfloat16)  # as the trainer holds the frozen decoder under runtime.mixed_precision=bf16
+    if args.compile:
+        compile_repeated_layers(t5.decoder)
     autocast = torch.bfloat16 if args.precision == "bf16" else None
     variants = stage_variants()
-    build = lambda name: Step(base, variants[name][0], args.device, t5=t5 if variants[name][1] else None, autocast_dtype=autocast)  # noqa: E731
+    build = lambda name: Step(base, variants[name][0], args.device, t5=t5 if variants[name][1] else None, autocast_dtype=autocast,  # noqa: E731
+                         compile_layers=args.compile)
     batch = make_batch(args.batch, args.caption_tokens, 3, args.device, base.config.vision_config.image_size)
     times: dict[str, list[float]] = {name: [] for name in variants}
     if args.sequential:
@@ -160,7 +166,7 @@ def main() -> None:
     median = {name: statistics.median(values) for name, values in times.items()}
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
     print(f"device={device_name} torch={torch.__version__} size={args.size} layers={args.layers} t5_layers={t5_layers} "
-          f"precision={args.precision} batch={args.batch} caption_tokens={args.caption_tokens} repeats={args.repeats}")
+          f"precision={args.precision} compile={args.compile} batch={args.batch} caption_tokens={args.caption_tokens} repeats={args.repeats}")
     for name, value in median.items():
         print(f"  {name:17s} {value * 1000:9.1f} ms/step")
     print(f"stage-1 / plain contrastive          = {median['stage1'] / median['plain']:.3f}x  (goal <= 1.15x)")

@@ -73,7 +73,7 @@ class Timeline(list):
 
 
 # ------------------------------------------------------------------------------------------ open_clip
-def run_open_clip(data: list, args: argparse.Namespace) -> list[float]:
+def run_open_clip(data: list, args: argparse.Namespace, compiled: bool = False) -> list[float]:
     import open_clip
     from open_clip_train.scheduler import cosine_lr
     from open_clip_train.train import train_one_epoch
@@ -87,6 +87,8 @@ def run_open_clip(data: list, args: argparse.Namespace) -> list[float]:
         quick_gelu=True,
         output_dict=True,  # as open_clip_train/main.py creates it
     ).to(args.device)
+    if compiled:  # what open_clip_train/main.py does with --torchcompile
+        model = torch.compile(model)
     # open_clip_train/main.py's parameter groups: no weight decay on gains, biases, logit_scale.
     exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
     named = list(model.named_parameters())
@@ -118,7 +120,7 @@ def run_open_clip(data: list, args: argparse.Namespace) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------------ ours
-def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool) -> list[float]:
+def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool, compiled: bool = False) -> list[float]:
     from transformers import CLIPConfig, CLIPModel
 
     import reasonclip_llava.pretrain.trainer as trainer
@@ -163,7 +165,7 @@ def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool) -> lis
             "--stage.name=stage0", f"--data.batch_size={args.batch}", f"--schedule.max_steps={len(data)}", "--schedule.warmup_ratio=0.1",
             "--optim.lr=1e-5", "--optim.weight_decay=0.05", f"--optim.logit_scale_max={math.log(100)}", "--runtime.save_every=0",
             "--runtime.report_to=", "--runtime.progress_bar=false", "--runtime.log_every=10",
-            f"--runtime.mixed_precision={'bf16' if args.precision == 'bf16' else 'no'}",
+            f"--runtime.mixed_precision={'bf16' if args.precision == 'bf16' else 'no'}", f"--model.torch_compile={compiled}",
         ])
         trainer.pretrain(config)
     finally:
@@ -183,15 +185,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the three runs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="add compiled runs of both (raise --warmup: compiling happens there)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     data = batches(args.steps + args.warmup, args.batch, args.caption_tokens, towers(args)[0][4])
-    times: dict[str, list[float]] = {"open_clip": [], "ours_pad77": [], "ours_dynamic": []}
+    runs = {
+        "open_clip": lambda: run_open_clip(data, args),
+        "ours_pad77": lambda: run_ours(data, args, dynamic_padding=False),
+        "ours_dynamic": lambda: run_ours(data, args, dynamic_padding=True),
+    }
+    if args.compile:  # both sides compiled: open_clip whole-model torch.compile, ours per layer (model.torch_compile)
+        runs["open_clip_compiled"] = lambda: run_open_clip(data, args, compiled=True)
+        runs["ours_compiled"] = lambda: run_ours(data, args, dynamic_padding=True, compiled=True)
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):  # interleaved so load changes hit every run alike
-        times["open_clip"] += run_open_clip(data, args)
-        times["ours_pad77"] += run_ours(data, args, dynamic_padding=False)
-        times["ours_dynamic"] += run_ours(data, args, dynamic_padding=True)
+        for name, run in runs.items():
+            times[name] += run()
     median = {k: statistics.median(v) for k, v in times.items()}
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__} device={device_name} size={args.size} layers={towers(args)[0][1]}/{towers(args)[1][1]} "
@@ -201,6 +211,9 @@ def main() -> None:
         print(f"  {name:13s} {value * 1000:9.1f} ms/step  {args.batch / value:8.1f} samples/s")
     print(f"throughput ours / open_clip (same 77-token batch)  = {median['open_clip'] / median['ours_pad77']:.3f}x")
     print(f"throughput ours / open_clip (our dynamic padding)  = {median['open_clip'] / median['ours_dynamic']:.3f}x  (goal >= 1.3x)")
+    if args.compile:
+        print(f"throughput ours compiled / open_clip eager         = {median['open_clip'] / median['ours_compiled']:.3f}x")
+        print(f"throughput ours compiled / open_clip compiled      = {median['open_clip_compiled'] / median['ours_compiled']:.3f}x")
 
 
 if __name__ == "__main__":

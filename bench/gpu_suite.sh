@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real-scale benchmark rows of bench/RESULTS.md, in one go on one GPU (about 6 minutes on an H100):
+# The real-scale benchmark rows of bench/RESULTS.md, in one go on one GPU (about 8 minutes on an H100):
 # bf16, CLIP ViT-L/14-336 (+ T5-v1.1-large-shaped decoder, Qwen3-1.7B-shaped LM), each against its peer.
 #   bash bench/gpu_suite.sh [LOG_DIR]        # logs one file per benchmark into LOG_DIR (default bench/logs)
 #   ONLY="pretrain_steps vs_open_clip_l14" bash bench/gpu_suite.sh   # a subset, by name
@@ -20,5 +20,8 @@ run tower_parity python bench/bench_tower_parity.py --size l14-336 --device cuda
 run llava_parity python bench/bench_llava_parity.py --device cuda --repeats 100 --generate-repeats 20 --real-size-latency
 run pretrain_steps python bench/bench_pretrain_steps.py --size l14-336 --layers 24 --t5-layers 24 --batch 32 \
     --device cuda --precision bf16 --sequential --repeats 10
-run vs_open_clip_l14 python bench/bench_vs_open_clip.py --size l14-336 --precision bf16 --batch 64 --steps 10 --warmup 3 --device cuda
+run pretrain_steps_compiled python bench/bench_pretrain_steps.py --size l14-336 --layers 24 --t5-layers 24 --batch 32 \
+    --device cuda --precision bf16 --sequential --repeats 10 --compile
+run vs_open_clip_l14 python bench/bench_vs_open_clip.py --size l14-336 --precision bf16 --batch 64 --steps 10 --warmup 4 \
+    --device cuda --compile
 run vs_open_clip_b32 python bench/bench_vs_open_clip.py --size b32 --precision bf16 --batch 256 --steps 10 --warmup 3 --device cuda

@@ -310,3 +310,21 @@ def test_webdataset_shards_train_and_resume_exactly(ws, tmp_path):
     resumed = pretrain_from_yaml(recipe("stage1"), args(tmp_path / "parts", "--schedule.max_steps=5", "--runtime.resume_from=latest"))
     expected, got = checkpoint_tensors(straight), checkpoint_tensors(resumed)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+# ----------------------------------------------------------------------------------------- torch.compile
+def test_compile_repeated_layers_keeps_names_and_outputs(ws):
+    from reasonclip_llava.pretrain.trainer import compile_repeated_layers
+
+    eager = ReasonCLIPForPretraining.from_pretrained(ws["clip"])
+    compiled = ReasonCLIPForPretraining.from_pretrained(ws["clip"])
+    before = list(compiled.state_dict())
+    # backend="eager": dynamo captures each layer's graph (what can break) without inductor's codegen time.
+    count = compile_repeated_layers(compiled.backbone, backend="eager")
+    config = compiled.backbone.config
+    assert count == config.vision_config.num_hidden_layers + config.text_config.num_hidden_layers
+    assert list(compiled.state_dict()) == before  # checkpoints and optimizer groups see the same names
+    pixels = torch.randn(2, 3, config.vision_config.image_size, config.vision_config.image_size)
+    ids = torch.tensor([[49406, 320, 1125, 49407], [49406, 320, 49407, 49407]])
+    torch.testing.assert_close(compiled.encode_image(pixels), eager.encode_image(pixels))
+    torch.testing.assert_close(compiled.encode_text(ids, None)[0], eager.encode_text(ids, None)[0])

@@ -47,6 +47,9 @@ class ModelConfig:
     name_or_path: str = ""
     tokenizer: str | None = None  # default: name_or_path
     gradient_checkpointing: bool = False
+    # torch.compile each transformer layer in place (regional compilation: the layer class compiles
+    # once and is reused; state_dict keys and checkpoints are unchanged). The frozen T5 decoder's too.
+    torch_compile: bool = False
 
 
 @dataclass
