@@ -226,7 +226,7 @@ def test_unreadable_image_is_named_and_earlier_results_survive(tiny_clip_dir, tm
     saved = (out / "sugarcrepe.json").read_text()
     images = Path(shutil.copytree(IMAGES / "val2017", tmp_path / "val2017"))
     (images / "000000000003.jpg").write_bytes(b"this is not a jpeg")
-    with pytest.raises(ValueError, match=r"unreadable image .*000000000003\.jpg"):
+    with pytest.raises(ValueError, match=r"cannot read image .*000000000003\.jpg"):
         evaluate_encoder(tiny_clip_dir, "sugarcrepe", FIXTURES / "sugarcrepe", images, out_dir=out)
     assert (out / "sugarcrepe.json").read_text() == saved  # the failed run wrote nothing
     assert json.loads(saved)["micro"] == first["micro"]

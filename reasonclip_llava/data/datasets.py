@@ -40,6 +40,17 @@ def open_image(source: Any) -> Image.Image:
         return image.convert("RGB")
 
 
+def open_image_or_raise(path: str | Path, owner: str | None = None) -> Image.Image:
+    """open_image where a bad image is the caller's error: one line naming `owner` (a sample, question or item) and the path."""
+    prefix = f"{owner}: " if owner else ""
+    try:
+        return open_image(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{prefix}image not found: {path}") from None
+    except IMAGE_ERRORS as error:
+        raise ValueError(f"{prefix}cannot read image {path}: {error}") from None
+
+
 def pixel_values(image: Image.Image, image_processor: Callable) -> Any:
     return image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 

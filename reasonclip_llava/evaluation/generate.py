@@ -23,6 +23,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..data.datasets import open_image_or_raise
+
 if TYPE_CHECKING:
     from transformers import BatchFeature, LlavaNextForConditionalGeneration, ProcessorMixin
 
@@ -327,13 +329,7 @@ def _check_images_exist(questions: Sequence[VQAQuestion]) -> None:
 
 
 def _open_image(question: VQAQuestion) -> Image.Image:
-    try:
-        with Image.open(question.image) as image:
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"question {question.question_id}: image file not found: {question.image}") from None
-    except OSError as err:
-        raise ValueError(f"question {question.question_id}: cannot read image {question.image}: {err}") from None
+    return open_image_or_raise(question.image, owner=f"question {question.question_id}")
 
 
 def _stop_token_ids(model: LlavaNextForConditionalGeneration, tokenizer: Any) -> list[int] | None:

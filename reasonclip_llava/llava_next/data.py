@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
+from ..data.datasets import open_image_or_raise
 from .templates import IMAGE_PLACEHOLDER, ConversationTemplate, TokenizerChatTemplate, get_template
 
 IGNORE_INDEX = -100
@@ -166,13 +167,7 @@ class LlavaConversationDataset(Dataset):
                 raise ValueError(f"sample {row_id!r}: {len(relative)} images; only single-image samples are supported")
             relative = relative[0]
         path = (self.image_folder / relative) if self.image_folder is not None else Path(relative)
-        if not path.is_file():
-            raise FileNotFoundError(f"sample {row_id!r}: image not found: {path}")
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise ValueError(f"sample {row_id!r}: cannot read image {path}: {error}") from None
+        return open_image_or_raise(path, owner=f"sample {row_id!r}")
 
     def _tile_size(self) -> tuple[int, int]:
         crop, size = self.processor.image_processor.crop_size, self.processor.image_processor.size

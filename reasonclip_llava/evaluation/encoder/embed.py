@@ -14,7 +14,9 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from ...data.datasets import open_image_or_raise
 
 # Families whose text tower pools the last position and was trained on max_length padding.
 _MAX_LENGTH_PADDING_FAMILIES = ("siglip", "siglip2")
@@ -28,13 +30,7 @@ class ImageRef:
     box: tuple[float, float, float, float] | None = None
 
     def load(self) -> Image.Image:
-        try:
-            with Image.open(self.path) as raw:
-                image = raw.convert("RGB")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image not found: {self.path}") from None
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise ValueError(f"unreadable image {self.path}: {error}") from None
+        image = open_image_or_raise(self.path)
         if self.box is not None:
             x, y, width, height = self.box
             image = image.crop((x, y, x + width, y + height))
