@@ -312,6 +312,24 @@ def test_webdataset_shards_train_and_resume_exactly(ws, tmp_path):
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
+def test_braces_in_a_folder_name_are_not_shards_and_unreadable_shards_stop(ws, tmp_path):
+    from reasonclip_llava.pretrain.data import data_format
+
+    odd = tmp_path / "data_{v2}"
+    odd.mkdir()
+    shutil.copy(ws["reasonlite"], odd / "train.parquet")
+    config = load_config(recipe("stage1"), stage_args(ws, "stage1", tmp_path / "out", f"--data.train={odd / 'train.parquet'}"))
+    assert data_format(config) == "parquet"
+    assert data_format(load_config(recipe("stage1"), stage_args(ws, "stage1", tmp_path, "--data.train=s/{000..009}.tar"))) == "webdataset"
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(2):
+        (broken / f"shard-{i:03d}.tar").write_bytes(b"not a tar file" * 100)
+    with pytest.raises(ValueError, match=r"config key 'data.train': .*broken gave no usable batch in a whole epoch"):
+        pretrain_from_yaml(recipe("stage1"), stage_args(ws, "stage1", tmp_path / "run", f"--data.train={broken}", "--schedule.max_steps=2"))
+
+
 # ----------------------------------------------------------------------------------------- torch.compile
 def test_compile_repeated_layers_keeps_names_and_outputs(ws):
     from reasonclip_llava.pretrain.trainer import compile_repeated_layers

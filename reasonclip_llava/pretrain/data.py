@@ -36,7 +36,8 @@ def data_format(config: PretrainConfig) -> str:
     if config.data.format != "auto":
         return config.data.format
     train = config.data.train
-    if train.endswith(".tar") or "{" in train or (Path(train).is_dir() and any(Path(train).glob("*.tar"))):
+    # A brace pattern ("shards-{000..099}.tar") ends in .tar too; a "{" alone (a folder named "data_{}") is no shard.
+    if train.endswith((".tar", ".tar.gz", ".tgz")) or (Path(train).is_dir() and any(Path(train).glob("*.tar"))):
         return "webdataset"
     return "jsonl" if train.endswith((".jsonl", ".json")) else "parquet"
 
@@ -98,8 +99,9 @@ def _map_dataset(config: PretrainConfig, path: Path, image_processor: Any):  # n
 class TrainData:
     """Endless device batches for one rank plus the state that resumes them at the exact sample."""
 
-    def __init__(self, dataset: Any, loader: DataLoader, sampler: ResumableDistributedSampler | None, world_size: int):
-        self.dataset, self.loader, self.sampler = dataset, loader, sampler
+    def __init__(self, dataset: Any, loader: DataLoader, sampler: ResumableDistributedSampler | None, world_size: int,
+                 source: str = "the training data"):
+        self.dataset, self.loader, self.sampler, self.source = dataset, loader, sampler, source
         self.world_size = world_size
         self.skipped_images = 0  # summed from the batches' num_skipped (counted where the images were read)
         batch = loader.batch_size
@@ -120,8 +122,9 @@ class TrainData:
 
     # ------------------------------------------------------------------ batches
     def batches(self, device: torch.device) -> Iterator[dict[str, Any]]:
-        epoch = self.epoch
+        epoch, empty_epochs = self.epoch, 0
         while True:
+            yielded = 0
             self.dataset.set_epoch(epoch)
             if self.sampler is not None:
                 self.sampler.set_epoch(epoch)  # same epoch keeps the restored position
@@ -134,7 +137,14 @@ class TrainData:
                 size = self._common_batch_size(batch["batch_size"], device)
                 if size == 0:
                     continue  # every image of this batch (on some rank) was unreadable: draw the next one
+                yielded += 1
                 yield _to_device(_truncate(batch, size), device)
+            # One empty epoch can be a resume at an epoch's end; two in a row mean nothing is readable
+            # (every shard or image broken): stop instead of retrying forever.
+            empty_epochs = empty_epochs + 1 if yielded == 0 else 0
+            if empty_epochs == 2:
+                raise ValueError(f"config key 'data.train': {self.source} gave no usable batch in a whole epoch "
+                                 f"({self.skipped_images} unreadable images; unreadable shards are in the warnings)")
             epoch += 1
 
     def _common_batch_size(self, size: int, device: torch.device) -> int:
@@ -206,11 +216,11 @@ def build_train_data(config: PretrainConfig, encoder: ReasonCLIPForPretraining, 
     if data_format(config) == "webdataset":
         shards = sorted(str(p) for p in path.glob("*.tar")) if path.is_dir() else config.data.train
         dataset = WdsReasonDataset(shards, _schema(config), image_processor, seed, rank=rank, world_size=world_size)
-        return TrainData(dataset, DataLoader(dataset, **common), None, world_size)
+        return TrainData(dataset, DataLoader(dataset, **common), None, world_size, source=config.data.train)
     if not path.exists():
         raise FileNotFoundError(f"config key 'data.train': {path} does not exist")
     dataset = _map_dataset(config, path, image_processor)
     if len(dataset) < config.data.batch_size * world_size:
         raise ValueError(f"config key 'data.batch_size': {path} has {len(dataset)} rows, fewer than one global batch ({config.data.batch_size} x {world_size})")
     sampler = ResumableDistributedSampler(len(dataset), rank=rank, world_size=world_size, seed=seed)
-    return TrainData(dataset, DataLoader(dataset, sampler=sampler, **common), sampler, world_size)
+    return TrainData(dataset, DataLoader(dataset, sampler=sampler, **common), sampler, world_size, source=config.data.train)
