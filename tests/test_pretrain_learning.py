@@ -12,7 +12,8 @@ reconstruction target is another caption of the image, so the embedding has to k
 with which shape and in which order). Printed, not asserted: the image swap accuracies. At this CPU
 budget (a few hundred steps of a 32-wide CLIP trained from scratch) neither run gets the vision tower
 past a bag of colours and shapes (a linear probe for "colour of the left object" stays at the 50% that
-knowing the two colours gives), so both image accuracies stay near 50%.
+knowing the two colours gives), so both image accuracies stay near 50%. docs/LEARNING_STUDY.md records
+the settings tried for an image-side gap and what they gave.
 """
 
 from __future__ import annotations
