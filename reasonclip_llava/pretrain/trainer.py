@@ -163,8 +163,9 @@ def load_t5_decoder(config: PretrainConfig) -> nn.Module | None:
         raise FileNotFoundError(f"config key 'stage.t5_model': cannot load '{config.stage.t5_model}': {error}") from None
     t5.encoder = None  # only the decoder and lm_head run; the encoder's weights are never used
     if config.runtime.mixed_precision == "bf16":
-        # Frozen, so no fp32 master copy is needed; fp32 weights under autocast would be re-cast in every
-        # forward and backward (~20% of a READ step for T5-large on an H100). fp16 keeps fp32: T5 overflows in fp16.
+        # Frozen, so no fp32 master copy is needed; fp32 weights under autocast would be re-cast to bf16
+        # in every forward and again in backward (frozen weights are not in autocast's cast cache), and
+        # would take twice the memory. fp16 keeps fp32: T5 overflows in fp16.
         t5.to(torch.bfloat16)
     return t5.requires_grad_(False).eval()
 
