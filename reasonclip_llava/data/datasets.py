@@ -40,6 +40,13 @@ def open_image(source: Any) -> Image.Image:
         return image.convert("RGB")
 
 
+def make_sample(index: int, texts: dict[str, Any], image: Image.Image, image_processor: Callable | None) -> dict[str, Any]:
+    """One training sample: its index, its texts, and pixel_values (or the PIL image when no processor is given)."""
+    if image_processor is None:
+        return {"index": index, **texts, "image": image}
+    return {"index": index, **texts, "pixel_values": pixel_values(image, image_processor)}
+
+
 def open_image_or_raise(path: str | Path, owner: str | None = None) -> Image.Image:
     """open_image where a bad image is the caller's error: one line naming `owner` (a sample, question or item) and the path."""
     prefix = f"{owner}: " if owner else ""
@@ -99,12 +106,7 @@ class ImageTextDataset(Dataset):
         except IMAGE_ERRORS as err:
             self._skip(path, err)
             return None
-        sample: dict[str, Any] = {"index": index, **texts}
-        if self.image_processor is None:
-            sample["image"] = image
-        else:
-            sample["pixel_values"] = pixel_values(image, self.image_processor)
-        return sample
+        return make_sample(index, texts, image, self.image_processor)
 
     def _skip(self, path: Path, err: Exception) -> None:
         self.skipped += 1

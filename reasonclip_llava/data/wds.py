@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .datasets import IMAGE_ERRORS, open_image, pixel_values
+from .datasets import IMAGE_ERRORS, make_sample, open_image
 from .hard_negatives import stable_seed
 from .rows import PARQUET_SUFFIXES, LiteSchema, ProSchema, ReadSchema, RowTable
 from .sampler import dist_rank_world
@@ -178,12 +178,7 @@ class WdsReasonDataset(IterableDataset):
             if self.skipped <= 10:
                 logger.warning("skipping image of %s (%s: %s)", where, type(err).__name__, err)
             return None
-        sample: dict[str, Any] = {"index": key_id, **texts}
-        if self.image_processor is None:
-            sample["image"] = image
-        else:
-            sample["pixel_values"] = pixel_values(image, self.image_processor)
-        return sample
+        return make_sample(key_id, texts, image, self.image_processor)
 
 
 def _warn_and_continue(err: Exception) -> bool:
