@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import types
 import typing
+from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
@@ -35,6 +36,17 @@ def parse_overrides(argv: Sequence[str]) -> list[tuple[str, str]]:
             pairs.append((key, value))
         index += 1
     return pairs
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (an empty file reads as {}); one-line errors naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: {what} must be a mapping, got {type(loaded).__name__}")
+    return loaded
 
 
 def coerce(value: Any, hint: Any, key: str) -> Any:

@@ -37,7 +37,7 @@ from transformers import (
 )
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-from ..config_utils import LAUNCHER_KEYS, coerce, parse_overrides
+from ..config_utils import LAUNCHER_KEYS, coerce, parse_overrides, read_yaml_mapping
 from .build import build_llava_next
 from .data import LengthGroupedSampler, LlavaConversationDataset, LlavaDataCollator
 
@@ -159,13 +159,7 @@ def load_train_config(path: str | Path | None = None, overrides: Sequence[str] |
     """YAML recipe (optional) + overrides (a dict, or `--key=value` strings) -> LlavaTrainConfig."""
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of option: value")
-        values.update(loaded)
+        values.update(read_yaml_mapping(path, "training config"))
     values.update(overrides if isinstance(overrides, dict) else dict(parse_overrides(overrides)))
     return config_from_dict(values)
 

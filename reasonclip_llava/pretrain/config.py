@@ -7,8 +7,9 @@ below, so a typo or a wrong type fails at load time with one line naming the key
     config key 'optim.lr' expects float, got 'fast'
 
 Overrides are `--section.key=value` or, when the field name is unique across sections, `--key=value`
-(`--lr=1e-5`, `--deepspeed=train/ds_zero2_pretrain.json`). Values are parsed as YAML, then coerced to
-the field's type (so `--optim.lr=1e-5` is a float even though YAML 1.1 reads `1e-5` as a string).
+(`--lr=1e-5`, `--deepspeed=train/ds_zero2_pretrain.json`). Each value is read as the field's type
+(`--optim.lr=1e-5` is a float; `--runtime.mixed_precision=no` stays the string "no", which YAML 1.1 would
+read as false); recipe values go through the same conversion after YAML.
 
 The stage decides which objective terms are active (see `trainer.compute_loss`):
 
@@ -31,9 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from ..config_utils import coerce, parse_overrides  # noqa: F401  (parse_overrides is part of this module's API)
+from ..config_utils import coerce, parse_overrides, read_yaml_mapping  # noqa: F401  (parse_overrides is part of this module's API)
 
 STAGES = ("stage0", "stage1", "stage2", "read")
 CAPTION_STREAMS = ("descriptive", "reasoning")
@@ -169,12 +169,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Read a YAML recipe (or start from defaults), apply `--key=value` overrides, validate."""
     config = PretrainConfig()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+        raw = read_yaml_mapping(path, "recipe")
         for section, values in raw.items():
             if section not in _sections():
                 raise ValueError(f"unknown config key '{section}'")
