@@ -164,6 +164,14 @@ def whatsup(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
 VALSE_MIN_VOTES = 2  # a foil is valid when >= 2 of 3 annotators chose the caption and not the foil
 
 
+def _data_files(data: Path, pattern: str, what: str, recursive: bool = False) -> list[Path]:
+    """`data` itself, or the files matching `pattern` in the folder `data` (sorted)."""
+    files = sorted(data.rglob(pattern) if recursive else data.glob(pattern)) if data.is_dir() else [data]
+    if not files or not all(path.is_file() for path in files):
+        raise FileNotFoundError(f"no {what} files ({pattern}) at {data}")
+    return files
+
+
 def _first_text(value, key: str, where: str) -> str:
     if isinstance(value, list):
         value = value[0] if value else None
@@ -174,9 +182,7 @@ def _first_text(value, key: str, where: str) -> str:
 
 def valse(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
     """One JSON per piece {id: {dataset, image_file, caption, foil, mturk}}; caption vs foil on valid items."""
-    files = sorted(data.glob("*.json")) if data.is_dir() else [data]
-    if not files or not all(path.is_file() for path in files):
-        raise FileNotFoundError(f"no VALSE piece files (*.json) at {data}")
+    files = _data_files(data, "*.json", "VALSE piece")
     parsed, dropped = {}, {}
     for path in files:
         entries = read_json(path)
@@ -231,9 +237,7 @@ def _crepe_item(row: dict, index: int, path: Path, images: Path) -> MatchItem:
 
 def crepe(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
     """CSV per (negative type, complexity); one image vs its caption + hard negatives; recall@k."""
-    files = sorted(data.rglob("*.csv")) if data.is_dir() else [data]
-    if not files or not all(path.is_file() for path in files):
-        raise FileNotFoundError(f"no CREPE files (*.csv) at {data}")
+    files = _data_files(data, "*.csv", "CREPE", recursive=True)
     parsed = {}
     for path in files:
         name = path.relative_to(data).with_suffix("").as_posix() if data.is_dir() else path.stem
@@ -382,9 +386,7 @@ def _rclip_answer(value, where: str) -> int:
 
 def rclip_bench(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
     """Parquet rows {image_path, category, options[5], answer}: 5-way accuracy per category and overall."""
-    files = sorted(data.glob("*.parquet")) if data.is_dir() else [data]
-    if not files or not all(path.is_file() for path in files):
-        raise FileNotFoundError(f"no RCLIP-Bench parquet files at {data}")
+    files = _data_files(data, "*.parquet", "RCLIP-Bench")
     by_category: dict[str, list[tuple[MatchItem, int]]] = defaultdict(list)
     for path in files:
         entries = read_parquet(path)
