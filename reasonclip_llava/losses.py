@@ -348,6 +348,10 @@ class L2AnchorLoss(nn.Module):
         return self.beta * _SquaredDistance.apply(self._anchor_views(), *self._params)
 
 
+def _as_fp32(tensors: tuple[Tensor, ...]) -> list[Tensor]:
+    return [t if t.dtype == torch.float32 else t.float() for t in tensors]  # no copy for fp32
+
+
 class _SquaredDistance(torch.autograd.Function):
     """sum_i ||p_i - a_i||^2 (fp32) over lists of tensors; gradient 2 (p_i - a_i).
 
@@ -361,13 +365,13 @@ class _SquaredDistance(torch.autograd.Function):
     def forward(ctx, anchors: list[Tensor], *params: Tensor) -> Tensor:  # type: ignore[override]
         ctx.anchors = anchors
         ctx.save_for_backward(*params)
-        diffs = torch._foreach_sub([p if p.dtype == torch.float32 else p.float() for p in params], anchors)
+        diffs = torch._foreach_sub(_as_fp32(params), anchors)
         return torch.stack(torch._foreach_norm(diffs)).square().sum()
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         params = ctx.saved_tensors
-        grads = torch._foreach_sub([p if p.dtype == torch.float32 else p.float() for p in params], ctx.anchors)
+        grads = torch._foreach_sub(_as_fp32(params), ctx.anchors)
         torch._foreach_mul_(grads, 2.0 * grad)
         return (None, *(g if g.dtype == p.dtype else g.to(p.dtype) for g, p in zip(grads, params)))
 
