@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from reasonclip_llava.data import CATEGORIES, decode_trp_cls, generate_synthetic
-from reasonclip_llava.data.synthetic import PALETTE, SHAPES, SWAP_TYPES
+from reasonclip_llava.data.synthetic import COLOURS, PALETTE, SHAPES, SWAP_TYPES, SceneSpace, make_item, relation_caption
 
 NUM_IMAGES = 40
 
@@ -93,7 +93,7 @@ def test_swap_negatives_are_bag_of_words_identical(synth):
 
 
 def _colour_centre(image: np.ndarray, colour: str) -> np.ndarray:
-    mask = np.all(image == np.array(PALETTE[colour]), axis=-1)  # exact colour: PNG is lossless
+    mask = np.all(image == np.array(COLOURS[colour]), axis=-1)  # exact colour: PNG is lossless
     assert mask.any(), colour
     ys, xs = np.nonzero(mask)
     return np.array([xs.mean(), ys.mean()])
@@ -162,3 +162,25 @@ def test_bad_arguments_raise(tmp_path):
         generate_synthetic(tmp_path, num_images=1)
     with pytest.raises(ValueError, match="eval_fraction"):
         generate_synthetic(tmp_path, num_images=10, eval_fraction=1.5)
+
+
+def test_scene_space_narrows_and_widens_what_scenes_hold():
+    space = SceneSpace(colours=tuple(COLOURS), sizes=("large",), fills=("filled",), relations=("left of", "right of"))
+    scenes = [make_item(0, index, image_size=32, space=space) for index in range(300)]
+    objects = [o for item in scenes for o in item.scene.objects]
+    assert {o.size for o in objects} == {"large"} and {o.fill for o in objects} == {"filled"}
+    assert {item.scene.relation for item in scenes} == {"left of", "right of"}
+    assert len({o.colour for o in objects} - set(PALETTE)) > 10  # colours beyond the default six are drawn
+    for item in scenes[:50]:  # ... in their own RGB, where the caption says
+        assert _relation_holds(np.asarray(item.image), relation_caption(item.scene))
+    assert all(item.scene.objects[0].colour in PALETTE for item in (make_item(0, i, 32) for i in range(50)))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("colours", ("red", "mauve"), "SceneSpace.colours: ['mauve']"),
+    ("relations", (), "SceneSpace.relations: empty"),
+    ("shapes", ("circle",), "SceneSpace.shapes needs at least 2"),
+])
+def test_scene_space_names_a_bad_field(field, value, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        SceneSpace(**{field: value})

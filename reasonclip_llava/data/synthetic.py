@@ -56,18 +56,27 @@ from PIL import Image, ImageDraw
 from .categories import CATEGORIES
 from .hard_negatives import stable_seed
 
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 200, 30),
-    "purple": (140, 60, 180),
-    "orange": (245, 140, 30),
+# Every colour a scene may use (RGB, far enough apart to tell at 32 px) and what it is the colour of.
+# The default world uses the first six (PALETTE); SceneSpace can widen it.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
+    "yellow": (235, 200, 30), "purple": (140, 60, 180), "orange": (245, 140, 30),
+    "cyan": (40, 200, 210), "pink": (240, 120, 190), "brown": (130, 80, 40), "black": (20, 20, 20),
+    "grey": (130, 130, 130), "lime": (160, 230, 40), "navy": (20, 30, 110), "teal": (20, 120, 120),
+    "maroon": (120, 10, 30), "olive": (120, 120, 20), "gold": (200, 160, 60), "silver": (195, 195, 205),
+    "violet": (200, 130, 240), "magenta": (230, 20, 230), "indigo": (70, 0, 130), "coral": (255, 127, 80),
+    "beige": (225, 210, 170), "turquoise": (60, 225, 200),
 }
 COLOUR_THINGS = {
     "red": "ripe tomatoes", "green": "fresh grass", "blue": "a clear sky",
     "yellow": "a banana", "purple": "grapes", "orange": "a pumpkin",
+    "cyan": "a tropical lagoon", "pink": "cherry blossom", "brown": "chocolate", "black": "coal",
+    "grey": "storm clouds", "lime": "a lime", "navy": "a sailor's uniform", "teal": "a peacock's neck",
+    "maroon": "red wine", "olive": "green olives", "gold": "a gold coin", "silver": "a spoon",
+    "violet": "lavender", "magenta": "fuchsia flowers", "indigo": "a night sky", "coral": "a coral reef",
+    "beige": "sand", "turquoise": "a turquoise stone",
 }
+PALETTE: dict[str, tuple[int, int, int]] = {name: COLOURS[name] for name in list(COLOURS)[:6]}
 SHAPES = ("circle", "square", "triangle")
 SIZE_RADIUS = {"small": 0.10, "large": 0.17}  # radius as a fraction of the image side
 FILLS = ("filled", "outlined")
@@ -77,6 +86,36 @@ OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up",
             "left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 SIDE_WORD = {"left": "left", "right": "right", "up": "top", "down": "bottom"}
 SWAP_TYPES = ("swap_att", "swap_obj", "swap_rel")
+
+
+@dataclass(frozen=True)
+class SceneSpace:
+    """What a sampled scene may contain; the default is the world of `generate_synthetic` and the demo.
+
+    A narrower or wider space serves learning studies, e.g. 24 colours, large filled shapes and
+    left/right relations only: `SceneSpace(colours=tuple(COLOURS), sizes=("large",), fills=("filled",),
+    relations=("left of", "right of"))`. The default space samples exactly as the generator always did.
+    """
+
+    colours: tuple[str, ...] = tuple(PALETTE)
+    shapes: tuple[str, ...] = SHAPES
+    sizes: tuple[str, ...] = tuple(SIZE_RADIUS)
+    fills: tuple[str, ...] = FILLS
+    relations: tuple[str, ...] = tuple(RELATIONS)
+
+    def __post_init__(self) -> None:
+        known = {"colours": COLOURS, "shapes": SHAPES, "sizes": SIZE_RADIUS, "fills": FILLS, "relations": RELATIONS}
+        for name, allowed in known.items():
+            values = getattr(self, name)
+            unknown = [v for v in values if v not in allowed]
+            if unknown or not values:
+                raise ValueError(f"SceneSpace.{name}: {unknown or 'empty'} not among {list(allowed)}")
+        for name in ("colours", "shapes"):  # the two objects of a scene differ in both
+            if len(set(getattr(self, name))) < 2:
+                raise ValueError(f"SceneSpace.{name} needs at least 2 distinct values, got {getattr(self, name)}")
+
+
+DEFAULT_SPACE = SceneSpace()
 
 
 @dataclass(frozen=True)
@@ -303,20 +342,20 @@ def false_captions(s: Scene, template: Callable[[Scene], str], n: int, rng: rand
 # ---------------------------------------------------------------- scene sampling and drawing
 
 
-def sample_scene(rng: random.Random) -> Scene:
-    colours = rng.sample(list(PALETTE), 2)
-    shapes = rng.sample(SHAPES, 2)
+def sample_scene(rng: random.Random, space: SceneSpace = DEFAULT_SPACE) -> Scene:
+    colours = rng.sample(space.colours, 2)
+    shapes = rng.sample(space.shapes, 2)
     objects = tuple(
         SceneObject(
             colour=c,
             shape=sh,
-            size=rng.choice(tuple(SIZE_RADIUS)),
-            fill=rng.choice(FILLS),
+            size=rng.choice(space.sizes),
+            fill=rng.choice(space.fills),
             points=rng.choice(tuple(DIRECTIONS)) if sh == "triangle" else None,
         )
         for c, sh in zip(colours, shapes)
     )
-    relation = rng.choice(tuple(RELATIONS))
+    relation = rng.choice(space.relations)
     mover = motion = None
     if rng.random() < 0.5:  # motion only along the relation axis, so "toward/away" is well defined
         mover = rng.randrange(2)
@@ -367,7 +406,7 @@ def draw_scene(scene: Scene, centres: list[tuple[float, float]], size: int) -> I
     width = max(1, round(size / 32))
     for i, (obj, (cx, cy)) in enumerate(zip(scene.objects, centres)):
         r = SIZE_RADIUS[obj.size] * size
-        colour = PALETTE[obj.colour]
+        colour = COLOURS[obj.colour]
         for tx, ty, tr in _circles(scene, i, (cx, cy), r)[1:]:
             draw.ellipse((tx - tr, ty - tr, tx + tr, ty + tr), fill=_lighter(colour, 0.6))
         fill = colour if obj.fill == "filled" else None
@@ -399,11 +438,11 @@ class SyntheticItem:
     trp_image: list[str]
 
 
-def make_item(seed: int, index: int, image_size: int = 64) -> SyntheticItem:
-    """Image and captions of synthetic image `index`; a pure function of (seed, index, image_size)."""
+def make_item(seed: int, index: int, image_size: int = 64, space: SceneSpace = DEFAULT_SPACE) -> SyntheticItem:
+    """Image and captions of synthetic image `index`; a pure function of (seed, index, image_size, space)."""
     rng = random.Random(stable_seed("reasonclip-synthetic", seed, index))
     while True:
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, space)
         centres = _layout(scene, image_size, rng)
         if centres is not None:
             break
