@@ -12,8 +12,8 @@ reconstruction target is another caption of the image, so the embedding has to k
 with which shape and in which order). Printed, not asserted: the image swap accuracies. At this CPU
 budget (a few hundred steps of a 32-wide CLIP trained from scratch) neither run gets the vision tower
 past a bag of colours and shapes (a linear probe for "colour of the left object" stays at the 50% that
-knowing the two colours gives), so both image accuracies stay near 50%. docs/LEARNING_STUDY.md records
-the settings tried for an image-side gap and what they gave.
+knowing the two colours gives), so both image accuracies stay near 50%. The image-side effect of hard
+negatives is tested in test_hard_negative_learning.py, on a world built for it (docs/LEARNING_STUDY.md).
 """
 
 from __future__ import annotations
@@ -27,30 +27,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, T5Config, T5ForConditionalGeneration
+from transformers import AutoImageProcessor, AutoTokenizer, T5Config, T5ForConditionalGeneration
 
-from pretrain_helpers import recipe, single_thread
+from pretrain_helpers import learnable_tiny_clip, recipe, single_thread
 from reasonclip_llava.data import build_tiny_t5_tokenizer, generate_synthetic
 from reasonclip_llava.encoder.modeling import ReasonCLIPForPretraining
 from reasonclip_llava.pretrain.trainer import pretrain_from_yaml
-from reasonclip_llava.tiny import save_tiny_clip, tiny_clip_config
 
 NUM_IMAGES, STEPS, BATCH, LR = 2500, 400, 32, "2e-3"
-
-
-def _learnable_tiny_clip(out_dir):
-    """The tiny CLIP (real tokenizer and processor) with initializer_factor 4.
-
-    With the default factor the random 32-wide towers start with nearly identical embeddings for every
-    input and sit at the collapsed solution (loss = ln batch) for hundreds of steps.
-    """
-    save_tiny_clip(out_dir)
-    torch.manual_seed(0)
-    config = tiny_clip_config()
-    for part in (config, config.vision_config, config.text_config):
-        part.initializer_factor = 4.0
-    CLIPModel(config).save_pretrained(out_dir)
-    return out_dir
 
 
 def _tiny_t5(out_dir):
@@ -95,7 +79,7 @@ def test_read_objectives_teach_the_text_encoder_composition(tmp_path):
     # (its noun-phrase swap would be a true caption, i.e. a false negative).
     pairs = tmp_path / "synthetic" / "pairs.parquet"
     pq.write_table(pa.table({"image_path": [r["image_path"] for r in rows], "captions": [[r["tb"][1], r["tb"][2]] for r in rows]}), pairs)
-    clip, t5 = _learnable_tiny_clip(tmp_path / "clip"), _tiny_t5(tmp_path / "t5")
+    clip, t5 = learnable_tiny_clip(tmp_path / "clip"), _tiny_t5(tmp_path / "t5")
     common = [f"--model.name_or_path={clip}", f"--data.train={pairs}", "--data.caption_columns=captions", f"--data.batch_size={BATCH}",
               f"--schedule.max_steps={STEPS}", "--schedule.warmup_ratio=0.05", f"--optim.lr={LR}", "--optim.lr_logit_scale=1e-2",
               "--optim.weight_decay=0", "--runtime.save_every=0", "--runtime.report_to=", f"--stage.t5_model={t5}"]
