@@ -8,9 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file
-from transformers import CLIPModel
+from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
+from reasonclip_llava.encoder.modeling import ReasonCLIPForPretraining
 from reasonclip_llava.pretrain.demo import prepare_tiny_workspace, tiny_recipe
 from reasonclip_llava.tiny import save_tiny_clip, tiny_clip_config
 
@@ -53,6 +56,23 @@ def learnable_tiny_clip(out_dir: Path, seed: int = 0, text_layers: int = 2, logi
         part.initializer_factor = 4.0
     CLIPModel(config).save_pretrained(out_dir)
     return out_dir
+
+
+@torch.no_grad()
+def swap_pair_embeddings(checkpoint: Path, image_paths: list[Path], captions: list[str], negatives: list[str]) -> tuple[torch.Tensor, ...]:
+    """Unit-norm (images, captions, negatives) embeddings of a trained checkpoint, row i of each belonging together.
+
+    `(images * captions).sum(-1) > (images * negatives).sum(-1)` is the image swap accuracy of the learning tests.
+    """
+    model = ReasonCLIPForPretraining.from_pretrained(checkpoint).eval()
+    tokenizer, processor = AutoTokenizer.from_pretrained(checkpoint), AutoImageProcessor.from_pretrained(checkpoint)
+    pixels = processor(images=[Image.open(path).convert("RGB") for path in image_paths], return_tensors="pt")["pixel_values"]
+
+    def texts(batch: list[str]) -> torch.Tensor:
+        ids = tokenizer(batch, padding=True, return_tensors="pt")["input_ids"]
+        return F.normalize(model.encode_text(ids, None)[0], dim=-1)
+
+    return F.normalize(model.encode_image(pixels), dim=-1), texts(captions), texts(negatives)
 
 
 def recipe(stage: str) -> Path:

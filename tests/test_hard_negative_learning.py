@@ -27,15 +27,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from transformers import AutoImageProcessor, AutoTokenizer
+from transformers import AutoTokenizer
 
-from pretrain_helpers import learnable_tiny_clip, recipe, single_thread
+from pretrain_helpers import learnable_tiny_clip, recipe, single_thread, swap_pair_embeddings
 from reasonclip_llava.data.hard_negatives import stable_seed
-from reasonclip_llava.data.synthetic import COLOURS, SceneSpace, make_item
-from reasonclip_llava.encoder.modeling import ReasonCLIPForPretraining
+from reasonclip_llava.data.synthetic import COLOURS, Scene, SceneSpace, _a, make_item
 from reasonclip_llava.pretrain.trainer import pretrain_from_yaml
 
 SPACE = SceneSpace(colours=tuple(COLOURS), sizes=("large",), fills=("filled",), relations=("left of", "right of"))
@@ -43,14 +39,9 @@ NUM_TRAIN, NUM_EVAL, LEFT_FIRST = 10_000, 500, 0.85
 STEPS, BATCH, LR = 3000, 32, "2e-3"
 
 
-def _a(name: str) -> str:
-    return ("an " if name[0] in "aeiou" else "a ") + name
-
-
-def relation_forms(scene) -> dict[str, tuple[str, str]]:
+def relation_forms(scene: Scene) -> dict[str, tuple[str, str]]:
     """{word order: (caption, noun-phrase swap)} for a left/right scene."""
-    first, second = scene.objects
-    left, right = (first, second) if scene.relation == "left of" else (second, first)
+    left, right, _, _ = scene.canonical()  # canonical() lists the left object first
     left, right = left.name, right.name
     return {
         "left first": (f"{_a(left)} left of {_a(right)}", f"{_a(right)} left of {_a(left)}"),
@@ -79,19 +70,11 @@ def write_relation_data(root: Path) -> tuple[Path, Path]:
     return root / "train.parquet", root / "eval.parquet"
 
 
-@torch.no_grad()
 def swap_accuracy(checkpoint: Path, eval_rows: list[dict], image_root: Path) -> dict[str, float]:
     """Share of held-out (image, order) pairs with sim(image, caption) > sim(image, swap), per word order."""
-    model = ReasonCLIPForPretraining.from_pretrained(checkpoint).eval()
-    tokenizer, processor = AutoTokenizer.from_pretrained(checkpoint), AutoImageProcessor.from_pretrained(checkpoint)
-    pixels = processor(images=[Image.open(image_root / r["image_path"]).convert("RGB") for r in eval_rows], return_tensors="pt")["pixel_values"]
-    images = F.normalize(model.encode_image(pixels), dim=-1)
-
-    def texts(key: str) -> torch.Tensor:
-        ids = tokenizer([r[key] for r in eval_rows], padding=True, return_tensors="pt")["input_ids"]
-        return F.normalize(model.encode_text(ids, None)[0], dim=-1)
-
-    correct = (images * texts("caption")).sum(-1) > (images * texts("negative")).sum(-1)
+    images, captions, negatives = swap_pair_embeddings(checkpoint, [image_root / r["image_path"] for r in eval_rows],
+                                                       [r["caption"] for r in eval_rows], [r["negative"] for r in eval_rows])
+    correct = (images * captions).sum(-1) > (images * negatives).sum(-1)
     orders = [r["order"] for r in eval_rows]
     accuracy = {order: correct[[o == order for o in orders]].float().mean().item() for order in dict.fromkeys(orders)}
     accuracy["both orders"] = correct.float().mean().item()

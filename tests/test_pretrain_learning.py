@@ -24,14 +24,11 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from transformers import AutoImageProcessor, AutoTokenizer, T5Config, T5ForConditionalGeneration
+from transformers import T5Config, T5ForConditionalGeneration
 
-from pretrain_helpers import learnable_tiny_clip, recipe, single_thread
+from pretrain_helpers import learnable_tiny_clip, recipe, single_thread, swap_pair_embeddings
 from reasonclip_llava.data import build_tiny_t5_tokenizer, generate_synthetic
-from reasonclip_llava.encoder.modeling import ReasonCLIPForPretraining
+from reasonclip_llava.data.synthetic import _a  # the generator's own article rule
 from reasonclip_llava.pretrain.trainer import pretrain_from_yaml
 
 NUM_IMAGES, STEPS, BATCH, LR = 2500, 400, 32, "2e-3"
@@ -48,24 +45,15 @@ def _tiny_t5(out_dir):
 def _as_training_template(caption: str) -> str:
     """'the red circle is left of the blue square' -> 'a red circle left of a blue square' (the tb template)."""
     match = re.fullmatch(r"the (.+) is (.+) the (.+)", caption)
-    article = lambda np: ("an " if np[0] in "aeiou" else "a ") + np  # noqa: E731
-    return f"{article(match[1])} {match[2]} {article(match[3])}"
+    return f"{_a(match[1])} {match[2]} {_a(match[3])}"
 
 
-@torch.no_grad()
 def _swap_scores(checkpoint, swap_eval, image_root, template) -> tuple[float, float]:
     """(image swap accuracy, mean cos(text(caption), text(negative))) on the held-out swap items."""
-    model = ReasonCLIPForPretraining.from_pretrained(checkpoint).eval()
-    tokenizer, processor = AutoTokenizer.from_pretrained(checkpoint), AutoImageProcessor.from_pretrained(checkpoint)
     rows = pq.read_table(swap_eval).to_pylist()
-    pixels = processor(images=[Image.open(image_root / r["image_path"]).convert("RGB") for r in rows], return_tensors="pt")["pixel_values"]
-    images = F.normalize(model.encode_image(pixels), dim=-1)
-
-    def texts(captions):
-        ids = tokenizer([template(c) for c in captions], padding=True, return_tensors="pt")["input_ids"]
-        return F.normalize(model.encode_text(ids, None)[0], dim=-1)
-
-    positive, negative = texts([r["caption"] for r in rows]), texts([r["negative_caption"] for r in rows])
+    images, positive, negative = swap_pair_embeddings(checkpoint, [image_root / r["image_path"] for r in rows],
+                                                      [template(r["caption"]) for r in rows],
+                                                      [template(r["negative_caption"]) for r in rows])
     accuracy = ((images * positive).sum(-1) > (images * negative).sum(-1)).float().mean().item()
     return accuracy, (positive * negative).sum(-1).mean().item()
 
