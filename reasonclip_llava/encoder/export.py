@@ -2,7 +2,8 @@
 
 The result is what a user of transformers, open_clip or LLaVA expects from a CLIP: config.json with the
 stock model_type, model.safetensors with exactly the base architecture's weights, the preprocessor and
-tokenizer files and a README model card. Training-only heads are left out; provenance is kept as extra
+tokenizer files and a README model card. Training-only heads are left out (heads.safetensors, and the
+authors' text_classifier.* / image_classifier.* inside a released stage-2 checkpoint); provenance is kept as extra
 `reasonclip_*` config fields, which transformers carries through save/load untouched.
 """
 
@@ -17,7 +18,15 @@ from safetensors import safe_open
 from transformers import AutoModel
 
 from .. import __version__
-from .modeling import HEADS_FILE, SUPPORTED_MODEL_TYPES, TRAINING_FILE, TrainingInfo, copy_sidecar_files, load_dual_encoder_config
+from .modeling import (
+    HEADS_FILE,
+    SUPPORTED_MODEL_TYPES,
+    TRAINING_FILE,
+    TrainingInfo,
+    copy_sidecar_files,
+    load_dual_encoder_config,
+    training_only_keys,
+)
 
 PROVENANCE_KEYS = ("reasonclip_base_model", "reasonclip_stage", "reasonclip_recipe", "reasonclip_version")
 WEIGHTS_FILE = "model.safetensors"
@@ -60,6 +69,10 @@ def export_encoder(
         raise FileExistsError(f"export directory is not empty: {out_dir} (pass overwrite=True / --overwrite)")
 
     model, loading = AutoModel.from_pretrained(str(train_ckpt), dtype=torch.float32, output_loading_info=True)
+    # The authors' heads inside a released stage-2 checkpoint are stripped, not an error: the model
+    # loaded above does not hold them, so the export is written without them.
+    stripped = set(training_only_keys(loading.get("unexpected_keys", ())))
+    loading = {**loading, "unexpected_keys": [k for k in loading.get("unexpected_keys", ()) if k not in stripped]}
     problems = {k: v for k, v in loading.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:
         raise ValueError(f"{train_ckpt}: weights do not match the {config.model_type} architecture: {_short(problems)}")

@@ -68,7 +68,7 @@ def _negative_generator(config: PretrainConfig):  # noqa: ANN202
 def _schema(config: PretrainConfig):  # noqa: ANN202
     if uses_caption_pool(config):
         return ReadSchema(caption_columns(config), k=config.stage.hard_negatives, seed=config.runtime.seed,
-                          negative_generator=_negative_generator(config))
+                          negative_generator=_negative_generator(config), recon_target=config.stage.recon_target)
     return ProSchema() if config.stage.name == "stage2" else LiteSchema()
 
 
@@ -90,10 +90,19 @@ def _map_dataset(config: PretrainConfig, path: Path, image_processor: Any):  # n
     image_root = config.data.image_root or None
     if uses_caption_pool(config):
         return ReadDataset(path, image_root, image_processor, seed, caption_columns=caption_columns(config), k=stage.hard_negatives,
-                           negative_generator=_negative_generator(config))
+                           negative_generator=_negative_generator(config), recon_target=stage.recon_target)
     if stage.name == "stage2":
         return ReasonProDataset(path, image_root, image_processor, seed)
     return ReasonLiteDataset(path, image_root, image_processor, seed)
+
+
+def lowercases_text(config: PretrainConfig, encoder: ReasonCLIPForPretraining) -> bool:
+    """model.lowercase_text, or (null) whether the model is a SigLIP 2 one, by the authors' rule: "siglip2"
+    in the model's name (here also the tokenizer's and, for a training checkpoint, its base model's)."""
+    if config.model.lowercase_text is not None:
+        return config.model.lowercase_text
+    names = (config.model.name_or_path, config.model.tokenizer or "", encoder.info.base_model)
+    return encoder.family == "siglip" and any("siglip2" in str(name).lower() for name in names)
 
 
 class TrainData:
@@ -195,13 +204,14 @@ def build_train_data(config: PretrainConfig, encoder: ReasonCLIPForPretraining, 
         raise FileNotFoundError(f"config key 'model.tokenizer' / 'model.name_or_path': cannot load a tokenizer and image processor: {error}") from None
     t5_tokenizer = None
     if config.stage.name == "read" and config.stage.recon_weight > 0:
-        t5_tokenizer = AutoTokenizer.from_pretrained(config.stage.t5_model)
+        t5_tokenizer = AutoTokenizer.from_pretrained(config.stage.t5_tokenizer or config.stage.t5_model)
     collator = ReasonCollator(
         tokenizer,
         max_length=config.data.max_length,
         t5_tokenizer=t5_tokenizer,
         # SigLIP's text tower pools the last position: it was trained on max-length padding.
         padding="max_length" if encoder.family == "siglip" else "longest",
+        lowercase=lowercases_text(config, encoder),
     )
     stage = config.stage
     unused = (() if stage.name == "read" and stage.recon_weight > 0 else ("recon_target",)) + \
