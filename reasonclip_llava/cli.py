@@ -73,7 +73,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.dry_run:
         from .pretrain.plan import plan_from_yaml
 
-        print(json.dumps(plan_from_yaml(args.config, args.overrides, world_size=args.world_size), indent=2))
+        print(json.dumps(plan_from_yaml(args.config, args.overrides, world_size=args.world_size, params=args.param), indent=2))
         return 0
     from .pretrain.trainer import pretrain_from_yaml
 
@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="recipe YAML, e.g. train/stage1_l14_336.yaml")
     p.add_argument("--dry-run", action="store_true", help="build model, data, optimizer and schedule, train nothing, print the plan as JSON")
     p.add_argument("--world-size", type=int, default=None, help="with --dry-run: plan for this many devices (default: $WORLD_SIZE or 1)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME", help="with --dry-run: also show this parameter's group, lr and weight decay (repeatable)")
     p.set_defaults(handler=_pretrain, takes_overrides=True)
 
     p = commands.add_parser("llava-build", help="build a LLaVA-NeXT (transformers LlavaNext) from a causal LM and an encoder")

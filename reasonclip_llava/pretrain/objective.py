@@ -70,7 +70,7 @@ class StageObjective(nn.Module):
         return super()._apply(fn, recurse)
 
     # ------------------------------------------------------------------ pieces
-    def _text(self, batch: dict[str, Tensor], fields: list[str]) -> tuple[list[Tensor], Tensor]:
+    def text_embeddings(self, batch: dict[str, Tensor], fields: list[str]) -> tuple[list[Tensor], Tensor]:
         """One text pass over the fields' captions stacked in order -> (raw embeddings per field, pooled state).
 
         SigLIP gets its attention mask, as the published runs pass it (text padded to max length). CLIP gets
@@ -102,14 +102,14 @@ class StageObjective(nn.Module):
         if stage.name == "stage1":
             w = self.stream_weight(step)
             # One text pass over [desc; reason]; the collator pads both streams to one length.
-            desc, reason = (F.normalize(e, dim=-1) for e in self._text(batch, ["desc", "reason"])[0])
+            desc, reason = (F.normalize(e, dim=-1) for e in self.text_embeddings(batch, ["desc", "reason"])[0])
             parts["clip_descriptive"] = w * self._contrastive(image, desc)
             parts["clip_reasoning"] = (1.0 - w) * self._contrastive(image, reason)
             if "anchor" in self.frozen_terms:
                 parts["anchor"] = self.frozen_terms["anchor"]()
 
         elif stage.name == "stage2":
-            text_raw = self._text(batch, ["reason"])[0][0]
+            text_raw = self.text_embeddings(batch, ["reason"])[0][0]
             parts["clip_reasoning"] = self._contrastive(image, F.normalize(text_raw, dim=-1))
             image_logits, text_logits = encoder.category_logits(image_raw, text_raw)
             parts["category"], _ = self.category(text_logits, batch["text_category"], image_logits, batch["image_categories"])
@@ -125,7 +125,7 @@ class StageObjective(nn.Module):
             if stage.name == "read" and stage.align_weight > 0:
                 blocks["paraphrase"] = "paraphrase"
             # One text pass over [captions; negatives; paraphrases] (the collator pads them to one length).
-            embeds, pooled = self._text(batch, list(blocks.values()))
+            embeds, pooled = self.text_embeddings(batch, list(blocks.values()))
             texts = {block: F.normalize(e, dim=-1) for block, e in zip(blocks, embeds)}
             if stage.hard_negatives:
                 parts["clip_hard_negatives"] = self.hard_negative(image, texts["text"], texts["negatives"], encoder.logit_scale)

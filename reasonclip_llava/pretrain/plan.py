@@ -9,14 +9,15 @@ w(t) at the schedule's corners, the number of L2-anchored tensors and the data s
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..encoder.modeling import ReasonCLIPForPretraining
-from .config import PretrainConfig, apply_global_batch, global_batch, load_config
+from .config import OptimConfig, PretrainConfig, apply_global_batch, global_batch, load_config
 from .data import build_train_data, data_format, lowercases_text
 from .objective import StageObjective
-from .optim import build_optimizer, describe_param_groups
+from .optim import build_optimizer, build_param_groups, describe_param_groups
 from .schedule import build_lr_scheduler, dual_stream_weight
 from .trainer import resolve_max_steps, resolve_warmup_steps, stage_heads
 
@@ -50,8 +51,23 @@ def describe_sources(config: PretrainConfig, dataset: Any) -> list[dict[str, Any
     return out
 
 
-def plan_pretraining(config: PretrainConfig, world_size: int | None = None) -> dict[str, Any]:
-    """Everything the run would use, built for rank 0 of `world_size` devices (default: $WORLD_SIZE or 1)."""
+def where_parameters_go(encoder: ReasonCLIPForPretraining, optim: OptimConfig, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """{parameter name: its group, lr and weight decay}; a name the model does not have is an error naming it."""
+    owner = {name: g for g in build_param_groups(encoder, optim) for name in g["param_names"]}
+    out = {}
+    for name in names:
+        if name not in owner:
+            raise ValueError(f"--param {name!r}: no trainable parameter of that name (names look like {next(iter(owner))!r})")
+        group = owner[name]
+        out[name] = {"group": group["name"], "lr": group["lr"], "weight_decay": group["weight_decay"]}
+    return out
+
+
+def plan_pretraining(config: PretrainConfig, world_size: int | None = None, params: Sequence[str] = ()) -> dict[str, Any]:
+    """Everything the run would use, built for rank 0 of `world_size` devices (default: $WORLD_SIZE or 1).
+
+    `params`: parameter names whose group, lr and weight decay the plan also lists.
+    """
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     apply_global_batch(config, world)
     stage, optim = config.stage, config.optim
@@ -79,14 +95,16 @@ def plan_pretraining(config: PretrainConfig, world_size: int | None = None) -> d
                       "no_decay": optim.no_decay, "groups": describe_param_groups(encoder, optim)},
         "precision": {"mixed_precision": config.runtime.mixed_precision, "master_weights": "fp32"},
         "text": {"max_length": config.data.max_length, "padding": "max_length" if encoder.family == "siglip" else "longest",
-                 "attention_mask": encoder.family == "siglip", "lowercase": lowercases_text(config, encoder)},
+                 "attention_mask_passed": encoder.family == "siglip", "lowercase": lowercases_text(config, encoder)},
         "logit_scale_max": optim.logit_scale_max,
         "w_schedule": {str(p): dual_stream_weight(p, stage.w_schedule) for p in W_PROGRESS} if stage.name == "stage1" else None,
         "anchored_tensors": len(anchor.names) if anchor is not None else 0,
         "anchor_beta": stage.anchor_beta if anchor is not None else None,
+        "parameters": where_parameters_go(encoder, optim, params),
     }
 
 
-def plan_from_yaml(config_path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), world_size: int | None = None) -> dict[str, Any]:
-    """`reasonclip pretrain CONFIG --dry-run [--world-size N]`: load, override, validate, plan."""
-    return plan_pretraining(load_config(config_path, overrides), world_size)
+def plan_from_yaml(config_path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), world_size: int | None = None,
+                   params: Sequence[str] = ()) -> dict[str, Any]:
+    """`reasonclip pretrain CONFIG --dry-run [--world-size N] [--param NAME ...]`: load, override, validate, plan."""
+    return plan_pretraining(load_config(config_path, overrides), world_size, params)
