@@ -323,3 +323,13 @@ def test_released_stage2_checkpoint_builds_and_swaps_into_llava(ws, released_sta
         tower = LlavaNextForConditionalGeneration.from_pretrained(path).model.vision_tower.state_dict()
         tower = {k.removeprefix("vision_model."): v for k, v in tower.items()}
         assert set(tower) == set(expected) and all(torch.equal(tower[k], expected[k]) for k in expected)
+
+
+def test_dry_run_errors_are_one_line_naming_the_problem(ws, tmp_path, capsys):
+    overrides = _tiny_overrides(ws, "read_b32.yaml", tmp_path)
+    assert cli_main(["pretrain", str(TRAIN / "read_b32.yaml"), "--dry-run", "--param=backbone.nope", *overrides]) == 2
+    assert "--param 'backbone.nope': no trainable parameter of that name" in capsys.readouterr().err
+    published_tokenizer = [o for o in overrides if not o.startswith("--stage.t5_tokenizer")]  # google/flan-t5-xl, offline
+    assert cli_main(["pretrain", str(TRAIN / "read_b32.yaml"), "--dry-run", *published_tokenizer]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "reasonclip pretrain: error: config key 'stage.t5_tokenizer': cannot load a T5 tokenizer from 'google/flan-t5-xl'"

@@ -204,7 +204,12 @@ def build_train_data(config: PretrainConfig, encoder: ReasonCLIPForPretraining, 
         raise FileNotFoundError(f"config key 'model.tokenizer' / 'model.name_or_path': cannot load a tokenizer and image processor: {error}") from None
     t5_tokenizer = None
     if config.stage.name == "read" and config.stage.recon_weight > 0:
-        t5_tokenizer = AutoTokenizer.from_pretrained(config.stage.t5_tokenizer or config.stage.t5_model)
+        name = config.stage.t5_tokenizer or config.stage.t5_model
+        try:
+            t5_tokenizer = AutoTokenizer.from_pretrained(name)
+        except OSError:
+            key = "stage.t5_tokenizer" if config.stage.t5_tokenizer else "stage.t5_model"
+            raise FileNotFoundError(f"config key '{key}': cannot load a T5 tokenizer from '{name}'") from None
     collator = ReasonCollator(
         tokenizer,
         max_length=config.data.max_length,
