@@ -219,6 +219,9 @@ def test_bad_checkpoints_name_the_problem_and_keep_existing_output(tmp_path, cap
     (tmp_path / "junk.pt").write_bytes(pickle.dumps(object()))
     code, captured = convert(tmp_path / "junk.pt")
     assert code == 2 and "junk.pt" in captured.err and "not a readable open_clip state dict" in captured.err
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "openai_jit.pt"))  # OpenAI's original release format
+    code, captured = convert(tmp_path / "openai_jit.pt")
+    assert code == 2 and "torch.jit.load(file).state_dict()" in captured.err
     code, captured = convert(tmp_path / "absent.pt")
     assert code == 2 and "absent.pt" in captured.err
     code, captured = convert(good, "ViT-Q-99")

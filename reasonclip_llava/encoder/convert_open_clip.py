@@ -57,7 +57,7 @@ _TEXT_FIXED = {
     "scale_attn": False, "scale_fc": False,
 }
 _TEXT_SIZES = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "norm_kwargs"}
-_TOP_LEVEL = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale", "nonscalar_logit_scale", "preprocess_cfg"}
+_TOP_LEVEL = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale", "nonscalar_logit_scale", "preprocess_cfg", "custom_text", "init_logit_bias"}
 # open_clip's PreprocessCfg defaults (open_clip/transform.py) under a model config's `preprocess_cfg`.
 OPEN_CLIP_PREPROCESS = {
     "mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711),
@@ -97,7 +97,7 @@ def unmappable_reason(config: dict[str, Any]) -> str | None:
         return "it is a CustomTextCLIP (custom_text: true), e.g. SigLIP from open_clip"
     if config.get("init_logit_bias") is not None:
         return "it has a logit bias (sigmoid loss, SigLIP-style); CLIPModel has none"
-    unknown = sorted(set(config) - _TOP_LEVEL - {"custom_text"})
+    unknown = sorted(set(config) - _TOP_LEVEL)
     if unknown:
         return f"unknown model config options {unknown}"
     for tower, options, fixed, sizes in (("vision_cfg", vision, _VISION_FIXED, _VISION_SIZES), ("text_cfg", text, _TEXT_FIXED, _TEXT_SIZES)):
@@ -174,7 +174,8 @@ def load_open_clip_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickles with code objects, TorchScript archives, truncated files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: not a readable open_clip state dict ({first_line})") from None
+        hint = "; a TorchScript file such as OpenAI's original .pt: save torch.jit.load(file).state_dict() first" if "TorchScript" in str(error) else ""
+        raise ValueError(f"{path}: not a readable open_clip state dict ({first_line}{hint})") from None
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not loaded or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
