@@ -224,7 +224,7 @@ class ReadSchema:
         self.fields = tuple(caption_columns)
         self.k = k
         # 2k candidates so that precomputed negatives overlapping with generated ones still leave k.
-        self.negative_generator = negative_generator or HardNegativeGenerator(k=2 * k, seed=seed)
+        self.negative_generator = negative_generator or (HardNegativeGenerator(k=2 * k, seed=seed) if k else None)
 
     def pair_counts(self, rows: RowTable) -> np.ndarray:
         return sum(rows.list_lengths(column) for column in self.fields)
@@ -244,6 +244,8 @@ class ReadSchema:
         }
 
     def _negatives(self, row: dict, where: str, captions: list[str], anchor: int, epoch: int) -> list[str]:
+        if self.k == 0:
+            return []  # a plain caption pool (stage 0 without hard negatives)
         column = next((c for c in ("neg", "negatives") if row.get(c) is not None), None)
         given: list[str] = []
         if column is not None:

@@ -95,22 +95,13 @@ def caption_columns(config: PretrainConfig, columns: Sequence[str] = ()) -> tupl
     return ("trp",) if "trp" in columns and "trl" not in columns else ("trl",)
 
 
-def _no_negatives(caption: str, salt: object) -> list[str]:
-    return []  # stage 0 without hard negatives: nothing to generate
-
-
-def _negative_generator(config: PretrainConfig):  # noqa: ANN202
-    return None if config.stage.hard_negatives else _no_negatives  # None: the data package's swap generator
-
-
 def source_schema(config: PretrainConfig, columns: Sequence[str] = ()) -> LiteSchema | ProSchema | ReadSchema:
     """The schema a stage reads a source with: stage 1 ReasonLite pairs, stage 2 ReasonPro, else a caption pool."""
     if config.stage.name == "stage1":
         return LiteSchema()
     if config.stage.name == "stage2":
         return ProSchema()
-    return ReadSchema(caption_columns(config, columns), k=config.stage.hard_negatives, seed=config.runtime.seed,
-                      negative_generator=_negative_generator(config))
+    return ReadSchema(caption_columns(config, columns), k=config.stage.hard_negatives, seed=config.runtime.seed)
 
 
 class _Concat(ConcatDataset):

@@ -412,8 +412,11 @@ def evaluate(accelerator: Accelerator, objective: nn.Module, heldout, step: int)
 
 def evaluate_and_keep_best(accelerator: Accelerator, objective: nn.Module, config: PretrainConfig, heldout,  # noqa: ANN001
                            progress: TrainingProgress) -> float:
-    """Held-out loss after progress.step steps, logged; a new lowest one replaces best/ (written atomically)."""
-    loss = evaluate(accelerator, objective, heldout, progress.step - 1)
+    """Held-out loss after progress.step steps, logged; a new lowest one replaces best/ (written atomically).
+
+    The loss is the stage's at p = steps done / max_steps, as the authors' Trainer evaluates it (global_step).
+    """
+    loss = evaluate(accelerator, objective, heldout, progress.step)
     improved = loss < progress.best_eval_loss
     if improved:
         progress.best_eval_loss, progress.best_step = loss, progress.step
