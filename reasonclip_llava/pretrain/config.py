@@ -13,7 +13,8 @@ read as false); recipe values go through the same conversion after YAML.
 
 The stage decides which objective terms are active (see `trainer.compute_loss`):
 
-    stage0  contrastive on one caption stream (stage.captions: tb or trl; or the data.caption_columns
+    stage0  contrastive on one caption stream (stage.captions: descriptive = tb, of ReasonLite or
+            CC12M-Refined; reasoning = trl, and trp of a ReasonPro source; or the data.caption_columns
             pool), optionally with stage.hard_negatives swap negatives per caption
     stage1  w(t) * CLIP(img, desc) + (1 - w(t)) * CLIP(img, reason) + beta * ||theta - theta0||^2
     stage2  CLIP(img, reason) + gamma * [CE(text head) + BCE(image head)]
