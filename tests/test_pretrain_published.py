@@ -131,3 +131,16 @@ def test_stage1_published_samples_holdout_loss_best_and_export(files, tiny_clip_
     assert plain.keys() == trained.keys() and all(torch.equal(plain[k], trained[k]) for k in plain)
     same_as_final = all(torch.equal(trained[k], v) for k, v in load_file(str(final / "model.safetensors")).items())
     assert same_as_final == (lowest["step"] == 4)
+
+
+def test_resume_keeps_the_best_held_out_loss(files, tiny_clip_dir, tmp_path):
+    args = ("--data.samples=all_pairs", "--data.sampler=distinct_images", "--data.holdout_ratio=0.2", "--data.eval_every=1",
+            "--schedule.max_steps=3", "--runtime.keep_last=null")
+    first = _run("stage1", tiny_clip_dir, files["lite"], tmp_path / "a", *args, "--runtime.save_every=1")
+    resumed = _run("stage1", tiny_clip_dir, files["lite"], tmp_path / "b", *args, f"--runtime.resume_from={tmp_path / 'a' / 'checkpoint-2'}")
+    log_a = [json.loads(line) for line in (tmp_path / "a" / "eval_loss.jsonl").read_text().splitlines()]
+    log_b = [json.loads(line) for line in (tmp_path / "b" / "eval_loss.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log_a] == [1, 2, 3] and [e["step"] for e in log_b] == [3]
+    assert log_b[0] == log_a[2]  # same weights, same held-out loss, and "best" judged against the restored best
+    summary = lambda final: {k: v for k, v in json.loads((final / "training_summary.json").read_text()).items() if k.startswith("best")}  # noqa: E731
+    assert summary(resumed) == summary(first)
