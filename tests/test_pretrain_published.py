@@ -144,3 +144,34 @@ def test_resume_keeps_the_best_held_out_loss(files, tiny_clip_dir, tmp_path):
     assert log_b[0] == log_a[2]  # same weights, same held-out loss, and "best" judged against the restored best
     summary = lambda final: {k: v for k, v in json.loads((final / "training_summary.json").read_text()).items() if k.startswith("best")}  # noqa: E731
     assert summary(resumed) == summary(first)
+
+
+def test_two_processes_match_one_with_distinct_images_and_holdout(files, tiny_clip_dir, tmp_path):
+    # The distinct-image order is global and rank-strided, so 2 ranks x 4 see the same global batches as
+    # 1 x 8, in training and in the held-out pass (whose loss is reduced over the ranks).
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from pretrain_helpers import REPO, checkpoint_tensors
+
+    args = ["--data.samples=all_pairs", "--data.sampler=distinct_images", "--data.holdout_ratio=0.2", "--data.eval_every=2",
+            "--schedule.max_steps=2", "--optim.lr=1e-4"]
+    single = _run("stage1", tiny_clip_dir, files["lite"], tmp_path / "one", *args)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    overrides = [f"--model.name_or_path={tiny_clip_dir}", f"--data.train={files['lite']}", f"--runtime.output_dir={tmp_path / 'two'}",
+                 "--data.batch_size=4", "--runtime.report_to=", "--runtime.save_every=0", *args]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                             f"--master_port={port}", "-m", "reasonclip_llava.pretrain", str(recipe("stage1")), *overrides],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one_log = json.loads((tmp_path / "one" / "eval_loss.jsonl").read_text())
+    two_log = json.loads((tmp_path / "two" / "eval_loss.jsonl").read_text())
+    assert two_log["step"] == one_log["step"] == 2
+    assert two_log["eval_loss"] == pytest.approx(one_log["eval_loss"], rel=1e-4)
+    expected, got = checkpoint_tensors(single), checkpoint_tensors(tmp_path / "two" / "final")
+    assert max((expected[k] - got[k]).abs().max().item() for k in expected) < 1e-5
