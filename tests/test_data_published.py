@@ -260,3 +260,19 @@ def test_webdataset_reads_the_published_reasonpro_with_the_same_schema(files, tm
     for i, sample in enumerate(streamed):
         assert (sample["reason"], sample["text_category"], sample["image_categories"]) == \
             (mapped[i]["reason"], mapped[i]["text_category"], mapped[i]["image_categories"])
+
+
+@pytest.mark.parametrize("option", ["--data.samples=all_pairs", "--data.sampler=distinct_images", "--data.holdout_ratio=0.1"])
+def test_webdataset_refuses_what_a_stream_cannot_do_in_one_line(files, tiny_clip_dir, tmp_path, option):
+    from types import SimpleNamespace
+
+    from reasonclip_llava.data import write_wds_shards
+    from reasonclip_llava.pretrain.data import build_train_data
+
+    write_wds_shards(files["lite"] / "cc12m_tb_trl_chunk_00.parquet", tmp_path / "shards", samples_per_shard=5)
+    config = load_config(None, [f"--model.name_or_path={tiny_clip_dir}", f"--data.train={tmp_path / 'shards'}",
+                                f"--runtime.output_dir={tmp_path / 'run'}", option])
+    with pytest.raises(ValueError) as error:
+        build_train_data(config, SimpleNamespace(family="clip"), world_size=1, rank=0)
+    text = str(error.value)
+    assert text.startswith(f"config key '{option[2:].split('=')[0]}'") and "webdataset" in text and "\n" not in text
