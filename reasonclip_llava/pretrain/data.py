@@ -53,9 +53,9 @@ def data_format(config: PretrainConfig) -> str:
     return "jsonl" if train.endswith((".jsonl", ".json")) else "parquet"
 
 
-def source_columns(path: Path, fmt: str) -> list[str]:
+def source_columns(path: Path, streaming: bool = False) -> list[str]:
     """Column names of a source: a parquet schema, a JSONL file's first row, the first .json of a tar shard."""
-    if fmt == "webdataset":
+    if streaming:
         import tarfile
 
         first = sorted(path.glob("*.tar"))[0] if path.is_dir() else Path(expand_shards(str(path))[0])
@@ -123,7 +123,7 @@ def source_parts(config: PretrainConfig, path: Path, key: str, image_processor: 
     files = data_files(path) if path.is_dir() else [path]
     if not files:
         raise FileNotFoundError(f"config key '{key}': no .parquet / .jsonl files in {path}")
-    schema = source_schema(config, source_columns(path, "map"))
+    schema = source_schema(config, source_columns(path))
     return [ImageTextDataset(f, schema, config.data.image_root or None, image_processor, config.runtime.seed,
                              samples=config.data.samples) for f in files]
 
@@ -145,10 +145,10 @@ def holdout_rows(num_rows: int, ratio: float, seed: int) -> tuple[np.ndarray, np
 
 def split_source(parts: list[ImageTextDataset], ratio: float, seed: int) -> tuple[list[ImageTextDataset], list[ImageTextDataset]]:
     """Train and held-out datasets of one source's files, the split drawn over all its rows in file order."""
-    sizes = [len(part.rows) for part in parts]
-    train, heldout = holdout_rows(sum(sizes), ratio, seed)
     if ratio <= 0:
         return parts, []
+    sizes = [len(part.rows) for part in parts]
+    train, heldout = holdout_rows(sum(sizes), ratio, seed)
     bounds = np.cumsum([0, *sizes])
     pick = lambda rows, i: rows[(rows >= bounds[i]) & (rows < bounds[i + 1])] - bounds[i]  # noqa: E731
     train_parts = [part.restrict_rows(pick(train, i)) for i, part in enumerate(parts)]
@@ -293,7 +293,7 @@ def build_train_data(config: PretrainConfig, encoder: ReasonCLIPForPretraining, 
                 raise ValueError(f"config key '{key}': {getattr(data, key.split('.')[1])!r} needs map-style data (parquet / JSONL), "
                                  "not webdataset shards, which stream in shard order")
         shards = sorted(str(p) for p in path.glob("*.tar")) if path.is_dir() else data.train
-        schema = source_schema(config, source_columns(path, "webdataset"))
+        schema = source_schema(config, source_columns(path, streaming=True))
         dataset = WdsReasonDataset(shards, schema, image_processor, seed, rank=rank, world_size=world_size)
         return TrainData(dataset, DataLoader(dataset, drop_last=True, **common), None, world_size, source=data.train)
 
