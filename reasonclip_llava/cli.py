@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--benchmark", required=True)
     p.add_argument("--data", default=None, help="annotation file or folder (optional for zeroshot)")
-    p.add_argument("--images", required=True)
+    p.add_argument("--images", default=None, help="image root (not needed for rclip_bench: the parquet embeds the images)")
     p.add_argument("--out", default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")

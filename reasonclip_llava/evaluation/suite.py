@@ -36,7 +36,7 @@ ENCODER_LAYOUT: dict[str, dict[str, str]] = {
     "crepe": {"data": "crepe", "images": "images/vg_images"},
     "winoground": {"data": "winoground/examples.jsonl", "images": "images/winoground"},
     "aro": {"data": "aro", "images": "images/vg_images"},
-    "rclip_bench": {"data": "rclip_bench", "images": "images"},
+    "rclip_bench": {"data": "rclip_bench", "images": "rclip_bench"},  # images embedded in the parquet
     "retrieval": {"data": "retrieval/dataset_coco.json", "images": "images"},
     "zeroshot": {"data": "zeroshot/classes.json", "images": "images/classes"},
 }
