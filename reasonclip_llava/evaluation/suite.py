@@ -57,7 +57,10 @@ def resolve_layout(defaults: dict[str, dict[str, str]], layout: str | Path | Non
 
 
 def _present(root: Path, entry: dict[str, str], name: str) -> bool:
-    needed = ["data"] + (["images"] if name != "mmbench" else [])
+    from .lmms_lab import is_parquet_input
+
+    embedded = name in ("mmbench", "rclip_bench") or is_parquet_input(root / entry["data"])  # images in the data
+    needed = ["data"] + ([] if embedded else ["images"])
     return all((root / entry[key]).exists() for key in needed)
 
 
@@ -104,12 +107,17 @@ def run_vqa_suite(
     from .scoring import score_answers
 
     def run_one(name: str, data: Path, images: Path, annotations: Path | None, out: Path) -> Path:
-        if name == "mmbench":
-            images = out / "mmbench_images"  # never write into the data root
+        from .lmms_lab import is_parquet_input
+
+        if name == "mmbench" or is_parquet_input(data):
+            images = out / f"{name}_images"  # embedded images are written here, never into the data root
         answers = run_vqa(model_dir, name, data, images, out / f"{name}_answers.jsonl", limit=limit, **generate_kwargs)
         # a --limit run is scored on the answered questions only
         questions = answers if limit is not None else None
-        score_mode = mode if name in ("vqav2", "textvqa", "vizwiz", "gqa") else "official"
+        from .scoring.lmms_eval import ITEM_SCORERS
+
+        vqa_family = ("vqav2", "textvqa", "vizwiz", "gqa")
+        score_mode = mode if name in vqa_family or (mode == "lmms_eval" and name in ITEM_SCORERS) else "official"
         score_answers(name, answers, annotations or data, questions=questions, mode=score_mode, out_dir=out)
         return out / f"{name}_summary.json"
 

@@ -1,0 +1,216 @@
+"""`--mode lmms_eval`: every question scored as lmms-eval's task `*_process_results` + aggregation do.
+
+Read from lmms-eval 0.7's `tasks/<task>/utils.py` and task YAMLs, written here without importing it;
+`tests/test_scoring_lmms_eval.py` checks item by item against lmms-eval's own functions. The input is
+the lmms-lab parquet layout (`lmms_lab.py`): each item carries its row as `meta["doc"]`. Where lmms-eval
+differs from the official scorer (the default mode), on purpose of neither side:
+
+- VQAv2: only the punctuation and digit/article steps, no lowercasing of ',' '?' "'s" handling; the
+  leave-one-out drops the human answer *records* equal to the current one (answer, id, confidence).
+- TextVQA / VizWiz: the full EvalAI processor on both sides; VizWiz with no human answers scores 0.
+- GQA: the YAML's exact_match with ignore_case and ignore_punctuation (no whitespace stripping).
+- POPE: right only when the lowercased, stripped answer IS "yes"/"no" (no first-sentence reading);
+  precision / recall count answers equal to "yes" / "no".
+- MME: Otter's parse (yes/no, y/n, else "yes"/"no" in the first 4 characters); per image acc + acc+.
+- ScienceQA-IMG: the answer equals the letter, or starts with "X." (LLaVA's quirk, kept by lmms-eval).
+- MMVP: regex letter extraction (A/B); accuracy and pair accuracy (both of a pair right).
+- ChartQA: relaxed correctness without stripping the answer.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..benchmarks import LETTERS, MME_PERCEPTION, read_items
+from .common import ScoreResult, mean_percent, percent, select_ids
+from .vqa_accuracy import evalai_normalize, process_digit_article, process_punctuation
+
+
+def vqav2_item(doc: dict, prediction: str) -> float:
+    answers = [dict(a) for a in doc.get("answers") or []]
+    if not answers:
+        return 0.0
+    for record in answers:
+        record["answer"] = process_digit_article(process_punctuation(
+            record["answer"].replace("\n", " ").replace("\t", " ").strip()))
+    prediction = process_digit_article(process_punctuation(prediction.replace("\n", " ").replace("\t", " ").strip()))
+    accuracies = []
+    for record in answers:
+        others = [other for other in answers if other != record]
+        accuracies.append(min(1.0, sum(other["answer"] == prediction for other in others) / 3))
+    return sum(accuracies) / len(accuracies)
+
+
+def evalai_item(doc: dict, prediction: str) -> float:
+    """TextVQA and VizWiz: leave-one-out by position over the processed human answers."""
+    humans = [evalai_normalize(a) for a in doc.get("answers") or []]
+    if not humans:
+        return 0.0
+    prediction = evalai_normalize(prediction)
+    return sum(min(1.0, sum(humans[j] == prediction for j in range(len(humans)) if j != i) / 3)
+               for i in range(len(humans))) / len(humans)
+
+
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def gqa_item(doc: dict, prediction: str) -> float:
+    return float(prediction.lower().translate(_NO_PUNCTUATION) == str(doc["answer"]).lower().translate(_NO_PUNCTUATION))
+
+
+def pope_item(doc: dict, prediction: str) -> float:
+    return float(prediction.lower().strip() == doc["answer"].lower().strip())
+
+
+def mme_parse(prediction: str) -> str:
+    text = prediction.lower().strip().replace(".", "")
+    if text in ("yes", "no"):
+        return text
+    if len(text) == 1:
+        return {"y": "yes", "n": "no"}.get(text, "other")
+    head = text[:4]
+    return "yes" if "yes" in head else "no" if "no" in head else "other"
+
+
+def mme_item(doc: dict, prediction: str) -> float:
+    return float(mme_parse(prediction) == doc["answer"].lower().strip().replace(".", ""))
+
+
+def scienceqa_item(doc: dict, prediction: str) -> float:
+    target = LETTERS[int(doc["answer"])].lower()
+    prediction = prediction.strip()
+    if prediction.lower() == target:
+        return 1.0
+    if len(prediction) >= 2 and prediction[0].isupper() and prediction[1] == ".":
+        return float(prediction[0].lower() == target)
+    return 0.0
+
+
+_MMVP_PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
+    r"^\s*\(?([AB])\)?\.?\s*$", r"^\s*\(?([AB])\)?[\.\s]", r"answer\s+is\s+\(?([AB])\)?", r"option\s+\(?([AB])\)?",
+    r"\(?([AB])\)?(?:\s|$)")]
+
+
+def mmvp_letter(prediction: str) -> str:
+    text = prediction.strip()
+    for pattern in _MMVP_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            return match.group(1).upper()
+    return text[0].upper() if text and text[0].upper() in ("A", "B") else ""
+
+
+def mmvp_target(doc: dict) -> str:
+    answer = str(doc.get("Correct Answer", doc.get("answer", ""))).strip().lower()
+    if "(a)" in answer or answer == "a":
+        return "A"
+    if "(b)" in answer or answer == "b":
+        return "B"
+    return answer.upper()
+
+
+def mmvp_item(doc: dict, prediction: str) -> float:
+    return float(mmvp_letter(prediction) == mmvp_target(doc))
+
+
+def _to_float(text: str) -> float | None:
+    try:
+        return float(text.rstrip("%")) / 100.0 if text.endswith("%") else float(text)
+    except ValueError:
+        return None
+
+
+def chartqa_item(doc: dict, prediction: str) -> float:
+    target = doc["answer"]
+    prediction_float, target_float = _to_float(prediction), _to_float(target)
+    if prediction_float is not None and target_float:
+        return float(abs(prediction_float - target_float) / abs(target_float) <= 0.05)
+    return float(prediction.lower() == target.lower())
+
+
+ITEM_SCORERS: dict[str, Callable[[dict, str], float]] = {
+    "vqav2": vqav2_item, "textvqa": evalai_item, "vizwiz": evalai_item, "gqa": gqa_item, "pope": pope_item,
+    "mme": mme_item, "scienceqa_img": scienceqa_item, "mmvp": mmvp_item, "chartqa": chartqa_item,
+}
+
+
+# ---- aggregations (the YAML metric_list) --------------------------------------------------------------------
+
+def _mean(rows: list[dict]) -> dict:
+    return {"accuracy": mean_percent([r["score"] for r in rows])}
+
+
+def _pope(rows: list[dict]) -> dict:
+    predictions = [(r["prediction"] or "").lower().strip() for r in rows]
+    truths = [r["doc"]["answer"].lower().strip() for r in rows]
+    tp = sum(p == "yes" and t == "yes" for p, t in zip(predictions, truths))
+    fp = sum(p == "yes" and t == "no" for p, t in zip(predictions, truths))
+    fn = sum(p == "no" and t == "yes" for p, t in zip(predictions, truths))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    yes = sum(t == "yes" for t in truths)  # lmms-eval's yes_ratio counts the ground truth
+    return {"accuracy": mean_percent([r["score"] for r in rows]), "precision": 100 * precision, "recall": 100 * recall,
+            "f1": 100 * f1, "yes_ratio": percent(yes, sum(t in ("yes", "no") for t in truths))}
+
+
+def _mme(rows: list[dict]) -> dict:
+    by_category: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        by_category[row["doc"]["category"]][str(row["doc"]["question_id"])].append(row["score"])
+    subtasks = {}
+    for category, per_image in by_category.items():
+        total = 0.0
+        for image, scores in per_image.items():
+            if len(scores) != 2:
+                raise ValueError(f"mme: image {image} has {len(scores)} questions; lmms-eval scores pairs")
+            total += 100.0 * sum(scores) / 2 + 100.0 * (sum(scores) == 2)
+        subtasks[category] = total / len(per_image)
+    perception = sum(v for k, v in subtasks.items() if k in MME_PERCEPTION)
+    cognition = sum(v for k, v in subtasks.items() if k not in MME_PERCEPTION)
+    return {"score": perception + cognition, "perception": perception, "cognition": cognition, "per_subtask": subtasks}
+
+
+def _mmvp(rows: list[dict]) -> dict:
+    pairs: dict[int, list[float]] = defaultdict(list)
+    for row in rows:
+        index = row["doc"].get("Index", row["doc"].get("index", -1))
+        index = index - 1 if isinstance(index, int) and index > 0 else index
+        pairs[index // 2].append(row["score"])
+    complete = [scores for scores in pairs.values() if len(scores) == 2]
+    return {"accuracy": mean_percent([r["score"] for r in rows]),
+            "pair_accuracy": percent(sum(all(s) for s in complete), len(complete))}
+
+
+def _chartqa(rows: list[dict]) -> dict:
+    split = lambda name: [r["score"] for r in rows if ("human" if r["doc"]["type"] == "human_test" else "augmented") == name]
+    return {"accuracy": mean_percent([r["score"] for r in rows]),
+            "per_split": {name: mean_percent(split(name)) for name in ("human", "augmented") if split(name)}}
+
+
+AGGREGATIONS: dict[str, Callable[[list[dict]], dict]] = {
+    "vqav2": _mean, "textvqa": _mean, "vizwiz": _mean, "gqa": _mean, "pope": _pope, "mme": _mme,
+    "scienceqa_img": _mean, "mmvp": _mmvp, "chartqa": _chartqa,
+}
+
+
+def score_lmms_eval(name: str, answers: dict[str, str], annotations: Path, keep: Sequence[str] | None) -> ScoreResult:
+    """Per-question scores and the aggregate of lmms-eval's task for `name` (lmms-lab parquet input)."""
+    if name not in ITEM_SCORERS:
+        raise ValueError(f"{name}: --mode lmms_eval covers {', '.join(ITEM_SCORERS)}")
+    items = {item.question_id: item for item in read_items(name, annotations)}
+    if any("doc" not in item.meta for item in items.values()):
+        raise ValueError(f"{name}: --mode lmms_eval scores the lmms-lab parquet layout; {annotations} is the original release")
+    rows = []
+    for qid in select_ids(items, keep, annotations):
+        doc, prediction = items[qid].meta["doc"], answers.get(qid)
+        score = 0.0 if prediction is None else ITEM_SCORERS[name](doc, prediction)
+        rows.append({"question_id": qid, "prediction": prediction, "score": score, "doc": doc})
+    summary = AGGREGATIONS[name](rows)
+    for row in rows:
+        del row["doc"]
+    return ScoreResult(summary, rows)
