@@ -93,7 +93,7 @@ def rows_for(name: str) -> tuple[list[dict], list[str]]:
         rows = [{"type": t, "question": f"What is the value {k}?", "answer": a}
                 for k, (t, a) in enumerate([("human_test", "12"), ("human_test", "25%"), ("augmented_test", "Yes"),
                                             ("augmented_test", "5"), ("human_test", "0")])]
-        return rows, ["12.5", "0.25", "yes", " 5", "0"]
+        return rows, ["12.5", "0.25", " yes", " 5", "0"]
     if name == "ai2d":
         rows = [{"question": f"Which stage {k}?", "options": ["egg", "larva", "pupa", "adult"], "answer": str(k % 4)} for k in range(4)]
         return rows, ["A", "B. larva", "(C)", "D"]

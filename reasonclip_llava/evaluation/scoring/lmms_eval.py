@@ -15,6 +15,8 @@ differs from the official scorer (the default mode), on purpose of neither side:
 - ScienceQA-IMG: the answer equals the letter, or starts with "X." (LLaVA's quirk, kept by lmms-eval).
 - MMVP: regex letter extraction (A/B); accuracy and pair accuracy (both of a pair right).
 - ChartQA: relaxed correctness without stripping the answer.
+- AI2D: a leading "X." is the letter, anything else is compared whole (case and punctuation ignored).
+- MMBench: not covered (lmms-eval's static dev evaluation runs its MMBench_Evaluator with pandas).
 """
 
 from __future__ import annotations
@@ -132,9 +134,21 @@ def chartqa_item(doc: dict, prediction: str) -> float:
     return float(prediction.lower() == target.lower())
 
 
+_LEADING_OPTION = re.compile(r"^\s*([A-Z])\.")
+
+
+def ai2d_item(doc: dict, prediction: str) -> float:
+    """ai2d.yaml: MultiChoiceRegexFilter (a leading "X." gives X, else the raw answer), then exact_match
+    with ignore_case and ignore_punctuation against the option letter."""
+    match = _LEADING_OPTION.match(prediction)
+    filtered = match.group(1) if match else prediction
+    target = LETTERS[int(doc["answer"])]
+    return float(filtered.lower().translate(_NO_PUNCTUATION) == target.lower().translate(_NO_PUNCTUATION))
+
+
 ITEM_SCORERS: dict[str, Callable[[dict, str], float]] = {
     "vqav2": vqav2_item, "textvqa": evalai_item, "vizwiz": evalai_item, "gqa": gqa_item, "pope": pope_item,
-    "mme": mme_item, "scienceqa_img": scienceqa_item, "mmvp": mmvp_item, "chartqa": chartqa_item,
+    "mme": mme_item, "scienceqa_img": scienceqa_item, "mmvp": mmvp_item, "chartqa": chartqa_item, "ai2d": ai2d_item,
 }
 
 
@@ -194,7 +208,7 @@ def _chartqa(rows: list[dict]) -> dict:
 
 AGGREGATIONS: dict[str, Callable[[list[dict]], dict]] = {
     "vqav2": _mean, "textvqa": _mean, "vizwiz": _mean, "gqa": _mean, "pope": _pope, "mme": _mme,
-    "scienceqa_img": _mean, "mmvp": _mmvp, "chartqa": _chartqa,
+    "scienceqa_img": _mean, "mmvp": _mmvp, "chartqa": _chartqa, "ai2d": _mean,
 }
 
 
