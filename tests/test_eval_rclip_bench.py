@@ -259,3 +259,14 @@ def test_siglip_embedder_pads_to_64_with_mask_and_lowercases_siglip2(sentencepie
         assert torch.allclose(embedder.embed_texts(texts), expected, atol=1e-5), name
         alone = EncoderEmbedder(model, image_processor=None, tokenizer=tokenizer, name=name)
         assert torch.allclose(alone.embed_texts(texts[:1]), expected[:1], atol=1e-5)  # independent of its batch
+
+
+def test_synthetic_rclip_bench_loads_as_an_hf_dataset_with_an_image_feature(tmp_path):
+    datasets = pytest.importorskip("datasets")  # in the test extra
+    from reasonclip_llava.data import generate_synthetic
+
+    path = generate_synthetic(tmp_path / "synth", num_images=6, seed=0)["rclip_bench"]
+    dataset = datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
+    assert isinstance(dataset.features["image"], datasets.Image)
+    row = dataset[0]
+    assert isinstance(row["image"], Image.Image) and len(row["sets"][0]["neg"]) == 4
