@@ -137,3 +137,48 @@ def test_ai2d_filter_then_exact_match(tmp_path):
     theirs = [float(f.lower().translate(strip) == t.lower().translate(strip)) for f, t in zip(filtered, targets)]
     assert [r["score"] for r in rows] == theirs
     assert theirs == [1.0, 1.0, 1.0, 1.0]  # "(C)" becomes "c" once punctuation is ignored
+
+
+def test_mmbench_static_circular(tmp_path):
+    from lmms_lab_fixtures import png  # noqa: F401  (fixture module already imported)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    utils = task_utils("mmbench.en_utils")
+    evaluator = utils.mmbench_evaluator
+    # the lmms-lab dev split holds the rotated copies (index + k * 1e6) itself
+    base = [{"index": k, "question": f"Which animal {k}?", "hint": None, "A": "cat", "B": "dog", "C": "cow", "D": None,
+             "answer": "ABC"[k % 3], "category": "identity" if k < 2 else "scene", "L2-category": "perception",
+             "source": "s", "split": "dev", "comment": None} for k in range(4)]
+    rows = []
+    for k in range(3):
+        for row in base:
+            texts = [row["A"], row["B"], row["C"]]
+            rotated = texts[k:] + texts[:k]
+            answer = "ABC"[(("ABC".index(row["answer"])) - k) % 3]
+            rows.append({**row, "index": row["index"] + k * 1_000_000, "A": rotated[0], "B": rotated[1], "C": rotated[2],
+                         "answer": answer})
+    folder = tmp_path / "mmbench" / "data"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([dict(r, image=png(i)) for i, r in enumerate(rows)]), folder / "dev-00000-of-00001.parquet")
+    # traps: a bare letter, "(B)", the option's text, "A cat" (A as an article), a letter in a sentence, nothing
+    traps = ["{a}", "({a})", "{t}", "The answer is {a}.", "I think it is {t}", "A {t}", "hmm", "{a}. {t}"]
+    answers, predictions = tmp_path / "mmbench_answers.jsonl", {}
+    for n, row in enumerate(rows):
+        letter = row["answer"]
+        prediction = traps[n % len(traps)].format(a=letter, t=row[letter])
+        predictions[row["index"]] = prediction
+    answers.write_text("".join(json.dumps({"question_id": str(i), "text": p}) + "\n" for i, p in predictions.items()))
+    summary = score_answers("mmbench", answers, tmp_path / "mmbench", mode="lmms_eval", out_dir=tmp_path / "scores")
+    results = [utils.mmbench_process_results(r, [predictions[r["index"]]])["gpt_eval_score"] | {k: r[k] for k in "ABCD"} for r in rows]
+    overall, categories, l2 = evaluator.eval_result(copy.deepcopy(results), eval_method="static")
+    assert summary["accuracy"] == pytest.approx(100 * overall)
+    assert summary["per_category"] == pytest.approx({k: 100 * v for k, v in categories.items() if k != "split"})
+    ours_rows = {r["question_id"]: r["score"] for r in map(json.loads, (tmp_path / "scores" / "mmbench_scores.jsonl").read_text().splitlines())}
+    import pandas as pd
+    frame = pd.DataFrame(results)
+    for base_index in range(4):
+        group = frame[frame["index"] % 1_000_000 == base_index].sort_values("index")
+        theirs = evaluator.eval_sub_data(group, dict(zip(frame["index"], frame["answer"])), static_only=True)
+        assert ours_rows[str(base_index)] == theirs, base_index
+    assert 0 < overall < 1  # the traps make some questions fail

@@ -316,15 +316,21 @@ def _mmbench(rows: list[dict], path: Path, opts: ReaderOptions, cache: Path | No
     items = mmbench_items(cells, path, ReaderOptions(circular=opts.circular, image_cache=cache, prompts=opts.prompts))
     by_index = {int(float(r["index"])): {k: v for k, v in r.items() if k != "image"} for r in rows}
     for item in items:
-        item.meta["doc"] = by_index[int(item.question_id) % 1_000_000]
+        index = int(item.question_id)
+        if index in by_index:  # the lmms-lab dev split holds the rotated rows itself
+            item.meta["doc"] = by_index[index]
+        else:  # a rotation made here: the base row with its options rotated
+            rotated = dict(zip(LETTERS, item.meta["options"]))
+            item.meta["doc"] = {**by_index[index % 1_000_000], **{c: rotated.get(c) for c in "ABCD"},
+                                "index": index, "answer": item.answer}
         if opts.prompts == "lmms_eval":
             item.prompt = _lmms_mmbench_prompt(item.meta["doc"], item.meta["options"])
     return items
 
 
 def _lmms_mmbench_prompt(doc: dict, options: list[str]) -> str:
-    # en_utils.mmbench_doc_to_text: "{hint}\n{question}\nA. ..\n{post}" with the hint only when present
-    hint = doc.get("hint")
+    # en_utils.mmbench_doc_to_text: "{hint} {question} There are several options:\nA. ..\nB. ..\n{post}"
     body = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, options))
-    question = f"{hint}\n{doc['question']}" if hint not in (None, "", "nan") else doc["question"]
-    return f"{question}\n{body}\n{MULTIPLE_CHOICE_PROMPT}"
+    hint = doc.get("hint")
+    question = f"{hint} {doc['question']}" if hint not in (None, "", "nan") and hint == hint else doc["question"]
+    return f"{question} There are several options:\n{body}\n{MULTIPLE_CHOICE_PROMPT}"

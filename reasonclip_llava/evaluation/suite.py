@@ -114,10 +114,10 @@ def run_vqa_suite(
         answers = run_vqa(model_dir, name, data, images, out / f"{name}_answers.jsonl", limit=limit, **generate_kwargs)
         # a --limit run is scored on the answered questions only
         questions = answers if limit is not None else None
-        from .scoring.lmms_eval import ITEM_SCORERS
+        from .scoring.lmms_eval import COVERED
 
         vqa_family = ("vqav2", "textvqa", "vizwiz", "gqa")
-        score_mode = mode if name in vqa_family or (mode == "lmms_eval" and name in ITEM_SCORERS) else "official"
+        score_mode = mode if name in vqa_family or (mode == "lmms_eval" and name in COVERED) else "official"
         score_answers(name, answers, annotations or data, questions=questions, mode=score_mode, out_dir=out)
         return out / f"{name}_summary.json"
 

@@ -62,9 +62,9 @@ def score_answers(
     scorer, modes = SCORERS[name]
     mode = _MODE_ALIASES.get(mode.lower(), mode.lower())
     if mode == LMMS_EVAL:
-        from .lmms_eval import ITEM_SCORERS, score_lmms_eval
+        from .lmms_eval import COVERED, score_lmms_eval
 
-        if name not in ITEM_SCORERS:
+        if name not in COVERED:
             raise ValueError(f"{name}: unknown mode {mode!r}; {name} accepts {', '.join(modes)}")
         scorer = lambda answers_, annotations_, mode_, keep_: score_lmms_eval(name, answers_, annotations_, keep_)  # noqa: E731
     elif mode not in modes:

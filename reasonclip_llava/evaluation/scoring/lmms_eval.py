@@ -16,7 +16,9 @@ differs from the official scorer (the default mode), on purpose of neither side:
 - MMVP: regex letter extraction (A/B); accuracy and pair accuracy (both of a pair right).
 - ChartQA: relaxed correctness without stripping the answer.
 - AI2D: a leading "X." is the letter, anything else is compared whole (case and punctuation ignored).
-- MMBench: not covered (lmms-eval's static dev evaluation runs its MMBench_Evaluator with pandas).
+- MMBench (mmbench_en_dev_static): MMBench_Evaluator's static path; per rotation a letter from
+  can_infer (a lone letter / "(X)" / "X." form, else one option text), else extract_mcq_answer's
+  ranked forms; a question is right when every rotation gives its answer.
 """
 
 from __future__ import annotations
@@ -146,6 +148,94 @@ def ai2d_item(doc: dict, prediction: str) -> float:
     return float(filtered.lower().translate(_NO_PUNCTUATION) == target.lower().translate(_NO_PUNCTUATION))
 
 
+# ---- MMBench, mmbench_en_dev_static: MMBench_Evaluator.eval_result(eval_method="static") --------------------
+
+def mmbench_choices(doc: dict) -> dict[str, str]:
+    return {letter: doc[letter] for letter in "ABCD" if doc.get(letter) is not None and doc[letter] == doc[letter]}
+
+
+def _infer_option(answer: str) -> str | None:
+    """can_infer_option: a lone option letter among the words, else one letter in a (prefix, suffix) form."""
+    choices = "ABCDE"
+    words = [word.strip() for word in answer.split()]
+    count = lambda prefix, suffix: sum(prefix + c + suffix in words for c in choices)  # noqa: E731
+    if count("", "") == 1 and not ("A" in words and len(words) > 3):
+        return next(c for c in choices if c in words)
+    for prefix, suffix in (("", "."), ("", ","), ("", ":"), ("", ")"), ("", ")."), ("(", ")"), ("(", ")."), (":", ""),
+                           (":", ","), (":", "."), (":", ")"), (":", ").")):
+        if count(prefix, suffix) == 1:
+            return next(c for c in choices if prefix + c + suffix in words)
+    return None
+
+
+def _infer_text(answer: str, choices: dict[str, str]) -> str | None:
+    hits = [letter for letter, text in choices.items() if str(text).lower() in answer.lower()]
+    return hits[0] if len(hits) == 1 else None
+
+
+_ANSWER_PHRASES = ("the answer is", "answer is", "the correct answer is", "correct answer is", "the best answer is",
+                   "best answer is", "the correct option is", "correct option is", "the best option is", "best option is",
+                   "the choice is", "choice is", "the correct choice is", "correct choice is", "i choose", "i select",
+                   "i pick", "my answer is", "my choice is", "옵션", "정답은", "답은", "답:", "答案是", "答案为", "选", "答えは")
+_PRIORITY = {"start": 10, "end": 9, "phrase": 7, "parentheses": 6, "period": 5, "colon": 4, "right_paren": 3, "space": 2,
+             "fallback": 0}
+
+
+def extract_mcq_letter(response: str, choices: Sequence[str]) -> str:
+    """_task_utils/mcq_extract.extract_mcq_answer: the best-ranked letter form, the later one on a tie."""
+    if not response or not response.strip():
+        return ""
+    text = response.strip()
+    for char in ",.!?;:'\"":
+        text = text.strip(char)
+    text = f" {text} "
+    candidates = []
+    for form, pattern in (("parentheses", "({})"), ("period", "{}."), ("colon", "{}:"), ("right_paren", "{})"), ("space", "{} ")):
+        candidates += [(c, text.rfind(pattern.format(c)), form) for c in choices if pattern.format(c) in text]
+    lowered = text.lower()
+    for phrase in _ANSWER_PHRASES:
+        at = lowered.find(phrase)
+        if at != -1:
+            candidates += [(c, text.find(c, at + len(phrase)), "phrase") for c in choices if text.find(c, at + len(phrase)) != -1]
+    stripped = text.strip()
+    candidates += [(c, 0, "start") for c in choices if stripped.startswith(c) and (len(stripped) == 1 or not stripped[1].isalpha())]
+    candidates += [(c, len(text) - 1, "end") for c in choices
+                   if stripped.endswith(c) and (len(stripped) == 1 or not stripped[-2].isalpha())]
+    if not candidates:
+        candidates = [(c, text.rfind(c), "fallback") for c in choices if c in text]
+    if not candidates:
+        return ""
+    return max(candidates, key=lambda candidate: (_PRIORITY[candidate[2]], candidate[1]))[0]
+
+
+def mmbench_group_hit(rows: list[tuple[dict, str]]) -> int:
+    """eval_sub_data(static_only=True) on one question's rotations, (doc, prediction) in index order."""
+    predicted = [_infer_option(p) or _infer_text(p, mmbench_choices(d)) for d, p in rows]
+    if any(letter and letter != doc["answer"] for letter, (doc, _) in zip(predicted, rows)):
+        return 0
+    for letter, (doc, prediction) in zip(predicted, rows):
+        if not letter:
+            extracted = extract_mcq_letter(prediction, sorted(mmbench_choices(doc)))
+            if not extracted or extracted != doc["answer"]:
+                return 0
+    return 1
+
+
+def score_mmbench_static(items: dict, answers: dict[str, str], ids: Sequence[str]) -> ScoreResult:
+    groups: dict[int, list[tuple[int, dict, str]]] = defaultdict(list)
+    for qid in ids:
+        doc = items[qid].meta["doc"]
+        prediction = str((answers.get(qid) or "").strip())  # mmbench_process_results strips the answer
+        groups[int(qid) % 1_000_000].append((int(qid), doc, prediction))
+    hits = {base: mmbench_group_hit([(d, p) for _, d, p in sorted(members, key=lambda m: m[0])]) for base, members in groups.items()}
+    rows = [{"question_id": qid, "prediction": answers.get(qid), "score": float(hits[int(qid) % 1_000_000])} for qid in ids]
+    main = {base: next(d for i, d, _ in members if i == base) for base, members in groups.items() if any(i == base for i, _, _ in members)}
+    by = lambda key: {name: mean_percent([hits[b] for b, d in main.items() if d.get(key) == name])  # noqa: E731
+                      for name in sorted({d.get(key) for d in main.values()}, key=str)}
+    summary = {"accuracy": mean_percent([hits[base] for base in main]), "per_category": by("category"), "per_l2_category": by("L2-category")}
+    return ScoreResult(summary, rows)
+
+
 ITEM_SCORERS: dict[str, Callable[[dict, str], float]] = {
     "vqav2": vqav2_item, "textvqa": evalai_item, "vizwiz": evalai_item, "gqa": gqa_item, "pope": pope_item,
     "mme": mme_item, "scienceqa_img": scienceqa_item, "mmvp": mmvp_item, "chartqa": chartqa_item, "ai2d": ai2d_item,
@@ -212,13 +302,18 @@ AGGREGATIONS: dict[str, Callable[[list[dict]], dict]] = {
 }
 
 
+COVERED = (*ITEM_SCORERS, "mmbench")
+
+
 def score_lmms_eval(name: str, answers: dict[str, str], annotations: Path, keep: Sequence[str] | None) -> ScoreResult:
     """Per-question scores and the aggregate of lmms-eval's task for `name` (lmms-lab parquet input)."""
-    if name not in ITEM_SCORERS:
-        raise ValueError(f"{name}: --mode lmms_eval covers {', '.join(ITEM_SCORERS)}")
+    if name not in COVERED:
+        raise ValueError(f"{name}: --mode lmms_eval covers {', '.join(COVERED)}")
     items = {item.question_id: item for item in read_items(name, annotations)}
     if any("doc" not in item.meta for item in items.values()):
         raise ValueError(f"{name}: --mode lmms_eval scores the lmms-lab parquet layout; {annotations} is the original release")
+    if name == "mmbench":  # circular: a question is right when every rotation is
+        return score_mmbench_static(items, answers, select_ids(items, keep, annotations))
     rows = []
     for qid in select_ids(items, keep, annotations):
         doc, prediction = items[qid].meta["doc"], answers.get(qid)
