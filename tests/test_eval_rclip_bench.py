@@ -121,6 +121,12 @@ def test_accuracy_per_version_tag_and_overall_equals_plain_clipmodel(tiny_clip_d
     assert [i["correct"] for i in items] == [r["correct"] for r in expected]
     for item, ref in zip(items, expected):
         assert item["scores"] == pytest.approx(ref["logits"], abs=1e-4)
+    # the report names how each headline was computed
+    from reasonclip_llava.evaluation.report import write_report
+
+    markdown, _ = write_report([tmp_path / "rclip_bench.json"], tmp_path / "report")
+    text = markdown.read_text()
+    assert "## How each headline is computed" in text and f"- RCLIP-Bench: {result['aggregation']['RCLIP-Bench']}" in text
 
 
 def test_single_file_and_data_folder_read_the_same(tiny_clip_dir, bench):

@@ -37,6 +37,7 @@ ENCODER_LAYOUT: dict[str, dict[str, str]] = {
     "winoground": {"data": "winoground/examples.jsonl", "images": "images/winoground"},
     "aro": {"data": "aro", "images": "images/vg_images"},
     "rclip_bench": {"data": "rclip_bench", "images": "rclip_bench"},  # images embedded in the parquet
+    "rclip_bench_retrieval": {"data": "rclip_bench", "images": "rclip_bench"},
     "retrieval": {"data": "retrieval/dataset_coco.json", "images": "images"},
     "zeroshot": {"data": "zeroshot/classes.json", "images": "images/classes"},
 }
@@ -59,7 +60,7 @@ def resolve_layout(defaults: dict[str, dict[str, str]], layout: str | Path | Non
 def _present(root: Path, entry: dict[str, str], name: str) -> bool:
     from .lmms_lab import is_parquet_input
 
-    embedded = name in ("mmbench", "rclip_bench") or is_parquet_input(root / entry["data"])  # images in the data
+    embedded = name in ("mmbench", "rclip_bench", "rclip_bench_retrieval") or is_parquet_input(root / entry["data"])  # images in the data
     needed = ["data"] + ([] if embedded else ["images"])
     return all((root / entry[key]).exists() for key in needed)
 
