@@ -118,7 +118,10 @@ def run_vqa_suite(
         from .scoring.lmms_eval import COVERED
 
         vqa_family = ("vqav2", "textvqa", "vizwiz", "gqa")
-        score_mode = mode if name in vqa_family or (mode == "lmms_eval" and name in COVERED) else "official"
+        if mode == "lmms_eval":  # lmms-eval's functions read the lmms-lab rows; release files keep their official scorer
+            score_mode = mode if name in COVERED and is_parquet_input(data) else "official"
+        else:
+            score_mode = mode if name in vqa_family else "official"
         score_answers(name, answers, annotations or data, questions=questions, mode=score_mode, out_dir=out)
         return out / f"{name}_summary.json"
 

@@ -1,7 +1,8 @@
 """Compositional image-text matching benchmarks, each read in its released format.
 
 Decision rules follow the official scorers (EVAL.md), including how ties fall:
-SugarCrepe / SugarCrepe++ / VALSE / ARO / Winoground use strict ">" (a tie is wrong); WhatsUp takes
+SugarCrepe / SugarCrepe++ / VALSE / ARO / Winoground use strict ">" (a tie is wrong: SugarCrepe's
+main_eval.py `1 if pos_score > neg_score else 0`, VALSE's pairwise accuracy `caption > foil`); WhatsUp takes
 np.argmax over the options with the correct one first (a tie goes to the correct option); CREPE and
 RCLIP-Bench (rclip_bench.py) take argmax over the options with the correct one first.
 
