@@ -97,3 +97,16 @@ def test_lmms_eval_mode_needs_the_parquet_layout(tmp_path):
     answers.write_text(json.dumps({"question_id": "random/1", "text": "yes"}) + "\n")
     with pytest.raises(ValueError, match="lmms_eval scores the lmms-lab parquet layout"):
         score_answers("pope", answers, _pope_release(tmp_path), mode="lmms_eval")
+
+
+def test_whole_hub_repo_reads_the_config_lmms_eval_uses(tmp_path):
+    """lmms-lab/ScienceQA holds ScienceQA-FULL and ScienceQA-IMG; scienceqa_img reads the IMG config only."""
+    repo = tmp_path / "ScienceQA"
+    write_lmms_lab("scienceqa_img", tmp_path)
+    repo.mkdir()
+    (tmp_path / "scienceqa_img" / "data").rename(repo / "ScienceQA-IMG")
+    full = repo / "ScienceQA-FULL"
+    full.mkdir()
+    rows, _ = rows_for("scienceqa_img")
+    pq.write_table(pa.Table.from_pylist(rows * 3), full / "test-00000-of-00001.parquet")
+    assert len(read_items("scienceqa_img", repo)) == len(rows)

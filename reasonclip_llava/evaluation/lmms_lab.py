@@ -58,6 +58,7 @@ class ParquetLayout:
     split: str                      # shard prefix of the split lmms-eval evaluates
     columns: tuple[str, ...]        # columns that identify the benchmark (all must be present)
     build: Callable[[dict, int, ReaderOptions], BenchmarkItem | None]
+    config: str | None = None       # the Hub config folder lmms-eval reads, when the repo has several
 
     def expected(self) -> str:
         return f"{self.hub_id} parquet ({self.split}-*.parquet with columns {', '.join(self.columns)})"
@@ -172,13 +173,16 @@ def _seedbench(doc: dict, n: int, opts: ReaderOptions) -> BenchmarkItem | None:
 
 LAYOUTS: dict[str, ParquetLayout] = {
     "vqav2": ParquetLayout("lmms-lab/VQAv2", "validation", ("question_id", "question", "answers", "multiple_choice_answer"), _vqav2),
-    "gqa": ParquetLayout("lmms-lab/GQA", "testdev", ("id", "imageId", "question", "answer", "fullAnswer"), _gqa),
+    "gqa": ParquetLayout("lmms-lab/GQA", "testdev", ("id", "imageId", "question", "answer", "fullAnswer"), _gqa,
+                         config="testdev_balanced_instructions"),
     "textvqa": ParquetLayout("lmms-lab/textvqa", "validation", ("question_id", "question", "answers", "ocr_tokens"), _textvqa),
     "vizwiz": ParquetLayout("lmms-lab/VizWiz-VQA", "val", ("question_id", "question", "answers", "category"), _vizwiz),
     "pope": ParquetLayout("lmms-lab/POPE", "test", ("question_id", "question", "answer", "category", "image_source"), _pope),
     "mme": ParquetLayout("lmms-lab/MME", "test", ("question_id", "question", "answer", "category"), _mme),
-    "scienceqa_img": ParquetLayout("lmms-lab/ScienceQA (ScienceQA-IMG)", "test", ("question", "choices", "answer", "hint", "lecture"), _scienceqa),
-    "mmbench": ParquetLayout("lmms-lab/MMBench (en)", "dev", ("index", "question", "hint", "A", "B", "answer", "L2-category"), None),
+    "scienceqa_img": ParquetLayout("lmms-lab/ScienceQA (ScienceQA-IMG)", "test", ("question", "choices", "answer", "hint", "lecture"),
+                                   _scienceqa, config="ScienceQA-IMG"),
+    "mmbench": ParquetLayout("lmms-lab/MMBench (en)", "dev", ("index", "question", "hint", "A", "B", "answer", "L2-category"), None,
+                             config="en"),
     "mmvp": ParquetLayout("lmms-lab/MMVP", "train", ("Index", "Question", "Options", "Correct Answer"), _mmvp),
     "ai2d": ParquetLayout("lmms-lab/ai2d", "test", ("question", "options", "answer"), _ai2d),
     "chartqa": ParquetLayout("lmms-lab/ChartQA", "test", ("type", "question", "answer"), _chartqa),
@@ -222,7 +226,11 @@ def _split_files(name: str, data: Path) -> tuple[list[Path], list[Path]]:
 
     layout = LAYOUTS[name]
     questions, images = [], []
-    for path in parquet_files(data):
+    files = parquet_files(data)
+    if layout.config and any(layout.config in path.relative_to(data).parts[:-1] for path in files if path != data):
+        # a whole Hub repo: keep lmms-eval's config (and, for GQA, its images config)
+        files = [path for path in files if {layout.config, "testdev_balanced_images"} & set(path.relative_to(data).parts[:-1])]
+    for path in files:
         columns = set(pq.read_schema(path).names)
         if name == "gqa" and set(GQA_IMAGES) <= columns and "question" not in columns:
             images.append(path)
@@ -232,7 +240,7 @@ def _split_files(name: str, data: Path) -> tuple[list[Path], list[Path]]:
             what = f"the lmms-lab parquet of {found}" if found else f"not an lmms-lab parquet ({', '.join(sorted(columns)[:8])})"
             raise ValueError(f"{name}: {path} is {what}; expected {layout.expected()}")
         match = _SHARD.match(path.stem)
-        if match is None or match.group("split") == layout.split or len(parquet_files(data)) == 1:
+        if match is None or match.group("split") == layout.split or len(files) == 1:
             questions.append(path)
     if not questions:
         raise FileNotFoundError(f"{name}: no {layout.split}-*.parquet shard under {data}; expected {layout.expected()}")
@@ -272,11 +280,10 @@ def read_lmms_lab(name: str, data: Path, opts: ReaderOptions) -> list[BenchmarkI
     for path in files:
         names = pq.read_schema(path).names
         columns = names if with_images else [c for c in names if c not in IMAGE_COLUMNS]
-        rows = pq.read_table(path, columns=columns).to_pylist()
         if name == "mmbench":
-            items += _mmbench(rows, path, opts, cache)
+            items += _mmbench(pq.read_table(path, columns=columns).to_pylist(), path, opts, cache)
             continue
-        for row in rows:
+        for row in _rows(path, columns):
             where = f"{path.name} row {number}"
             try:
                 item = layout.build(row, number, opts)
@@ -301,6 +308,14 @@ def read_lmms_lab(name: str, data: Path, opts: ReaderOptions) -> list[BenchmarkI
             seen[item.meta["image_key"]] = k + 1
             item.question_id = f"{item.meta['image_key']}/{k}"
     return items
+
+
+def _rows(path: Path, columns: list[str]):
+    # batch by batch: a shard with embedded images can be larger than memory wants at once
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=columns):
+        yield from batch.to_pylist()
 
 
 def _mmbench(rows: list[dict], path: Path, opts: ReaderOptions, cache: Path | None) -> list[BenchmarkItem]:
