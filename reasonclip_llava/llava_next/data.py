@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
 from ..data.datasets import open_image_or_raise
+from ..io_utils import read_utf8
 from .templates import IMAGE_PLACEHOLDER, ConversationTemplate, TokenizerChatTemplate, get_template
 
 IGNORE_INDEX = -100
@@ -38,7 +39,7 @@ def load_rows(data_path: str | Path) -> list[dict[str, Any]]:
     path = Path(data_path)
     if not path.is_file():
         raise FileNotFoundError(f"LLaVA data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if path.suffix != ".jsonl":
         try:
             rows = json.loads(text)
