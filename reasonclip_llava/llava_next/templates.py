@@ -98,7 +98,8 @@ class ConversationTemplate:
     prefix_bos: bool = True  # prepend the tokenizer's BOS if its tokenizer(...) adds one
     plain: bool = False
 
-    def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None) -> list[Segment]:
+    def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None, max_length: int | None = None) -> list[Segment]:
+        """Segments of the conversation (linear in its length; `max_length` is not needed here)."""
         system, turns = normalize_conversation(conversations)
         if self.plain:
             return self._render_plain(turns)
@@ -127,13 +128,15 @@ class TokenizerChatTemplate:
     Assistant spans are found by rendering prefixes: the answer starts where
     `apply_chat_template(messages[:i], add_generation_prompt=True)` ends and stops where
     `apply_chat_template(messages[:i + 1])` ends (trailing whitespace after the end-of-turn token is left
-    unsupervised, matching the named templates).
+    unsupervised, matching the named templates). With `max_length`, the search stops once the text
+    through an answer holds max_length tokens (later tokens are truncated anyway), so a long conversation
+    costs what its first max_length tokens cost.
     """
 
     name = "auto"
     prefix_bos = False  # chat templates write bos_token themselves
 
-    def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None) -> list[Segment]:
+    def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None, max_length: int | None = None) -> list[Segment]:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("template 'auto' needs a tokenizer with a chat_template")
         system, turns = normalize_conversation(conversations)
@@ -158,6 +161,8 @@ class TokenizerChatTemplate:
             start, end = len(before), len(through.rstrip())
             segments += [Segment(full[cursor:start], False), Segment(full[start:end], True)]
             cursor = end
+            if max_length is not None and len(tokenizer(through, add_special_tokens=False)["input_ids"]) >= max_length:
+                break  # everything after lies beyond max_length
         segments.append(Segment(full[cursor:], False))
         return merge_segments(segments)
 
