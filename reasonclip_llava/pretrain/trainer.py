@@ -201,9 +201,9 @@ def resume_candidates(config: PretrainConfig) -> list[Path]:
 def check_run_dir(config: PretrainConfig) -> list[Path]:
     """Before anything is loaded: may this run use output_dir, and resume what it names? Returns the candidates."""
     candidates = resume_candidates(config)
-    check_output_dir(config, has_checkpoint=bool(candidates))
     if candidates:
         check_resume_config(candidates[-1], config)
+    check_output_dir(config, has_checkpoint=bool(candidates))
     return candidates
 
 
