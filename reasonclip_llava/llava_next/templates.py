@@ -148,21 +148,30 @@ class TokenizerChatTemplate:
                 messages[:upto], tokenize=False, add_generation_prompt=generation_prompt
             )
 
-        full = render_text(len(messages), False)
-        segments, cursor = [], 0
+        def inconsistent() -> ValueError:
+            return ValueError("the tokenizer's chat template does not render conversation prefixes consistently; use a named template")
+
+        # Each rendered prefix must extend the previous one (so all are prefixes of the full text).
+        segments, cursor, rendered = [], 0, ""
         for index, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before, through = render_text(index, True), render_text(index + 1, False)
-            if not (full.startswith(before) and full.startswith(through)):
-                raise ValueError(
-                    "the tokenizer's chat template does not render conversation prefixes consistently; use a named template"
-                )
+            before = render_text(index, True)
+            if not before.startswith(rendered):
+                raise inconsistent()
+            if max_length is not None and len(tokenizer(before, add_special_tokens=False)["input_ids"]) >= max_length:
+                # The kept tokens all lie before this answer (which separates them from the cut).
+                segments.append(Segment(before[cursor:], False))
+                return merge_segments(segments)
+            through = render_text(index + 1, False)
+            if not through.startswith(before):
+                raise inconsistent()
             start, end = len(before), len(through.rstrip())
-            segments += [Segment(full[cursor:start], False), Segment(full[start:end], True)]
-            cursor = end
-            if max_length is not None and len(tokenizer(through, add_special_tokens=False)["input_ids"]) >= max_length:
-                break  # everything after lies beyond max_length
+            segments += [Segment(through[cursor:start], False), Segment(through[start:end], True)]
+            cursor, rendered = end, through
+        full = render_text(len(messages), False)
+        if not full.startswith(rendered):
+            raise inconsistent()
         segments.append(Segment(full[cursor:], False))
         return merge_segments(segments)
 
