@@ -99,8 +99,8 @@ def tokenize_segments(
             break
         count = min(len(segments), count * 2)
     input_ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-    if budget is not None and count < len(segments):
-        input_ids, offsets = input_ids[:budget], offsets[:budget]  # tokens before the cut's last segment: final
+    if budget is not None:
+        input_ids, offsets = input_ids[:budget], offsets[:budget]  # (before the cut's last segment: final)
     labels: list[int] = []
     previous_end = 0
     for token, (start, end) in zip(input_ids, offsets):
