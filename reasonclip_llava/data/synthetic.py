@@ -17,7 +17,10 @@ Files written by ``generate_synthetic(out_dir, ...)`` (image paths are relative 
   ``swap_eval.parquet``: ``image_path, caption, negative_caption, swap_type`` with swap_type in
   ``swap_att`` (the two colours exchanged), ``swap_obj`` (the two shapes exchanged), ``swap_rel`` (the two
   noun phrases around the relation exchanged); each negative has exactly the caption's bag of words.
-  ``rclip_bench.parquet``: ``image_path, category (letter), options: list<string> (5), answer: int``.
+  ``rclip_bench.parquet``: the released RCLIP-Bench format (Hub ``RISys-Lab/RCLIP-Bench``, one HF
+  ``datasets`` parquet; here version ``v1``): one row per image, ``id, image_name, text, version,
+  sets: list<struct<tag, gt, neg: list<string> (4)>>, image: struct<bytes, path>`` with the PNG bytes
+  embedded; one set per annotated category, ``tag`` = its letter.
 - with ``write_jsonl=True`` also ``reasonlite_train.jsonl`` / ``reasonpro_train.jsonl`` (same fields).
 
 How the 5 ReasonPro categories are realised (each caption <= 30 words, true of its image):
@@ -503,9 +506,27 @@ PRO_SCHEMA = pa.schema([
     ("trp_cls", pa.struct([("text", pa.string()), ("image", pa.list_(pa.string()))])),
 ])
 SWAP_SCHEMA = pa.schema([(n, pa.string()) for n in ("image_path", "caption", "negative_caption", "swap_type")])
-BENCH_SCHEMA = pa.schema([
-    ("image_path", pa.string()), ("category", pa.string()), ("options", pa.list_(pa.string())), ("answer", pa.int64()),
-])
+# RCLIP-Bench as the authors' dataset/build_rclip_parquet.py writes it with `datasets`; the
+# "huggingface" metadata makes datasets.load_dataset decode `image` as an Image() feature.
+_HF_STRING = {"dtype": "string", "_type": "Value"}
+BENCH_SCHEMA = pa.schema(
+    [("id", pa.string()), ("image_name", pa.string()), ("text", pa.string()), ("version", pa.string()),
+     ("sets", pa.list_(pa.struct([("tag", pa.string()), ("gt", pa.string()), ("neg", pa.list_(pa.string()))]))),
+     ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())]))],
+    metadata={"huggingface": json.dumps({"info": {"features": {
+        "id": _HF_STRING, "image_name": _HF_STRING, "text": _HF_STRING, "version": _HF_STRING,
+        "sets": [{"tag": _HF_STRING, "gt": _HF_STRING, "neg": [_HF_STRING]}], "image": {"_type": "Image"}}}})},
+)
+BENCH_VERSION = "v1"
+
+
+def rclip_bench_row(index: int, image_path: str, root: Path, text: str, items: list[dict]) -> dict:
+    """One released-format row from rclip_items' 5-way items: the true option becomes gt, the rest neg (in order)."""
+    sets = [{"tag": item["category"], "gt": item["options"][item["answer"]],
+             "neg": [option for k, option in enumerate(item["options"]) if k != item["answer"]]} for item in items]
+    name = Path(image_path).name
+    return {"id": str(index), "image_name": name, "text": text, "version": BENCH_VERSION, "sets": sets,
+            "image": {"bytes": (root / image_path).read_bytes(), "path": name}}
 
 
 def generate_synthetic(
@@ -547,7 +568,7 @@ def generate_synthetic(
             swaps.append({"image_path": image_path, "caption": caption, "negative_caption": negative,
                           "swap_type": swap_type})
         rng = random.Random(stable_seed("reasonclip-bench", seed, index))
-        bench += [{"image_path": image_path, **row} for row in rclip_items(item.scene, item.trp_image, rng)]
+        bench.append(rclip_bench_row(index, image_path, root, caption, rclip_items(item.scene, item.trp_image, rng)))
 
     paths = {
         "root": root,
