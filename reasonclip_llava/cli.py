@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("export", help="training checkpoint -> drop-in CLIP/SigLIP checkpoint")
-    p.add_argument("train_ckpt")
+    p.add_argument("train_ckpt", help="a training checkpoint: OUTPUT_DIR/final, OUTPUT_DIR/best (lowest held-out loss) or a checkpoint-N")
     p.add_argument("out_dir")
     p.add_argument("--stage", default=None, help="provenance: stage name (default: from the checkpoint)")
     p.add_argument("--recipe", default=None, help="provenance: recipe (default: from the checkpoint)")

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from reasonclip_llava.data import CATEGORIES, decode_trp_cls, generate_synthetic
+from reasonclip_llava.data import CATEGORIES, generate_synthetic
 from reasonclip_llava.data.synthetic import COLOURS, PALETTE, SHAPES, SWAP_TYPES, SceneSpace, make_item, relation_caption
 
 NUM_IMAGES = 40
@@ -45,7 +45,11 @@ def test_image_depends_only_on_seed_and_index(synth, tmp_path):
 
 
 def test_reasonlite_schema(synth):
+    # The published ReasonLite-42M schema and chunk name (METHOD.md).
+    assert synth["reasonlite"].name == "cc12m_tb_trl_chunk_00.parquet"
     table = pq.read_table(synth["reasonlite"])
+    assert table.schema.names == ["id", "image_path", "tb", "trl"]
+    assert table.schema.field("id").type == pa.string()
     assert table.schema.field("image_path").type == pa.string()
     assert table.schema.field("tb").type == pa.list_(pa.string())
     assert table.schema.field("trl").type == pa.list_(pa.string())
@@ -59,17 +63,29 @@ def test_reasonlite_schema(synth):
 
 
 def test_reasonpro_schema_and_categories(synth):
+    # The published ReasonPro-16M schema (METHOD.md): trp_cls one letter, trp_cls_ls the image's 3 letters.
+    assert synth["reasonpro"].name == "cc12m_trp_chunk_00.parquet"
     table = pq.read_table(synth["reasonpro"])
+    assert table.schema.names == ["image_path", "trp", "trp_cls", "trp_cls_ls"]
     assert table.schema.field("trp").type == pa.string()
-    assert table.schema.field("trp_cls").type == pa.struct([("text", pa.string()), ("image", pa.list_(pa.string()))])
+    assert table.schema.field("trp_cls").type == pa.string()
+    assert table.schema.field("trp_cls_ls").type == pa.list_(pa.string())
     seen = Counter()
-    for i, row in enumerate(table.to_pylist()):
-        assert set(row["trp_cls"]["image"]) <= set(CATEGORIES) and len(set(row["trp_cls"]["image"])) == 3
-        labels = decode_trp_cls(row["trp_cls"], f"row {i}")
-        assert labels.text in labels.image  # the caption is about one of the image's categories
+    for row in table.to_pylist():
+        assert row["trp_cls"] in CATEGORIES and len(row["trp_cls_ls"]) == 3 and set(row["trp_cls_ls"]) <= set(CATEGORIES)
+        assert row["trp_cls"] in row["trp_cls_ls"]  # the caption is about one of the image's categories
         assert len(row["trp"].split()) <= 30
-        seen[row["trp_cls"]["text"]] += 1
+        seen[row["trp_cls"]] += 1
     assert set(seen) == set(CATEGORIES)  # every category is realised
+
+
+def test_cc12m_refined_schema(synth):
+    # The published CC12M-Refined schema: image_path and the 3 descriptive captions, ReasonLite's tb.
+    assert synth["cc12m_refined"].name == "cc12m_tb_chunk_00.parquet"
+    table = pq.read_table(synth["cc12m_refined"])
+    assert table.schema.names == ["image_path", "tb"]
+    lite = pq.read_table(synth["reasonlite"])
+    assert table.column("tb").to_pylist() == lite.column("tb").to_pylist()
 
 
 def test_jsonl_copies_match_parquet(synth):
