@@ -59,7 +59,9 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~", "")):
             if type(None) in args:
                 return None
-            raise ValueError(f"config key '{key}' cannot be null")
+            if value is None:
+                raise ValueError(f"config key '{key}' cannot be null")
+            # not optional (`str | bool`): a string such as "none" is a value, read below
         candidates = [a for a in args if a is not type(None)]
         for candidate in candidates[:-1]:  # `str | bool`: the first type that reads the value wins
             try:

@@ -103,6 +103,7 @@ def test_speed_keys_read_old_booleans_and_fail_with_one_line(tmp_path):
     base = [f"--model.name_or_path={tmp_path}", f"--data.train={tmp_path}", f"--runtime.output_dir={tmp_path}"]
     assert load_config(None, [*base, "--model.torch_compile=true"]).model.torch_compile == "regional"
     assert load_config(None, [*base, "--model.torch_compile=false"]).model.torch_compile == "none"
+    assert load_config(None, [*base, "--model.torch_compile=none"]).model.torch_compile == "none"
     assert load_config(None, [*base, "--model.torch_compile=step"]).model.torch_compile == "step"
     yaml_recipe = tmp_path / "old.yaml"
     yaml_recipe.write_text("model:\n  torch_compile: true\n")  # a YAML boolean, as recipes wrote it before the modes
