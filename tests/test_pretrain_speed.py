@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig, SiglipModel
 
 from pretrain_helpers import checkpoint_tensors, make_workspace, recipe, single_thread, stage_args
 from reasonclip_llava.encoder.modeling import ReasonCLIPForPretraining
@@ -200,3 +200,25 @@ def test_step_compile_has_no_graph_break_on_the_contrastive_path(tmp_path):
     assert report["graph_breaks"] == 0, report["reasons"]
     assert report["graphs"] == 1
     assert all(p.grad is not None for p in objective.encoder.backbone.vision_model.parameters() if p.requires_grad)
+
+
+def test_fp8_checkpoints_export_and_verify_as_plain_clip(tmp_path):
+    """Float8Linear keeps the fp32 master weight under the same name: the export is a plain CLIP that verify accepts."""
+    from reasonclip_llava.encoder.export import export_encoder
+    from reasonclip_llava.encoder.verify import verify_export
+
+    torch.manual_seed(0)
+    config = CLIPConfig(  # one image layer wide enough for float8 (1040 = 16 x 65 > 1024), a tiny text tower
+        vision_config=dict(hidden_size=1040, intermediate_size=4160, num_hidden_layers=2, num_attention_heads=65,
+                           image_size=32, patch_size=16),
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=49408),
+        projection_dim=32)
+    base = tmp_path / "base"
+    CLIPModel(config).save_pretrained(base)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(base)  # the tower's
+    encoder = ReasonCLIPForPretraining.from_pretrained(base)
+    converted = speed.convert_to_fp8(encoder.backbone, "tensorwise")
+    assert sorted(converted) == layer_linears(2, VISION_LINEARS)
+    encoder.save_pretrained(tmp_path / "ckpt", source=base)
+    report = verify_export(export_encoder(tmp_path / "ckpt", tmp_path / "export"), base)
+    assert report["ok"], report["failed"]
