@@ -109,7 +109,7 @@ class Step:
         if fp8 != "none":  # what the trainer does with runtime.fp8 (before compiling)
             self.fp8_linears = speed.convert_to_fp8(self.encoder.backbone, fp8)
         if compile_mode == "regional":  # model.torch_compile=regional
-            compile_repeated_layers(self.encoder.backbone)
+            compile_repeated_layers(self.encoder.backbone, **speed.COMPILE_OPTIONS)
         self.objective = StageObjective(self.encoder, stage, max_steps=100, logit_scale_max=math.log(50), t5=t5).to(device)
         if compile_mode == "step":  # model.torch_compile=step
             speed.compile_step(self.objective)
@@ -191,9 +191,12 @@ def main() -> None:
     parser.add_argument("--fp8", choices=speed.FP8_RECIPES, default="none", help="runtime.fp8 (CUDA, compute capability >= 8.9)")
     parser.add_argument("--attention", choices=speed.ATTENTION_BACKENDS, default="sdpa", help="model.attention")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default: by device name)")
+    parser.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; aot_eager for a CPU proof)")
     parser.add_argument("--variants", default=None, help="comma-separated subset of " + ",".join(stage_variants()))
     args = parser.parse_args()
     args.compile_mode = args.compile_mode or ("regional" if args.compile else "none")
+    if args.compile_backend:
+        speed.COMPILE_OPTIONS["backend"] = args.compile_backend
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.fp8 != "none" and (reason := speed.fp8_unsupported_reason(torch.device(args.device))):
@@ -211,7 +214,7 @@ def run(args: argparse.Namespace) -> None:
     if args.precision == "bf16":
         t5.to(torch.bfloat16)  # as the trainer holds the frozen decoder under runtime.mixed_precision=bf16
     if args.compile_mode == "regional":
-        compile_repeated_layers(t5.decoder)
+        compile_repeated_layers(t5.decoder, **speed.COMPILE_OPTIONS)
     autocast = torch.bfloat16 if args.precision == "bf16" else None
     variants = stage_variants()
     if args.variants or args.size in SIGLIP_SIZES:
@@ -259,10 +262,10 @@ def run(args: argparse.Namespace) -> None:
             print(f"  dynamo, {name}: {text}")
     if not {"plain", "stage1", "stage1_no_anchor", "hard_negatives", "read", "read_no_recon"} <= set(median):
         return
-    print(f"stage-1 / plain contrastive          = {median['stage1'] / median['plain']:.3f}x  (goal <= 1.15x)")
+    print(f"stage-1 / plain contrastive          = {median['stage1'] / median['plain']:.3f}x  (goal <= 1.10x)")
     print(f"  of which two streams (no anchor)   = {median['stage1_no_anchor'] / median['plain']:.3f}x; the L2 anchor costs "
           f"{(median['stage1'] - median['stage1_no_anchor']) * 1000:.0f} ms/step, O(parameters), independent of the batch")
-    print(f"READ / hard-negative contrastive     = {median['read'] / median['hard_negatives']:.3f}x  (goal <= 1.30x)")
+    print(f"READ / hard-negative contrastive     = {median['read'] / median['hard_negatives']:.3f}x  (goal <= 1.15x)")
     print(f"  of which paraphrase alignment      = {median['read_no_recon'] / median['hard_negatives']:.3f}x; the frozen T5 decoder "
           f"(forward + input gradient) costs {(median['read'] - median['read_no_recon']) * 1000:.0f} ms/step")
 
