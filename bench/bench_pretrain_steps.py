@@ -13,8 +13,8 @@ with `--size l14-336`, like ViT-L/14-336 (vision 1024 wide, patch 14, 336 px; te
 with `--layers` layers per tower (12 is B/32's real depth, 24 L/14's vision depth; the text tower keeps
 at most 12; fewer keep a CPU run short):
 
-    stage-1 step (two caption streams + L2 anchor)       vs  plain contrastive step      goal <= 1.15x
-    READ step (hard negatives + T5 recon + alignment)    vs  hard-negative contrastive   goal <= 1.30x
+    stage-1 step (two caption streams + L2 anchor)       vs  plain contrastive step      goal <= 1.10x
+    READ step (hard negatives + T5 recon + alignment)    vs  hard-negative contrastive   goal <= 1.15x
 
 READ's frozen decoder is shaped like t5-v1_1-large (width 1024, ff 2816, 16 heads, 32128 tokens) with
 `--t5-layers` layers (24 is the real depth; the default keeps the depth ratio to the CLIP towers).
