@@ -1,4 +1,4 @@
-"""Speed options of the pretraining trainer, each a config key, all applied here (trainer.py calls two functions).
+"""Speed options of the pretraining trainer, each a config key, all applied here (trainer.py makes three calls).
 
     model.torch_compile  none | regional | step   (true = regional, false = none, as before)
         regional: torch.compile each layer of every stack of identical layers, in place (compile time of one
@@ -11,10 +11,11 @@
                   scheduler, logs and optimizer checkpoints); accelerate's loss scaling, gradient clipping,
                   zero_grad, the LR step and the logit-scale clamp stay eager (bookkeeping, microseconds).
                   Under DDP the compiled module is the DDP wrapper, so dynamo's DDPOptimizer splits the graph at
-                  gradient-bucket boundaries (breaks on purpose, for communication overlap); not with DeepSpeed.
+                  gradient-bucket boundaries (breaks on purpose, for communication overlap; not measured here);
+                  not with DeepSpeed, whose engine owns forward and backward.
     runtime.fp8          none | tensorwise | rowwise
-        torchao's float8 training (`convert_to_float8_training`, recipe by name) on the linears of the image /
-        text transformer layers only (see `fp8_module_filter`); needs CUDA compute capability >= 8.9 and
+        torchao's float8 training (`convert_to_float8_training`, recipe by name) on the image tower's layer
+        linears whose shape pays (see `fp8_module_filter`); needs CUDA compute capability >= 8.9 and
         torchao (`pip install 'reasonclip-llava[fp8]'`). The weights stay the fp32 master weights under the
         same names, so checkpoints and exports are plain CLIP/SigLIP weights. Meant with torch_compile: eager
         float8 casts are separate kernels.
@@ -70,7 +71,7 @@ def check_speed_options(config) -> None:  # noqa: ANN001 - PretrainConfig (impor
         raise ValueError(f"config key 'runtime.fp8' must be one of {FP8_RECIPES} (got {config.runtime.fp8!r})")
     if mode == "step" and config.runtime.deepspeed:
         raise ValueError("config key 'model.torch_compile': 'step' compiles the prepared module, which DeepSpeed's engine "
-                         "does not allow; use 'regional' with runtime.deepspeed")
+                         "does not allow (it owns forward and backward); use 'regional' with runtime.deepspeed")
 
 
 def run_device() -> torch.device:
