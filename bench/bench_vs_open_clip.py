@@ -25,7 +25,7 @@ separate virtual environment (wheels are on local disk for Python 3.11; no netwo
 Modes (each a row, all in the same run): `--compile` adds open_clip at its fastest compile setting in the
 installed open-clip-torch (3.3.0 has only `--torchcompile`: torch.compile of the whole model; a newer one's
 `--torchcompile-strategy` is reported but not driven here) and ours with model.torch_compile=regional and
-=step; `--fp8 tensorwise|rowwise` adds ours with runtime.fp8 under each compile mode. Every row prints MFU:
+=step; `--fp8 tensorwise|rowwise` adds ours with runtime.fp8 (under `--fp8-compile`, default step). Every row prints MFU:
 forward + backward FLOPs of its own batch shape (FlopCounterMode on a meta-device copy of our stage-0
 objective, the same architecture as open_clip's) over its median step time and the device's dense bf16
 peak (pretrain/speed.py's table; `--peak-tflops` elsewhere); compiled rows print dynamo's graph breaks.
@@ -153,6 +153,9 @@ def open_clip_compile_flags() -> list[str]:
     return sorted(set(re.findall(r"--torchcompile[\w-]*", inspect.getsource(open_clip_train.params))))
 
 
+_SAVED: dict[str, Path] = {}
+
+
 def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool, mode: str = "none", fp8: str = "none") -> list[float]:
     from transformers import CLIPConfig, CLIPModel
 
@@ -160,8 +163,10 @@ def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool, mode: 
     from reasonclip_llava.pretrain.config import load_config
 
     work = Path(tempfile.mkdtemp(prefix="bench_ours_"))
-    torch.manual_seed(0)
-    CLIPModel(CLIPConfig(**clip_config(args))).save_pretrained(work / "model")
+    if "model" not in _SAVED:  # one random-init checkpoint for every run of ours (writing ViT-L/14 takes seconds)
+        torch.manual_seed(0)
+        CLIPModel(CLIPConfig(**clip_config(args))).save_pretrained(work / "model")
+        _SAVED["model"] = work / "model"
     timeline = Timeline()
 
     class InMemoryData:  # stands in for build_train_data(): the same loop, no image decoding
@@ -188,7 +193,7 @@ def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool, mode: 
     trainer.build_train_data = lambda *a, **k: InMemoryData()
     try:
         config = load_config(None, [
-            f"--model.name_or_path={work / 'model'}", "--data.train=in-memory", f"--runtime.output_dir={work / 'run'}",
+            f"--model.name_or_path={_SAVED['model']}", "--data.train=in-memory", f"--runtime.output_dir={work / 'run'}",
             "--stage.name=stage0", f"--data.batch_size={args.batch}", f"--schedule.max_steps={len(data)}", "--schedule.warmup_ratio=0.1",
             "--optim.lr=1e-5", "--optim.weight_decay=0.05", f"--optim.logit_scale_max={math.log(100)}", "--runtime.save_every=0",
             "--runtime.report_to=", "--runtime.progress_bar=false", "--runtime.log_every=10",
@@ -214,7 +219,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="add compiled runs of both (raise --warmup: compiling happens there)")
-    parser.add_argument("--fp8", choices=speed.FP8_RECIPES, default="none", help="add ours with runtime.fp8 under each compile mode")
+    parser.add_argument("--fp8", choices=speed.FP8_RECIPES, default="none", help="add ours with runtime.fp8 (see --fp8-compile)")
+    parser.add_argument("--fp8-compile", default="step", help="with --compile: the compile modes of the fp8 rows (regional,step)")
     parser.add_argument("--attention", choices=speed.ATTENTION_BACKENDS, default="sdpa", help="model.attention for ours")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default: by device name)")
     parser.add_argument("--compile-backend", default=None, help="torch.compile backend for both sides (default inductor; "
@@ -236,7 +242,7 @@ def main() -> None:
         for mode in compile_modes:
             runs[f"ours_{mode}"] = lambda mode=mode: run_ours(data, args, dynamic_padding=True, mode=mode)
     if args.fp8 != "none":
-        for mode in compile_modes or ["none"]:
+        for mode in args.fp8_compile.split(",") if args.compile else ["none"]:
             runs[f"ours_fp8_{mode}"] = lambda mode=mode: run_ours(data, args, dynamic_padding=True, mode=mode, fp8=args.fp8)
     times: dict[str, list[float]] = {name: [] for name in runs}
     breaks: dict[str, dict] = {}

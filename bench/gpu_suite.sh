@@ -34,16 +34,17 @@ SO400M="--size so400m --layers 27 --batch 32 --caption-tokens 64 --device cuda -
   $PY -c "import open_clip; print('open-clip-torch', open_clip.__version__)" 2>&1 | tail -1
   $PY -c "import torchao; print('torchao', torchao.__version__)" 2>&1 | tail -1; } | tee "$LOG_DIR/device.log"
 
-# ~200 s: open_clip eager + its --torchcompile, ours eager (77 / dynamic padding), regional, step, fp8 x regional/step.
-row vs_open_clip_l14 210 $PY bench/bench_vs_open_clip.py $L14 --batch 64 --steps 8 --warmup 4 --rounds 1 --compile --fp8 tensorwise --attention auto
-# ~60 s: stage-1 / plain and READ / hard negatives, real T5-v1.1-large-shaped decoder, compiled layers
-row pretrain_steps_l14 80 $PY bench/bench_pretrain_steps.py $L14 --layers 24 --t5-layers 24 --batch 32 --sequential --repeats 8 \
+# ~200 s: open_clip eager + its --torchcompile, ours eager (77 / dynamic padding), regional, step, fp8 x step
+# (most of it compiling: open_clip's whole model, our layers, our whole step twice).
+row vs_open_clip_l14 240 $PY bench/bench_vs_open_clip.py $L14 --batch 64 --steps 8 --warmup 4 --rounds 1 --compile --fp8 tensorwise --attention auto
+# ~50 s: stage-1 / plain and READ / hard negatives, real T5-v1.1-large-shaped decoder, compiled layers
+row pretrain_steps_l14 60 $PY bench/bench_pretrain_steps.py $L14 --layers 24 --t5-layers 24 --batch 32 --sequential --repeats 8 \
     --compile-mode regional --attention auto
-# ~40 s + ~60 s: SigLIP So400M/14-384 (sigmoid loss; 64-token captions), eager, then regional with fp8 tensorwise
-row so400m_eager 50 $PY bench/bench_pretrain_steps.py $SO400M --attention auto
-row so400m_fp8_regional 70 $PY bench/bench_pretrain_steps.py $SO400M --attention auto --compile-mode regional --fp8 tensorwise
-# ~60 s: 200 steps each of bf16 eager, step-compiled and fp8 + step on the same 8 batches (ViT-L/14-336 widths, 6 layers)
-row loss_parity_l14 70 $PY bench/bench_loss_parity.py --size l14-336 --layers 6 --batch 32 --steps 200 --device cuda --precision bf16 \
+# ~30 s + ~45 s: SigLIP So400M/14-384 (sigmoid loss; 64-token captions), eager, then regional with fp8 tensorwise
+row so400m_eager 40 $PY bench/bench_pretrain_steps.py $SO400M --attention auto
+row so400m_fp8_regional 50 $PY bench/bench_pretrain_steps.py $SO400M --attention auto --compile-mode regional --fp8 tensorwise
+# ~80 s: 200 steps each of bf16 eager, step-compiled and fp8 + step on the same 8 batches (ViT-L/14-336 widths, 6 layers)
+row loss_parity_l14 90 $PY bench/bench_loss_parity.py --size l14-336 --layers 6 --batch 32 --steps 200 --device cuda --precision bf16 \
     --modes eager,step,fp8-tensorwise-step
 
 if [[ -n "${EXTRA:-}" ]]; then
