@@ -222,3 +222,32 @@ def test_fp8_checkpoints_export_and_verify_as_plain_clip(tmp_path):
     encoder.save_pretrained(tmp_path / "ckpt", source=base)
     report = verify_export(export_encoder(tmp_path / "ckpt", tmp_path / "export"), base)
     assert report["ok"], report["failed"]
+
+
+# ----------------------------------------------------------------------------------------- MFU (bench/)
+def test_dense_bf16_peaks_by_device_name_and_mfu():
+    # torch.cuda.get_device_name() strings; the peaks are NVIDIA's dense (no sparsity) bf16 data-sheet figures.
+    names = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H100 PCIe": 756.0, "NVIDIA H100 NVL": 835.0, "NVIDIA H200": 989.0,
+             "NVIDIA GH200 480GB": 989.0, "NVIDIA A100-SXM4-80GB": 312.0, "NVIDIA A100 80GB PCIe": 312.0, "NVIDIA L40S": 362.0,
+             "NVIDIA L4": 121.0, "cpu": None}
+    assert {name: speed.peak_bf16_tflops(name) for name in names} == names
+    # issue 14's reading of the H100 row: ~76 TFLOP per step at 209 ms is about 37% of 989 TFLOP/s
+    assert speed.mfu(76e12, 0.209, 989.0) == pytest.approx(0.3677, abs=1e-3)
+    assert speed.mfu(76e12, 0.209, None) is None
+
+
+def test_training_step_flops_count_forward_and_backward_on_meta():
+    """Two linears: each GEMM is 2*B*K*N; backward adds weight gradients for both and an input gradient for the
+    second only (the data needs none), so the step is 2B * (2 * 256*512 + 3 * 512*128)."""
+
+    class TwoLinears(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = nn.Linear(256, 512, bias=False), nn.Linear(512, 128, bias=False)
+
+        def forward(self, batch, step):
+            return self.second(self.first(batch["x"])).square().mean(), {}
+
+    with torch.device("meta"):
+        objective = TwoLinears()
+    assert speed.training_step_flops(objective, {"x": torch.zeros(32, 256, device="meta")}) == 2 * 32 * (2 * 256 * 512 + 3 * 512 * 128)
