@@ -92,14 +92,14 @@ def _llava_build(args: argparse.Namespace) -> int:
     from .llava_next.build import build_and_save
 
     pinpoints = json.loads(args.grid_pinpoints) if args.grid_pinpoints else None
-    print(build_and_save(args.lm, args.encoder, args.out, image_grid_pinpoints=pinpoints, vision_feature_layer=args.select_layer, vision_feature_select_strategy=args.strategy, torch_dtype=args.dtype))
+    print(build_and_save(args.lm, args.encoder, args.out, image_grid_pinpoints=pinpoints, vision_feature_layer=args.select_layer, vision_feature_select_strategy=args.strategy, torch_dtype=args.dtype, overwrite=args.overwrite))
     return 0
 
 
 def _swap(args: argparse.Namespace) -> int:
     from .llava_next.swap import swap_vision_tower
 
-    print(swap_vision_tower(args.llava, args.encoder, args.out, reinit_projector=args.reinit_projector, seed=args.seed))
+    print(swap_vision_tower(args.llava, args.encoder, args.out, reinit_projector=args.reinit_projector, seed=args.seed, overwrite=args.overwrite))
     return 0
 
 
@@ -113,7 +113,7 @@ def _llava_train(args: argparse.Namespace) -> int:
 def _llava_merge(args: argparse.Namespace) -> int:
     from .llava_next.merge import merge_and_export
 
-    print(merge_and_export(args.ckpt, args.out, base=args.base))
+    print(merge_and_export(args.ckpt, args.out, base=args.base, overwrite=args.overwrite))
     return 0
 
 
@@ -165,7 +165,7 @@ def _eval_report(args: argparse.Namespace) -> int:
 def _card(args: argparse.Namespace) -> int:
     from .evaluation.card import write_model_card
 
-    print(write_model_card(args.model_dir, args.results, template=args.template, model_name=args.name))
+    print(write_model_card(args.model_dir, args.results, template=args.template, model_name=args.name, overwrite=args.overwrite))
     return 0
 
 
@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select-layer", type=int, default=-2)
     p.add_argument("--strategy", default=None, choices=["default", "full"], help="default: 'default' for CLIP, 'full' for SigLIP")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(handler=_llava_build)
 
     p = commands.add_parser("swap", help="replace the vision tower of a LLaVA-NeXT checkpoint with an encoder of the same architecture")
@@ -219,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--reinit-projector", action="store_true")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(handler=_swap)
 
     p = commands.add_parser("llava-train", help="projector pretraining / instruction tuning (LLaVA option names); extra --key=value override the YAML")
@@ -229,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ckpt")
     p.add_argument("out")
     p.add_argument("--base", default=None, help="base LlavaNext dir when the run does not record it")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.set_defaults(handler=_llava_merge)
 
     data = commands.add_parser("data", help="pretraining data tools").add_subparsers(dest="data_command", required=True)
@@ -315,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", nargs="*", default=[])
     p.add_argument("--template", default=None)
     p.add_argument("--name", default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace a README.md that `card` did not write (default: keep it as README.previous.md)")
     p.set_defaults(handler=_card)
 
     p = commands.add_parser("demo", help="tiny offline end-to-end run of the whole pipeline")

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..io_utils import read_utf8
 from .categories import CATEGORIES, decode_reasonpro_labels, decode_trp_cls
 from .hard_negatives import HardNegativeGenerator, stable_seed
 
@@ -73,7 +74,7 @@ class RowTable:
                         raise ValueError(f"{self.where(first)}: field {column!r} is null")
         else:
             self._rows = []
-            for line_number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+            for line_number, line in enumerate(read_utf8(self.path).splitlines(), start=1):
                 if not line.strip():
                     continue
                 where = f"{self.path} row {len(self._rows)} (line {line_number})"

@@ -9,10 +9,6 @@ authors' text_classifier.* / image_classifier.* inside a released stage-2 checkp
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,15 +16,8 @@ from safetensors import safe_open
 from transformers import AutoModel
 
 from .. import __version__
-from .modeling import (
-    HEADS_FILE,
-    SUPPORTED_MODEL_TYPES,
-    TRAINING_FILE,
-    TrainingInfo,
-    copy_sidecar_files,
-    load_dual_encoder_config,
-    training_only_keys,
-)
+from ..io_utils import atomic_directory, load_pretrained_strict, refuse_existing
+from .modeling import HEADS_FILE, SUPPORTED_MODEL_TYPES, TRAINING_FILE, TrainingInfo, copy_sidecar_files, load_dual_encoder_config, training_only_keys
 
 PROVENANCE_KEYS = ("reasonclip_base_model", "reasonclip_stage", "reasonclip_recipe", "reasonclip_version")
 WEIGHTS_FILE = "model.safetensors"
@@ -67,16 +56,9 @@ def export_encoder(
     if not train_ckpt.is_dir():
         raise FileNotFoundError(f"training checkpoint directory not found: {train_ckpt}")
     config = load_dual_encoder_config(train_ckpt)
-    refuse_non_empty(out_dir, overwrite)
-
-    model, loading = AutoModel.from_pretrained(str(train_ckpt), dtype=torch.float32, output_loading_info=True)
-    # The authors' heads inside a released stage-2 checkpoint are stripped, not an error: the model
-    # loaded above does not hold them, so the export is written without them.
-    stripped = set(training_only_keys(loading.get("unexpected_keys", ())))
-    loading = {**loading, "unexpected_keys": [k for k in loading.get("unexpected_keys", ()) if k not in stripped]}
-    problems = {k: v for k, v in loading.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-    if problems:
-        raise ValueError(f"{train_ckpt}: weights do not match the {config.model_type} architecture: {_short(problems)}")
+    refuse_existing(out_dir, overwrite)  # before the (slow) load
+    model = load_pretrained_strict(AutoModel, train_ckpt, f"training checkpoint ({config.model_type})", dtype=torch.float32,
+                                  tolerated=training_only_keys)  # a released stage-2 checkpoint's heads: stripped
 
     info = TrainingInfo.load(train_ckpt) or TrainingInfo()
     provenance = {
@@ -88,7 +70,8 @@ def export_encoder(
     for key, value in provenance.items():
         setattr(model.config, key, value)
 
-    with staged_output_dir(out_dir, overwrite) as staging:
+    # Written into a sibling temp dir and renamed into place: a failed export leaves nothing half-written.
+    with atomic_directory(out_dir, overwrite) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         copy_sidecar_files(train_ckpt, staging)
         for leftover in (HEADS_FILE, TRAINING_FILE):
@@ -96,31 +79,6 @@ def export_encoder(
         check_exported_weights(staging, model)
         write_export_card(staging, config.model_type, provenance)
     return out_dir
-
-
-def refuse_non_empty(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"output directory is not empty: {out_dir} (pass overwrite=True / --overwrite)")
-
-
-@contextmanager
-def staged_output_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a sibling temp dir that replaces `out_dir` only if the block succeeds.
-
-    A failed or interrupted write leaves nothing half-written, and a non-empty `out_dir` is never
-    replaced unless `overwrite` is set.
-    """
-    refuse_non_empty(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        yield staging
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def check_exported_weights(directory: Path, model: torch.nn.Module) -> None:
@@ -162,6 +120,3 @@ Recipe: {provenance['reasonclip_recipe'] or 'n/a'}.
     path.write_text(text)
     return path
 
-
-def _short(problems: dict) -> str:
-    return "; ".join(f"{k}={sorted(map(str, v))[:3]}{'...' if len(v) > 3 else ''}" for k, v in problems.items())

@@ -119,7 +119,9 @@ def load_llava_next(
     if model_type != "llava_next":
         raise ValueError(f"{model_dir}: model_type is {model_type!r}, expected 'llava_next'")
     torch_dtype = _resolve_dtype(dtype, device)
-    model = LlavaNextForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
+    from ..io_utils import load_pretrained_strict  # missing weights would be scored as random ones
+
+    model = load_pretrained_strict(LlavaNextForConditionalGeneration, model_dir, "model", dtype=torch_dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     if processor.tokenizer.pad_token is None:  # batches need a pad id; left-padded rows are masked anyway
         processor.tokenizer.pad_token = processor.tokenizer.eos_token

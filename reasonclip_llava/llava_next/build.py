@@ -32,6 +32,8 @@ from transformers import (
 from transformers.image_processing_base import ImageProcessingMixin
 
 from ..encoder.tower import VISION_MODELS, load_vision_model
+from ..io_utils import atomic_directory, load_pretrained_strict, refuse_existing, require_model_type
+from ..value_checks import check_select_layer
 from transformers.utils import is_torchvision_available
 
 # Same processor, two backends; both save as "LlavaNextImageProcessor". Picking the PIL one ourselves
@@ -162,6 +164,7 @@ def build_llava_next(
     dtype = resolve_dtype(torch_dtype)
     tower = load_vision_model(encoder, dtype=dtype)
     vision_config = tower.config
+    check_select_layer(vision_feature_layer, vision_config.num_hidden_layers, "vision_feature_layer (--select-layer, mm_vision_select_layer)")
     _, has_cls_token = VISION_MODELS[vision_config.model_type]
     strategy = vision_feature_select_strategy or ("default" if has_cls_token else "full")
     if strategy not in ("default", "full"):
@@ -170,9 +173,10 @@ def build_llava_next(
         raise ValueError(f"encoder {encoder}: {vision_config.model_type} has no CLS token; use strategy 'full'")
     grid_pinpoints = image_grid_pinpoints or default_grid_pinpoints(vision_config.image_size)
 
+    lm_config = require_model_type(language_model, causal_lm_types(), "language model", "a causal LM (Llama / Qwen / Mistral family)")
     tokenizer = AutoTokenizer.from_pretrained(language_model)
     image_token_id = add_image_token(tokenizer)
-    lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
+    lm = load_pretrained_strict(AutoModelForCausalLM, language_model, f"language model ({lm_config.model_type})", dtype=dtype)
     resize_embeddings_to_mean(lm, len(tokenizer))
 
     config = LlavaNextConfig(
@@ -223,13 +227,21 @@ def build_llava_next(
     return model, processor
 
 
+def causal_lm_types() -> set[str]:
+    """model_types AutoModelForCausalLM builds (a CLIP or a LlavaNext dir is not a language model)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
 def save_llava_next(
-    model: LlavaNextForConditionalGeneration, processor: LlavaNextProcessor, out_dir: str | Path
+    model: LlavaNextForConditionalGeneration, processor: LlavaNextProcessor, out_dir: str | Path, overwrite: bool = False
 ) -> Path:
-    """save_pretrained both (safetensors); reload with the plain transformers classes."""
+    """save_pretrained both (safetensors) into a temp dir renamed to out_dir; a non-empty out_dir needs `overwrite`."""
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    with atomic_directory(out_dir, overwrite) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
     return out_dir
 
 
@@ -242,8 +254,10 @@ def build_and_save(
     vision_feature_layer: int = -2,
     vision_feature_select_strategy: str | None = None,
     torch_dtype: torch.dtype | str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """CLI entry (`reasonclip llava-build`): build_llava_next(...) then save_llava_next(..., out_dir)."""
+    refuse_existing(out_dir, overwrite)  # before the (slow) build
     model, processor = build_llava_next(
         language_model, encoder,
         image_grid_pinpoints=image_grid_pinpoints,
@@ -251,4 +265,4 @@ def build_and_save(
         vision_feature_select_strategy=vision_feature_select_strategy,
         torch_dtype=torch_dtype,
     )
-    return save_llava_next(model, processor, out_dir)
+    return save_llava_next(model, processor, out_dir, overwrite=overwrite)

@@ -14,6 +14,7 @@ from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, Lla
 from transformers.image_processing_base import ImageProcessingMixin
 
 from ..encoder.tower import load_vision_config, load_vision_model
+from ..io_utils import atomic_directory, load_pretrained_strict, refuse_existing, require_model_type
 from .build import reset_projector
 
 # Fields that decide the tower's tensors and its computation; anything else (dropout, names) may differ.
@@ -42,17 +43,23 @@ def swap_vision_tower(
     out_dir: str | Path,
     reinit_projector: bool = False,
     seed: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write llava_dir with its vision tower weights replaced by encoder_dir's; return out_dir.
 
     Raises ValueError naming the first differing architecture field (e.g. 'hidden_size 32 vs 48').
     `reinit_projector` starts the projector and image_newline afresh (from `seed`, else torch's RNG);
-    re-run projector pretraining afterwards.
+    re-run projector pretraining afterwards. A non-empty out_dir is refused unless `overwrite`; the
+    result is written to a temp dir and renamed into place.
     The encoder's image mean/std replace the processor's: the tower was trained with them.
     """
     llava_dir, encoder_dir, out_dir = Path(llava_dir), Path(encoder_dir), Path(out_dir)
     if out_dir.resolve() == llava_dir.resolve():
         raise ValueError(f"out_dir {out_dir} is the source checkpoint; write the swapped model elsewhere")
+    refuse_existing(out_dir, overwrite)
+    # LlavaNextConfig.from_pretrained reads any config.json (a CLIP's too) and the load would then start
+    # every weight at random: check what the directory holds first.
+    require_model_type(llava_dir, {"llava_next"}, "--llava", "a LLaVA-NeXT checkpoint ('llava_next')")
     llava_config = LlavaNextConfig.from_pretrained(llava_dir)
     encoder_config = load_vision_config(encoder_dir)
     mismatch = architecture_mismatch(llava_config.vision_config, encoder_config)
@@ -62,7 +69,7 @@ def swap_vision_tower(
             "(swap needs the same architecture; use build_llava_next for a different one)"
         )
 
-    model = LlavaNextForConditionalGeneration.from_pretrained(llava_dir)
+    model = load_pretrained_strict(LlavaNextForConditionalGeneration, llava_dir, "--llava")
     processor = LlavaNextProcessor.from_pretrained(llava_dir)
     shapes_before = parameter_shapes(model)
     dtype = model.model.vision_tower.dtype
@@ -80,8 +87,9 @@ def swap_vision_tower(
     if encoder_processor:
         processor.image_processor.image_mean = encoder_processor["image_mean"]
         processor.image_processor.image_std = encoder_processor["image_std"]
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    with atomic_directory(out_dir, overwrite) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
     return out_dir
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from ..data.datasets import SAMPLE_MODES
 from ..config_utils import coerce, parse_overrides, read_yaml_mapping  # noqa: F401  (parse_overrides is part of this module's API)
+from ..value_checks import check_ranges
 
 STAGES = ("stage0", "stage1", "stage2", "read")
 CAPTION_STREAMS = ("descriptive", "reasoning")
@@ -50,9 +51,11 @@ class ModelConfig:
     name_or_path: str = ""
     tokenizer: str | None = None  # default: name_or_path
     gradient_checkpointing: bool = False
-    # torch.compile each transformer layer in place (regional compilation: the layer class compiles
-    # once and is reused; state_dict keys and checkpoints are unchanged). The frozen T5 decoder's too.
-    torch_compile: bool = False
+    # none | regional | step (true = regional, false = none), see pretrain/speed.py. regional: each
+    # transformer layer compiled in place (the layer class compiles once and is reused; state_dict keys and
+    # checkpoints unchanged; the frozen T5 decoder's too). step: the whole forward + loss (+ its backward).
+    torch_compile: str | bool = "none"
+    attention: str = "sdpa"  # SDPA backend: sdpa (PyTorch's choice) | cudnn | flash | auto (see pretrain/speed.py)
     # Lowercase every caption before tokenizing. null: only for SigLIP 2 (the authors lowercase when
     # "siglip2" is in the model name; SigLIP 2's Gemma tokenizer is case-sensitive and was trained so).
     lowercase_text: bool | None = None
@@ -192,10 +195,28 @@ class RuntimeConfig:
     save_every: int = 1000  # optimizer steps between checkpoints (0: only the final one)
     keep_last: int | None = 3  # checkpoints kept; None keeps all
     resume_from: str | None = None  # a checkpoint dir or "latest"
+    # A fresh run into an output_dir holding another run is refused unless this is set; the old run's
+    # checkpoints, final/ and logs are then removed first (nothing of it is mixed with the new one).
+    overwrite: bool = False
     log_every: int = 10
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard, wandb, or []
     progress_bar: bool = True
     recipe: str = ""  # filled in with the YAML path; recorded in the checkpoint's provenance
+    fp8: str = "none"  # none | tensorwise | rowwise: torchao float8 linears in the image tower (pretrain/speed.py)
+
+
+# Numeric keys with a meaningful range (checked at load; None = not set). data.max_length is also
+# checked against the model's text positions when the model is loaded (trainer.check_against_model).
+VALUE_RANGES: tuple[tuple[str, str], ...] = (
+    ("data.num_workers", ">= 0"), ("data.max_length", ">= 1"),
+    ("stage.anchor_beta", ">= 0"), ("stage.category_gamma", ">= 0"), ("stage.recon_weight", ">= 0"),
+    ("stage.align_weight", ">= 0"), ("stage.w_schedule", "[0, 1]"),
+    ("optim.lr", "> 0"), ("optim.lr_vision", "> 0"), ("optim.lr_text", "> 0"), ("optim.lr_logit_scale", "> 0"),
+    ("optim.lr_heads", "> 0"), ("optim.weight_decay", ">= 0"), ("optim.betas", "[0, 1)"), ("optim.eps", "> 0"),
+    ("optim.max_grad_norm", "> 0"),
+    ("schedule.epochs", "> 0"), ("schedule.max_steps", ">= 1"), ("schedule.warmup_steps", ">= 0"), ("schedule.warmup_ratio", "[0, 1]"),
+    ("runtime.save_every", ">= 0"), ("runtime.keep_last", ">= 0"), ("runtime.log_every", ">= 1"),
+)
 
 
 @dataclass
@@ -240,6 +261,7 @@ class PretrainConfig:
         for key, ok, message in checks:
             if not ok:
                 raise ValueError(f"config key '{key}' {message} (got {_get(self, key)!r})")
+        check_ranges({key: _get(self, key) for key, _ in VALUE_RANGES}, VALUE_RANGES)
         if self.optim.groups is not None:
             legacy = [f"optim.{k}" for k in LEGACY_GROUP_KEYS if getattr(self.optim, k) is not None]
             if legacy:
@@ -250,6 +272,9 @@ class PretrainConfig:
                     raise ValueError(f"config key 'optim.groups' entry {index} needs a unique name and a non-empty match list (got {dataclasses.asdict(group)})")
         if self.stage.name == "read" and self.stage.hard_negatives < 1:
             raise ValueError("config key 'stage.hard_negatives' must be >= 1 for stage 'read'")
+        from .speed import check_speed_options  # torch-importing; config.py stays light
+
+        check_speed_options(self)
         return self
 
 

@@ -85,7 +85,9 @@ def run_tiny_pretraining(work_dir: str | Path, read: bool = False, max_steps: in
 
 
 def _run_stages(paths: dict[str, Path], work: Path, read: bool, max_steps: int | None) -> None:
+    # The demo's work dir is its own: a re-run replaces its earlier runs.
     steps = [f"--schedule.max_steps={max_steps}"] if max_steps else []
+    steps.append("--runtime.overwrite=true")
     paths["stage1"] = pretrain_from_yaml(tiny_recipe("tiny_stage1"), [
         f"--model.name_or_path={paths['clip']}", f"--data.train={paths['reasonlite']}",
         f"--runtime.output_dir={work / 'runs' / 'stage1'}", *steps])

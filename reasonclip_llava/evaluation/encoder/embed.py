@@ -92,7 +92,9 @@ class EncoderEmbedder:
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"not a model checkpoint (no config.json): {model_dir}")
-        model = AutoModel.from_pretrained(model_dir, **({"dtype": dtype} if dtype is not None else {}))
+        from ...io_utils import load_pretrained_strict  # missing weights would be scored as random ones
+
+        model = load_pretrained_strict(AutoModel, model_dir, "model", allow_unexpected=True, **({"dtype": dtype} if dtype is not None else {}))
         for method in ("get_image_features", "get_text_features"):
             if not hasattr(model, method):
                 raise ValueError(f"{model_dir}: {type(model).__name__} has no {method}; expected a CLIP/SigLIP dual encoder")
