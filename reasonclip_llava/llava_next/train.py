@@ -388,6 +388,7 @@ def training_arguments(config: LlavaTrainConfig) -> TrainingArguments:
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         logging_steps=config.logging_steps,
+        disable_tqdm=False,  # a bar per stage (LossInProgressBar) whatever the log level; else a printed dict per log step
         report_to=config.report_to,
         dataloader_num_workers=config.dataloader_num_workers,
         remove_unused_columns=False,  # the collator needs pixel_values / image_sizes
@@ -431,8 +432,8 @@ def build_trainer(config: LlavaTrainConfig) -> LlavaTrainer:
         processing_class=processor,
         llava_config=config,
     )
-    if trainer.pop_callback(ProgressCallback) is not None:  # absent with disable_tqdm
-        trainer.add_callback(LossInProgressBar)
+    trainer.pop_callback(ProgressCallback)
+    trainer.add_callback(LossInProgressBar)
     return trainer
 
 
