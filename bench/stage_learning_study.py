@@ -8,7 +8,7 @@ Per seed (= CLIP init seed = run seed): a learnable tiny CLIP -> stage 0 on desc
 start) -> from that start, stage 0 on reasoning captions and stage 1 (dual stream, w(t), L2 anchor),
 same steps, batch, LR and data. With --stage2 N: from the stage-1 checkpoint, N steps of stage 2
 (ReasonPro rows: the same reasoning captions + category labels, category heads) vs N more steps of
-stage 1. Every checkpoint is scored on held-out images with a plain CLIPModel (`study.measure`; stage 2
+stage 1, and stage 2 with gamma = 0 (its reasoning contrastive term alone: what the heads add). Every checkpoint is scored on held-out images with a plain CLIPModel (`study.measure`; stage 2
 also `study.measure_heads`); one line per (seed, run) is printed and all of it goes to results.json.
 """
 
@@ -35,8 +35,10 @@ def run_seed(out: Path, seed: int, args: argparse.Namespace) -> dict[str, dict[s
 
     def run(name: str, recipe: str, model: Path, train: Path, steps: int, lr: str, *stage: str) -> Path:
         begin = time.perf_counter()
-        final = pretrain_from_yaml(tiny_recipe(recipe), [*study_overrides(model, train, out / f"{name} {seed}", steps, seed, args.batch),
-                                                         f"--optim.lr={lr}", f"--optim.lr_vision={lr}", f"--optim.lr_text={lr}", *stage])
+        final = out / f"{name} {seed}" / "final"  # a finished run is measured again, not retrained
+        if not final.is_dir():
+            overrides = study_overrides(model, train, out / f"{name} {seed}", steps, lr, seed, args.batch)
+            final = pretrain_from_yaml(tiny_recipe(recipe), [*overrides, *stage])
         results[name] = measure(final, data)
         if "stage2" in stage[0]:
             results[name] |= measure_heads(final, data)
@@ -55,6 +57,9 @@ def run_seed(out: Path, seed: int, args: argparse.Namespace) -> dict[str, dict[s
         run("stage2", "tiny_stage2", after_stage1, data["pro"], args.stage2, args.lr,
             "--stage.name=stage2", f"--stage.category_gamma={args.gamma}")
         run("stage1 more", "tiny_stage1", after_stage1, data["train"], args.stage2, args.lr, *stage1)
+        # the control that separates the heads from the loss: stage 2 without its category term
+        run("stage2 gamma 0", "tiny_stage2", after_stage1, data["pro"], args.stage2, args.lr,
+            "--stage.name=stage2", "--stage.category_gamma=0")
     return results
 
 
@@ -68,7 +73,7 @@ def main() -> None:
     parser.add_argument("--start-steps", type=int, default=1000)
     parser.add_argument("--start-lr", default="2e-3")
     parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--lr", default="2e-3")
+    parser.add_argument("--lr", default="1e-3")
     parser.add_argument("--beta", default="1e-5")
     parser.add_argument("--w", default="0.70,0.2,0.50,0.8,0.60")
     parser.add_argument("--stage2", type=int, default=0, help="steps of stage 2 vs more stage 1 (0: skip)")

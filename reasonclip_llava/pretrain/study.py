@@ -34,12 +34,12 @@ from ..data.synthetic import DEFAULT_SPACE, TEMPLATES, SceneSpace, _a, make_item
 
 
 
-def study_overrides(model: str | Path, train: str | Path, out: str | Path, steps: int, seed: int = 0, batch: int = 32,
-                    progress: bool = False) -> list[str]:
+def study_overrides(model: str | Path, train: str | Path, out: str | Path, steps: int, lr: str = "2e-3", seed: int = 0,
+                    batch: int = 32, progress: bool = False) -> list[str]:
     """Recipe overrides that fix every optimizer, schedule and data value of a study run (none left to
     the recipe, so recipe edits do not move the studies). Add the stage's own keys after these."""
     return [f"--model.name_or_path={model}", f"--data.train={train}", f"--data.batch_size={batch}", "--data.max_length=77",
-            "--data.caption_columns=[]", "--optim.lr=2e-3", "--optim.lr_vision=2e-3", "--optim.lr_text=2e-3",
+            "--data.caption_columns=[]", f"--optim.lr={lr}", f"--optim.lr_vision={lr}", f"--optim.lr_text={lr}",
             "--optim.lr_logit_scale=1e-2", "--optim.lr_heads=1.5e-2", "--optim.weight_decay=0", "--optim.betas=[0.9,0.98]",
             "--optim.eps=1e-6", "--optim.max_grad_norm=null", "--schedule.warmup_steps=50", "--schedule.scheduler=cosine",
             f"--schedule.max_steps={steps}", f"--runtime.seed={seed}", "--runtime.save_every=0", "--runtime.report_to=",
@@ -172,7 +172,8 @@ def measure_heads(checkpoint: str | Path, paths: dict[str, Path]) -> dict[str, f
     text_logits = text @ heads["category_heads.text_head.weight"].T + heads["category_heads.text_head.bias"]
     image_logits = image @ heads["category_heads.image_head.weight"].T + heads["category_heads.image_head.bias"]
     truth = torch.tensor([CATEGORIES.index(r["category"]) for r in held_out])
-    result = {"text head": (text_logits.argmax(dim=1) == truth).float().mean().item()}
+    result = {"text head": (text_logits.argmax(dim=1) == truth).float().mean().item(),
+              "text majority": torch.bincount(truth).max().item() / len(truth)}
     annotated = torch.tensor([[c in r["image_categories"] for c in CATEGORIES] for r in held_out])
     for i, category in enumerate(CATEGORIES):
         result[f"image head {category}"] = ((image_logits[:, i] > 0) == annotated[:, i]).float().mean().item()
