@@ -138,7 +138,7 @@ def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool, compil
     timeline = Timeline()
 
     class InMemoryData:  # stands in for build_train_data(): the same loop, no image decoding
-        batches_per_epoch, skipped_images = len(data), 0
+        batches_per_epoch, skipped_images, heldout = len(data), 0, None
 
         def state_dict(self) -> dict[str, Any]:
             return {}

@@ -122,7 +122,7 @@ def _eval_vqa(args: argparse.Namespace) -> int:
     out = run_vqa(
         args.model, args.benchmark, args.data, args.images, args.out, limit=args.limit, batch_size=args.batch_size,
         device=_default_device(args.device), dtype=args.dtype, conv_template=args.conv_template,
-        num_workers=args.num_workers, progress=not args.no_progress,
+        num_workers=args.num_workers, progress=not args.no_progress, prompts=args.prompts,
     )
     print(out)
     return 0
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("export", help="training checkpoint -> drop-in CLIP/SigLIP checkpoint")
-    p.add_argument("train_ckpt")
+    p.add_argument("train_ckpt", help="a training checkpoint: OUTPUT_DIR/final, OUTPUT_DIR/best (lowest held-out loss) or a checkpoint-N")
     p.add_argument("out_dir")
     p.add_argument("--stage", default=None, help="provenance: stage name (default: from the checkpoint)")
     p.add_argument("--recipe", default=None, help="provenance: recipe (default: from the checkpoint)")
@@ -250,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = evals.add_parser("vqa", help="answer a VQA benchmark with a LlavaNext checkpoint (LLaVA answers .jsonl; reruns resume)")
     p.add_argument("--model", required=True, help="LlavaNext checkpoint folder (model + processor)")
     p.add_argument("--benchmark", required=True)
-    p.add_argument("--data", required=True, help="the benchmark's question file or folder")
-    p.add_argument("--images", required=True, help="folder the image names are relative to")
+    p.add_argument("--data", required=True, help="the benchmark's released question file/folder, or its lmms-lab parquet folder")
+    p.add_argument("--images", required=True, help="folder the image names are relative to (parquet / MMBench: where embedded images are written)")
+    p.add_argument("--prompts", default="llava", choices=["llava", "lmms_eval"], help="LLaVA's eval prompts or lmms-eval's (parquet input)")
     p.add_argument("--out", required=True, help="answers .jsonl; appended to, ids already there are skipped")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -271,21 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None)
     p.add_argument("--limit", type=int, default=None, help="vqa: answer only the first N questions per benchmark")
-    p.add_argument("--mode", default="official", choices=["official", "evalai"], help="vqa: VQA answer normalisation")
+    p.add_argument("--mode", default="official", choices=["official", "evalai", "lmms_eval"],
+                   help="vqa: official scorers, LLaVA's EvalAI normalisation, or lmms-eval's per-item functions (parquet data)")
     p.set_defaults(handler=_eval_suite)
     p = evals.add_parser("score", help="score an answers file with the benchmark's official scorer")
     p.add_argument("--benchmark", required=True)
     p.add_argument("--answers", required=True)
     p.add_argument("--annotations", required=True, help="VQAv2: the annotations JSON; other benchmarks: the same path as --data")
     p.add_argument("--questions", default=None, help="score only the questions in this file")
-    p.add_argument("--mode", default="official", choices=["official", "evalai", "lmms_eval"], help="VQA answer normalisation (VQA family and GQA)")
+    p.add_argument("--mode", default="official", choices=["official", "evalai", "lmms_eval"],
+                   help="official scorer (default); evalai: LLaVA's VQA/GQA normalisation; lmms_eval: lmms-eval's per-item functions (lmms-lab parquet)")
     p.add_argument("--out", default=None, help="directory for per-question scores and the summary JSON")
     p.set_defaults(handler=_eval_score)
     p = evals.add_parser("clip", help="encoder benchmarks on a CLIP/SigLIP checkpoint (compositional, retrieval, zero-shot)")
     p.add_argument("--model", required=True)
     p.add_argument("--benchmark", required=True)
     p.add_argument("--data", default=None, help="annotation file or folder (optional for zeroshot)")
-    p.add_argument("--images", required=True)
+    p.add_argument("--images", default=None, help="image root (not needed for rclip_bench: the parquet embeds the images)")
     p.add_argument("--out", default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")

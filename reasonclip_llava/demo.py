@@ -147,7 +147,7 @@ def _evaluate(out: Path, encoders: dict[str, Path], llava: Path, pretrain: dict,
     for name, encoder in encoders.items():
         run_dir = out / name
         study = pretrain["study"]  # RCLIP-Bench-style 5-way items on the held-out images of the learning stages
-        evaluate_encoder(encoder, "rclip_bench", study["choice"], study["root"], out_dir=run_dir, model_name=name)
+        evaluate_encoder(encoder, "rclip_bench", study["rclip_bench"], study["root"], out_dir=run_dir, model_name=name)
         evaluate_encoder(encoder, "sugarcrepe", vqa["sugarcrepe"] / "swap_obj.json", vqa["encoder_images"], out_dir=run_dir, model_name=name)
         runs.append(f"{name}={run_dir}")
     mllm_dir = out / "llava_next"

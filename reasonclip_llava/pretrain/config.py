@@ -13,7 +13,8 @@ read as false); recipe values go through the same conversion after YAML.
 
 The stage decides which objective terms are active (see `trainer.compute_loss`):
 
-    stage0  contrastive on one caption stream (stage.captions: tb or trl; or the data.caption_columns
+    stage0  contrastive on one caption stream (stage.captions: descriptive = tb, of ReasonLite or
+            CC12M-Refined; reasoning = trl, and trp of a ReasonPro source; or the data.caption_columns
             pool), optionally with stage.hard_negatives swap negatives per caption
     stage1  w(t) * CLIP(img, desc) + (1 - w(t)) * CLIP(img, reason) + beta * ||theta - theta0||^2
     stage2  CLIP(img, reason) + gamma * [CE(text head) + BCE(image head)]
@@ -33,11 +34,13 @@ from pathlib import Path
 from typing import Any
 
 
+from ..data.datasets import SAMPLE_MODES
 from ..config_utils import coerce, parse_overrides, read_yaml_mapping  # noqa: F401  (parse_overrides is part of this module's API)
 
 STAGES = ("stage0", "stage1", "stage2", "read")
 CAPTION_STREAMS = ("descriptive", "reasoning")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+SAMPLERS = ("random", "distinct_images")
 LOGIT_SCALE_MAX = math.log(50.0)
 
 
@@ -63,8 +66,24 @@ class DataConfig:
     num_workers: int = 0
     max_length: int = 77
     # Caption columns pooled per image by READ (default ["captions"]) and by stage 0 when given (default:
-    # tb or trl from stage.captions); each image's captions are cycled over epochs.
+    # tb for stage.captions=descriptive; trl, or trp in a ReasonPro source, for reasoning).
     caption_columns: list[str] = field(default_factory=list)
+    # More sources read together with `train` and shuffled with it, each in its own schema (found from its
+    # columns), e.g. stage 0 reasoning = ReasonLite trl + ReasonPro trp ("ReasonCLIP-58M"). Map-style only.
+    sources: list[str] = field(default_factory=list)
+    # How captions become samples: all_pairs (published: every (tb, trl) pair its own sample in stage 1,
+    # every caption in stage 0: 9x / 3x the rows per epoch) | per_image (one pair per image and epoch,
+    # cycling through the pairs over epochs).
+    samples: str = "per_image"
+    # random | distinct_images (no image twice in one global batch = batch_size x world size; the
+    # published shuffle can put two pairs of an image together, each the other's false negative).
+    sampler: str = "random"
+    # Rows held out of every source by a seeded split (published: 0.002, seed 42, as datasets'
+    # train_test_split draws it); their loss is evaluated every `eval_every` (< 1: a fraction of the
+    # optimizer steps, published 0.25; >= 1: steps) and the best checkpoint is kept as best/.
+    holdout_ratio: float = 0.0
+    holdout_seed: int = 42
+    eval_every: float = 0.25
 
 
 @dataclass
@@ -148,6 +167,11 @@ class PretrainConfig:
             ("stage.hard_negatives", self.stage.hard_negatives >= 0, "must be >= 0"),
             ("data.format", self.data.format in ("auto", "parquet", "jsonl", "webdataset"), "must be auto, parquet, jsonl or webdataset"),
             ("data.batch_size", self.data.batch_size > 0, "must be > 0"),
+            ("data.samples", self.data.samples in SAMPLE_MODES, f"must be one of {SAMPLE_MODES}"),
+            ("data.sampler", self.data.sampler in SAMPLERS, f"must be one of {SAMPLERS}"),
+            ("data.holdout_ratio", 0.0 <= self.data.holdout_ratio < 1.0, "must be in [0, 1)"),
+            ("data.eval_every", self.data.eval_every > 0 and (self.data.eval_every < 1 or float(self.data.eval_every).is_integer()),
+             "must be a fraction of the run in (0, 1) or a whole number of steps"),
             ("optim.betas", len(self.optim.betas) == 2, "must be two numbers"),
             ("schedule.scheduler", self.schedule.scheduler in ("cosine", "constant"), "must be cosine or constant"),
             ("runtime.mixed_precision", self.runtime.mixed_precision in MIXED_PRECISION, f"must be one of {MIXED_PRECISION}"),

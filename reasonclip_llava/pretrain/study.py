@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..data.hard_negatives import stable_seed
 from ..evaluation.encoder.embed import _features as projected
-from ..data.synthetic import DEFAULT_SPACE, TEMPLATES, SceneSpace, _a, make_item, rclip_items
+from ..data.synthetic import BENCH_SCHEMA, DEFAULT_SPACE, TEMPLATES, SceneSpace, _a, make_item, rclip_bench_row, rclip_items
 
 
 
@@ -39,7 +39,7 @@ def study_overrides(model: str | Path, train: str | Path, out: str | Path, steps
     """Recipe overrides that fix every optimizer, schedule and data value of a study run (none left to
     the recipe, so recipe edits do not move the studies). Add the stage's own keys after these."""
     return [f"--model.name_or_path={model}", f"--data.train={train}", f"--data.batch_size={batch}", "--data.max_length=77",
-            "--data.caption_columns=[]", f"--optim.lr={lr}", f"--optim.lr_vision={lr}", f"--optim.lr_text={lr}",
+            "--data.caption_columns=[]", "--data.samples=per_image", "--data.sampler=random", "--data.holdout_ratio=0", f"--optim.lr={lr}", f"--optim.lr_vision={lr}", f"--optim.lr_text={lr}",
             "--optim.lr_logit_scale=1e-2", "--optim.lr_heads=1.5e-2", "--optim.weight_decay=0", "--optim.betas=[0.9,0.98]",
             "--optim.eps=1e-6", "--optim.max_grad_norm=null", "--schedule.warmup_steps=50", "--schedule.scheduler=cosine",
             f"--schedule.max_steps={steps}", f"--runtime.seed={seed}", "--runtime.save_every=0", "--runtime.report_to=",
@@ -63,18 +63,19 @@ def study_captions(item, rng: random.Random) -> tuple[str, str, str]:  # noqa: A
 def study_paths(root: str | Path) -> dict[str, Path]:
     """The files `write_study_data` writes under root (image paths in them are relative to root)."""
     root = Path(root)
-    return {"root": root, **{key: root / f"{key}.parquet" for key in ("train", "pro", "eval", "choice")}}
+    return {"root": root, **{key: root / f"{key}.parquet" for key in ("train", "pro", "eval", "choice", "rclip_bench")}}
 
 
 def write_study_data(root: str | Path, num_train: int, num_eval: int, seed: int = 0, image_size: int = 32,
                      space: SceneSpace = DEFAULT_SPACE) -> dict[str, Path]:
-    """Images + train.parquet {image_path, tb: [1], trl: [1]} + pro.parquet (ReasonPro: the same reasoning
-    caption as trp, trp_cls {text: its category, image: the image's 3 categories}) + held-out eval.parquet
+    """Images + train.parquet {image_path, tb: [1], trl: [1]} + pro.parquet (ReasonPro as published: the
+    same reasoning caption as trp, trp_cls its category, trp_cls_ls the image's 3) + held-out eval.parquet
     {image_path, desc, reason, category, image_categories} + choice.parquet {image_path, category,
-    options: [5], answer} (one 5-way item per annotated category of each held-out image)."""
+    options: [5], answer} (one 5-way item per annotated category of each held-out image) and the same
+    items as rclip_bench.parquet in the released RCLIP-Bench format (for `reasonclip eval clip`)."""
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
-    train, pro, held_out, choice = [], [], [], []
+    train, pro, held_out, choice, bench = [], [], [], [], []
     for index in range(num_train + num_eval):
         item = make_item(seed, index, image_size=image_size, space=space)
         image_path = f"images/{index:06d}.png"
@@ -82,15 +83,18 @@ def write_study_data(root: str | Path, num_train: int, num_eval: int, seed: int 
         desc, reason, category = study_captions(item, random.Random(stable_seed("study captions", seed, index)))
         if index < num_train:
             train.append({"image_path": image_path, "tb": [desc], "trl": [reason]})
-            pro.append({"image_path": image_path, "trp": reason, "trp_cls": {"text": category, "image": item.trp_image}})
+            pro.append({"image_path": image_path, "trp": reason, "trp_cls": category, "trp_cls_ls": item.trp_image})
             continue
         held_out.append({"image_path": image_path, "desc": desc, "reason": reason, "category": category,
                          "image_categories": item.trp_image})
         rng = random.Random(stable_seed("study choice", seed, index))
-        choice += [{"image_path": image_path, **row} for row in rclip_items(item.scene, item.trp_image, rng)]
+        items = rclip_items(item.scene, item.trp_image, rng)
+        choice += [{"image_path": image_path, **row} for row in items]
+        bench.append(rclip_bench_row(index, image_path, root, desc, items))
     paths = study_paths(root)
     for key, rows in (("train", train), ("pro", pro), ("eval", held_out), ("choice", choice)):
         pq.write_table(pa.Table.from_pylist(rows), paths[key])
+    pq.write_table(pa.Table.from_pylist(bench, schema=BENCH_SCHEMA), paths["rclip_bench"])
     return paths
 
 

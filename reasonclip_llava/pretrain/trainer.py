@@ -11,6 +11,9 @@ A stage is a config (see config.py); this file builds the pieces it names and ru
                  skipped-image count). Written to a temp dir and renamed, so a crash never leaves a
                  half-written checkpoint-{step}.
     final:       output_dir/final/ (training checkpoint, heads included; no trainer_state)
+    best:        output_dir/best/ (same format as final/), the weights with the lowest held-out loss so
+                 far, when data.holdout_ratio > 0 (evaluated every data.eval_every, and at the end;
+                 each value appended to output_dir/eval_loss.jsonl)
 
 Resume (`runtime.resume_from: <dir> | latest`) restores all of it, so on a CPU with a fixed seed the
 final weights equal an uninterrupted run's bit for bit.
@@ -42,6 +45,7 @@ from .schedule import build_lr_scheduler
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state"
 FINAL_DIR = "final"
+BEST_DIR = "best"
 
 # Parameter group -> name prefixes inside ReasonCLIPForPretraining (first match wins; the rest uses optim.lr).
 PARAM_GROUPS: dict[str, tuple[str, ...]] = {
@@ -59,12 +63,16 @@ class TrainingProgress:
 
     step: int = 0  # optimizer steps done
     data: dict[str, Any] = field(default_factory=dict)  # TrainData.state_dict(): exact sample position, skipped images
+    best_eval_loss: float = float("inf")  # lowest held-out loss so far (the weights in best/)
+    best_step: int = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "data": self.data}
+        return {"step": self.step, "data": self.data, "best_eval_loss": self.best_eval_loss, "best_step": self.best_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.data = int(state["step"]), state["data"]
+        self.best_eval_loss = float(state.get("best_eval_loss", float("inf")))
+        self.best_step = int(state.get("best_step", 0))
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -299,6 +307,7 @@ def pretrain(config: PretrainConfig) -> Path:
     accum = runtime.gradient_accumulation_steps
     max_steps = resolve_max_steps(config, data.batches_per_epoch)
     warmup = config.schedule.warmup_steps if config.schedule.warmup_steps is not None else round(config.schedule.warmup_ratio * max_steps)
+    eval_interval = resolve_eval_interval(config, max_steps)
 
     if accelerator.state.deepspeed_plugin is not None:
         _scalars_as_1d(encoder)
@@ -344,6 +353,8 @@ def pretrain(config: PretrainConfig) -> Path:
         if step % runtime.log_every == 0 or step + 1 == max_steps:
             _log(accelerator, loss, parts, optimizer, objective, step, bar)
         bar.update(1)
+        if data.heldout is not None and ((step + 1) % eval_interval == 0 or step + 1 == max_steps):
+            evaluate_and_keep_best(accelerator, objective, config, data.heldout, progress)
         if runtime.save_every and (step + 1) % runtime.save_every == 0 and step + 1 < max_steps:
             save_checkpoint(accelerator, objective, config, step + 1)
 
@@ -352,7 +363,10 @@ def pretrain(config: PretrainConfig) -> Path:
 
     def write_summary(tmp: Path) -> None:
         if accelerator.is_main_process:
-            (tmp / "training_summary.json").write_text(json.dumps({"steps": max_steps, "skipped_images": data.skipped_images}))
+            summary = {"steps": max_steps, "skipped_images": data.skipped_images}
+            if data.heldout is not None:
+                summary.update(best_eval_loss=progress.best_eval_loss, best_step=progress.best_step)
+            (tmp / "training_summary.json").write_text(json.dumps(summary))
 
     _write_atomically(accelerator, objective, config, final, write_summary)
     accelerator.end_training()
@@ -376,6 +390,51 @@ def resolve_max_steps(config: PretrainConfig, batches_per_epoch: int | None) -> 
             f"(epochs={config.schedule.epochs}, accumulation={config.runtime.gradient_accumulation_steps})"
         )
     return steps
+
+
+# --------------------------------------------------------------------------- held-out loss
+def resolve_eval_interval(config: PretrainConfig, max_steps: int) -> int:
+    """Optimizer steps between held-out evaluations: data.eval_every as a fraction of the run (< 1) or in steps."""
+    every = config.data.eval_every
+    return max(1, int(max_steps * every)) if every < 1 else int(every)
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, objective: nn.Module, heldout, step: int) -> float:  # noqa: ANN001
+    """The stage's loss at `step` over every held-out sample, weighted by batch size, averaged over ranks."""
+    objective.eval()
+    total = torch.zeros(2, device=accelerator.device)  # (sum of loss x batch size, samples)
+    for batch in heldout.one_pass(accelerator.device):
+        loss, _ = objective(batch, step)
+        total += torch.stack([loss.detach().float() * batch["batch_size"], total.new_tensor(float(batch["batch_size"]))])
+    objective.train()
+    if accelerator.num_processes > 1:
+        total = accelerator.reduce(total, "sum")
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+def evaluate_and_keep_best(accelerator: Accelerator, objective: nn.Module, config: PretrainConfig, heldout,  # noqa: ANN001
+                           progress: TrainingProgress) -> float:
+    """Held-out loss after progress.step steps, logged; a new lowest one replaces best/ (written atomically).
+
+    The loss is the stage's at p = steps done / max_steps, as the authors' Trainer evaluates it (global_step).
+    """
+    loss = evaluate(accelerator, objective, heldout, progress.step)
+    improved = loss < progress.best_eval_loss
+    if improved:
+        progress.best_eval_loss, progress.best_step = loss, progress.step
+
+        def write_eval(tmp: Path) -> None:
+            if accelerator.is_main_process:
+                (tmp / "eval_summary.json").write_text(json.dumps({"step": progress.step, "eval_loss": loss}))
+
+        _write_atomically(accelerator, objective, config, Path(config.runtime.output_dir) / BEST_DIR, write_eval)
+    if accelerator.is_main_process:
+        with (Path(config.runtime.output_dir) / "eval_loss.jsonl").open("a") as log:
+            log.write(json.dumps({"step": progress.step, "eval_loss": loss, "best": improved}) + "\n")
+    if accelerator.log_with:
+        accelerator.log({"eval/loss": loss}, step=progress.step - 1)
+    return loss
 
 
 # --------------------------------------------------------------------------- small helpers
