@@ -50,9 +50,11 @@ class ModelConfig:
     name_or_path: str = ""
     tokenizer: str | None = None  # default: name_or_path
     gradient_checkpointing: bool = False
-    # torch.compile each transformer layer in place (regional compilation: the layer class compiles
-    # once and is reused; state_dict keys and checkpoints are unchanged). The frozen T5 decoder's too.
-    torch_compile: bool = False
+    # none | regional | step (true = regional, false = none), see pretrain/speed.py. regional: each
+    # transformer layer compiled in place (the layer class compiles once and is reused; state_dict keys and
+    # checkpoints unchanged; the frozen T5 decoder's too). step: the whole forward + loss (+ its backward).
+    torch_compile: str | bool = "none"
+    attention: str = "sdpa"  # SDPA backend: sdpa (PyTorch's choice) | cudnn | flash | auto (see pretrain/speed.py)
 
 
 @dataclass
@@ -141,6 +143,7 @@ class RuntimeConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard, wandb, or []
     progress_bar: bool = True
     recipe: str = ""  # filled in with the YAML path; recorded in the checkpoint's provenance
+    fp8: str = "none"  # none | tensorwise | rowwise: torchao float8 linears in the image tower (pretrain/speed.py)
 
 
 @dataclass
@@ -185,6 +188,9 @@ class PretrainConfig:
                 raise ValueError(f"config key '{key}' {message} (got {_get(self, key)!r})")
         if self.stage.name == "read" and self.stage.hard_negatives < 1:
             raise ValueError("config key 'stage.hard_negatives' must be >= 1 for stage 'read'")
+        from .speed import check_speed_options  # torch-importing; config.py stays light
+
+        check_speed_options(self)
         return self
 
 

@@ -40,6 +40,7 @@ from .config import PretrainConfig
 from .data import build_train_data
 from .objective import StageObjective
 from .schedule import build_lr_scheduler
+from .speed import apply_speed_options, attention_backend, compile_repeated_layers, compile_step, run_device  # noqa: F401 (compile_repeated_layers: public here too)
 
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -140,23 +141,6 @@ def build_accelerator(config: PretrainConfig) -> Accelerator:
         if ds_config.get("zero_optimization", {}).get("stage", 0) == 3 and config.stage.name == "stage1" and config.stage.anchor_beta > 0:
             raise ValueError(f"{runtime.deepspeed}: ZeRO-3 partitions the weights the stage-1 L2 anchor reads; use ZeRO-2")
     return accelerator
-
-
-def compile_repeated_layers(model: nn.Module, **compile_kwargs: Any) -> int:
-    """torch.compile, in place, every layer of each stack of identical layers (a transformer's blocks).
-
-    Regional compilation: one compiled graph per layer class, reused by every layer (PyTorch inlines
-    module attributes as inputs), so compile time is that of one block, and the in-place
-    `Module.compile()` keeps parameter names, state_dict keys, DDP/DeepSpeed hooks and checkpoints as
-    they are. `compile_kwargs` go to torch.compile. Returns the number of layers compiled.
-    """
-    compiled = 0
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 1 and len({type(layer) for layer in module}) == 1:
-            for layer in module:
-                layer.compile(**compile_kwargs)
-                compiled += 1
-    return compiled
 
 
 def load_t5_decoder(config: PretrainConfig) -> nn.Module | None:
@@ -282,6 +266,11 @@ def _prune_checkpoints(output_dir: Path, keep_last: int | None) -> None:
 # --------------------------------------------------------------------------- the run
 def pretrain(config: PretrainConfig) -> Path:
     """Run one stage as configured; return output_dir/final (a training checkpoint, heads included)."""
+    with attention_backend(config.model.attention, run_device()):  # model.attention, for the whole run
+        return _pretrain(config)
+
+
+def _pretrain(config: PretrainConfig) -> Path:
     runtime, stage = config.runtime, config.stage
     set_seed(runtime.seed)
     output_dir = Path(runtime.output_dir)
@@ -298,10 +287,7 @@ def pretrain(config: PretrainConfig) -> Path:
         clamp_logit_scale_(encoder.logit_scale, config.optim.logit_scale_max)
     if config.model.gradient_checkpointing:
         encoder.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if config.model.torch_compile:
-        compile_repeated_layers(encoder.backbone)
-        if t5 is not None:
-            compile_repeated_layers(t5.decoder)
+    apply_speed_options(config, encoder, t5, run_device())  # runtime.fp8, model.torch_compile=regional
 
     data = build_train_data(config, encoder, accelerator.num_processes, accelerator.process_index)
     accum = runtime.gradient_accumulation_steps
@@ -315,6 +301,8 @@ def pretrain(config: PretrainConfig) -> Path:
     optimizer = build_optimizer(encoder, config.optim)
     scheduler = build_lr_scheduler(optimizer, config.schedule.scheduler, warmup, max_steps)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+    if config.model.torch_compile == "step":
+        compile_step(objective)  # the prepared module: accelerate's autocast (and DDP) inside the graph
 
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
