@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaNextProcessor,
+    ProgressCallback,
     Trainer,
     TrainingArguments,
 )
@@ -261,6 +262,14 @@ def uses_cpu_offload(deepspeed_config: str | None) -> bool:
 
 # ---- trainer --------------------------------------------------------------------------------------------
 
+class LossInProgressBar(ProgressCallback):
+    """Trainer's tqdm bar with the latest loss beside it, instead of one printed dict per logging step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:  # noqa: ANN001
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
+
+
 class LlavaTrainer(Trainer):
     """Trainer + per-part learning rates, modality-grouped batches, LoRA side weights in every save."""
 
@@ -398,6 +407,7 @@ def training_arguments(config: LlavaTrainConfig) -> TrainingArguments:
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         logging_steps=config.logging_steps,
+        disable_tqdm=False,  # a bar per stage (LossInProgressBar) whatever the log level; else a printed dict per log step
         report_to=config.report_to,
         dataloader_num_workers=config.dataloader_num_workers,
         remove_unused_columns=False,  # the collator needs pixel_values / image_sizes
@@ -438,7 +448,7 @@ def build_trainer(config: LlavaTrainConfig) -> LlavaTrainer:
         config.data_path, config.image_folder, processor, config.template,
         config.model_max_length, image_aspect_ratio=config.image_aspect_ratio,
     )
-    return LlavaTrainer(
+    trainer = LlavaTrainer(
         model=model,
         args=training_arguments(config),
         train_dataset=dataset,
@@ -446,6 +456,9 @@ def build_trainer(config: LlavaTrainConfig) -> LlavaTrainer:
         processing_class=processor,
         llava_config=config,
     )
+    trainer.pop_callback(ProgressCallback)
+    trainer.add_callback(LossInProgressBar)
+    return trainer
 
 
 def train_llava(config: LlavaTrainConfig) -> Path:
@@ -454,7 +467,10 @@ def train_llava(config: LlavaTrainConfig) -> Path:
     output_dir also gets trainer_state.json (loss history) and the resolved config (TRAIN_CONFIG_NAME).
     """
     trainer = build_trainer(config)
-    trainer.train(resume_from_checkpoint=resume_argument(config))
+    result = trainer.train(resume_from_checkpoint=resume_argument(config))
+    if trainer.is_world_process_zero():
+        print(f"{config.output_dir}: {result.global_step} steps, mean loss {result.training_loss:.4f}, "
+              f"{result.metrics.get('train_runtime', 0.0):.0f} s")
     model = trainer.model
     (model.get_base_model() if is_peft(model) else model).config.use_cache = True
     trainer.save_model(config.output_dir)

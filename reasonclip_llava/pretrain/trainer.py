@@ -317,7 +317,8 @@ def _pretrain(config: PretrainConfig) -> Path:
         write_run_record(output_dir, config)
     if accelerator.log_with:
         accelerator.init_trackers("pretrain", config=_flat_hparams(config))
-    bar = _progress_bar(accelerator, runtime.progress_bar, progress.step, max_steps)
+    bar = _progress_bar(accelerator, runtime.progress_bar, progress.step, max_steps, stage.name)
+    first_step, loss = progress.step, None
 
     batches = data.batches(accelerator.device)
     for step in range(progress.step, max_steps):
@@ -356,6 +357,8 @@ def _pretrain(config: PretrainConfig) -> Path:
 
     _write_atomically(accelerator, objective, config, final, write_summary)
     accelerator.end_training()
+    if runtime.progress_bar and loss is not None:  # the bar's one summary line
+        accelerator.print(f"{stage.name}: steps {first_step}-{max_steps}, last loss {loss.item():.4f} -> {final}")
     return final
 
 
@@ -452,10 +455,10 @@ def _log(accelerator, loss, parts, optimizer, objective, step, bar) -> None:  # 
     bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
 
 
-def _progress_bar(accelerator: Accelerator, enabled: bool, start: int, total: int):  # noqa: ANN202
+def _progress_bar(accelerator: Accelerator, enabled: bool, start: int, total: int, desc: str = "pretrain"):  # noqa: ANN202
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=start, desc="pretrain", disable=not (enabled and accelerator.is_main_process), dynamic_ncols=True)
+    return tqdm(total=total, initial=start, desc=desc, disable=not (enabled and accelerator.is_main_process), dynamic_ncols=True)
 
 
 def _flat_hparams(config: PretrainConfig) -> dict[str, Any]:
