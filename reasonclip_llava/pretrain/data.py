@@ -267,9 +267,23 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def refuse_what_a_stream_cannot_do(config: PretrainConfig) -> None:
+    """Options that need map-style data, refused for webdataset shards before anything is loaded."""
+    if data_format(config) != "webdataset":
+        return
+    data = config.data
+    for key, unsupported in (("data.sources", bool(data.sources)), ("data.holdout_ratio", data.holdout_ratio > 0),
+                             ("data.samples", data.samples == "all_pairs"), ("data.sampler", data.sampler != "random")):
+        if unsupported:
+            raise ValueError(f"config key '{key}': {getattr(data, key.split('.')[1])!r} needs map-style data (parquet / JSONL), "
+                             "not webdataset shards, which stream in shard order")
+
+
 def build_train_data(config: PretrainConfig, encoder: ReasonCLIPForPretraining, world_size: int, rank: int) -> TrainData:
     """Dataset, collator (CLIP tokenizer, T5 tokenizer for READ), sampler and DataLoader of the stage."""
     from transformers import AutoImageProcessor, AutoTokenizer
+
+    refuse_what_a_stream_cannot_do(config)
 
     source = config.model.tokenizer or config.model.name_or_path
     try:
@@ -303,11 +317,6 @@ def build_train_data(config: PretrainConfig, encoder: ReasonCLIPForPretraining, 
     common = dict(batch_size=data.batch_size, collate_fn=collate, num_workers=data.num_workers,
                   generator=generator, pin_memory=torch.cuda.is_available(), persistent_workers=False)
     if data_format(config) == "webdataset":
-        for key, unsupported in (("data.sources", bool(data.sources)), ("data.holdout_ratio", data.holdout_ratio > 0),
-                                 ("data.samples", data.samples == "all_pairs"), ("data.sampler", data.sampler != "random")):
-            if unsupported:
-                raise ValueError(f"config key '{key}': {getattr(data, key.split('.')[1])!r} needs map-style data (parquet / JSONL), "
-                                 "not webdataset shards, which stream in shard order")
         shards = sorted(str(p) for p in path.glob("*.tar")) if path.is_dir() else data.train
         schema = source_schema(config, source_columns(path, streaming=True))
         dataset = WdsReasonDataset(shards, schema, image_processor, seed, rank=rank, world_size=world_size)
