@@ -43,6 +43,19 @@ def vision_tower_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         return {name: tensor.detach().cpu().clone() for name, tensor in tower.state_dict().items()}
 
 
+_SAME_WIDTH_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and bits (a NaN equals the same NaN; torch.equal says NaN != NaN)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point():
+        width = _SAME_WIDTH_INT[a.element_size()]
+        return torch.equal(a.contiguous().view(width), b.contiguous().view(width))
+    return torch.equal(a, b)
+
+
 def compare_towers(reference: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> dict[str, Any]:
     """How `found` differs from `reference`: names, bitwise equality, how far it moved, NaN/inf count."""
     if reference.keys() != found.keys():
@@ -58,7 +71,7 @@ def compare_towers(reference: dict[str, torch.Tensor], found: dict[str, torch.Te
     for name, ref in reference.items():
         new = found[name]
         nonfinite += int((~torch.isfinite(new.float())).sum())
-        if torch.equal(ref, new):
+        if bitwise_equal(ref, new):
             norm_sq += float(ref.double().pow(2).sum())
             continue
         changed += 1
@@ -80,11 +93,11 @@ def compare_towers(reference: dict[str, torch.Tensor], found: dict[str, torch.Te
 def require_saved_tower(trained: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], where: str | Path) -> dict[str, Any]:
     """The saved tower must equal the trained one bitwise and be finite; one-line RuntimeError otherwise."""
     report = compare_towers(trained, saved)
+    if report["nonfinite_values"]:
+        raise RuntimeError(f"{where}: the saved vision tower holds {report['nonfinite_values']} NaN/inf values")
     if not report["bitwise_equal"]:
         detail = {k: v for k, v in report.items() if k not in ("same_tensors", "bitwise_equal")}
         raise RuntimeError(f"{where}: the saved vision tower is not the trained one ({detail})")
-    if report["nonfinite_values"]:
-        raise RuntimeError(f"{where}: the vision tower holds {report['nonfinite_values']} NaN/inf values")
     return report
 
 
