@@ -102,9 +102,16 @@ def require_saved_tower(trained: dict[str, torch.Tensor], saved: dict[str, torch
 
 
 def saved_tower_state(checkpoint_dir: str | Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """The tower as plain transformers reads it back from a LLaVA checkpoint of either architecture."""
+    """The tower as plain transformers reads it back from a LLaVA checkpoint of either architecture.
+
+    Read in full: after a ZeRO-3 run transformers' DeepSpeed config is still registered, and
+    from_pretrained would partition (size-0 tensors) what it reads.
+    """
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
     from .architectures import architecture_of
 
+    unset_hf_deepspeed_config()
     architecture = architecture_of(checkpoint_dir)
     kwargs = {} if dtype is None else {"dtype": dtype}
     model = architecture.model_class.from_pretrained(checkpoint_dir, **kwargs)
