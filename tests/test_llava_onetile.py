@@ -107,6 +107,18 @@ def test_build_is_transformers_llava_with_one_tile(setup, tmp_path):
     answers(reloaded, reprocessor, setup["instruct"]["image_folder"])
 
 
+def test_cli_builds_either_architecture(setup, tmp_path, capsys):
+    assert main(["llava-build", "--lm", setup["lm"], "--encoder", setup["encoder"], "--out", str(tmp_path / "sq"),
+                 "--arch", "llava", "--image-aspect-ratio", "square"]) == 0
+    model, processor = plain_load(tmp_path / "sq")
+    assert model.config.model_type == "llava" and processor.image_processor.do_pad is False
+    capsys.readouterr()
+    assert main(["llava-build", "--lm", setup["lm"], "--encoder", setup["encoder"], "--out", str(tmp_path / "bad"),
+                 "--arch", "llava", "--image-aspect-ratio", "anyres"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "architecture 'llava'" in error and not (tmp_path / "bad").exists()
+
+
 def test_published_size_has_576_image_tokens(setup):
     # METHOD.md: one 336 px tile, 576 image tokens; counted here by transformers' LlavaProcessor itself.
     vision = CLIPVisionConfig(image_size=336, patch_size=14)
@@ -188,6 +200,7 @@ def test_published_recipes_carry_the_published_values():
 # ---- stage A (square) -> stage B (pad/flat, full and LoRA) -> merge ----------------------------------
 
 
+@pytest.mark.slow
 def test_stage_a_square_trains_only_the_projector(setup, stage_a):
     trained, processor = plain_load(stage_a)
     assert processor.image_processor.do_pad is False  # square: short side + centre crop
@@ -198,6 +211,7 @@ def test_stage_a_square_trains_only_the_projector(setup, stage_a):
     assert report["saved"] and report["bitwise_equal"] and report["nonfinite_values"] == 0
 
 
+@pytest.mark.slow
 def test_stage_b_full_pad_flat_trains_the_tower_and_saves_it(setup, stage_a, stage_b_full):
     before, _ = plain_load(stage_a)
     after, processor = plain_load(stage_b_full)
@@ -217,6 +231,7 @@ def test_stage_b_full_pad_flat_trains_the_tower_and_saves_it(setup, stage_a, sta
     assert [json.loads(line)["question_id"] for line in out.read_text().splitlines()] == ["q1", "q2", "q3"]
 
 
+@pytest.mark.slow
 def test_verify_llava_mode_says_how_far_the_tower_moved(setup, stage_a, stage_b_full, capsys):
     assert main(["verify", str(stage_a), "--encoder", setup["encoder"], "--require-equal"]) == 0
     frozen = json.loads(capsys.readouterr().out)
@@ -259,6 +274,7 @@ def test_stale_or_nan_towers_are_refused():
         require_saved_tower(trained, {"w": trained["w"]}, "run")
 
 
+@pytest.mark.slow
 def test_lora_with_tower_merges_into_plain_llava(setup, stage_a):
     run_dir = stage_b(setup, stage_a, "lora", mm_tunable_parts="mm_vision_tower,mm_mlp_adapter,mm_language_model",
                       lora_enable=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-2,
@@ -286,6 +302,7 @@ def test_lora_with_tower_merges_into_plain_llava(setup, stage_a):
     assert main(["verify", str(restored), "--encoder", setup["encoder"], "--require-equal"]) == 0
 
 
+@pytest.mark.slow
 def test_swap_keeps_the_llava15_format(setup, stage_a, tmp_path):
     other = save_tiny_clip(tmp_path / "other", seed=1)
     swapped = swap_vision_tower(stage_a, other, tmp_path / "swapped")
