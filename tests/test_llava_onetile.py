@@ -107,6 +107,20 @@ def test_build_is_transformers_llava_with_one_tile(setup, tmp_path):
     answers(reloaded, reprocessor, setup["instruct"]["image_folder"])
 
 
+def test_siglip_tower_keeps_every_patch_in_one_tile(setup, tiny_siglip_dir):
+    model, processor = build_llava(setup["lm"], tiny_siglip_dir, arch="llava", image_aspect_ratio="pad")
+    assert model.config.vision_feature_select_strategy == "full"  # SigLIP has no CLS to drop
+    dataset = LlavaConversationDataset(setup["instruct"]["data_path"], setup["instruct"]["image_folder"], processor,
+                                       "qwen_1_5", 512, image_aspect_ratio="pad")
+    item = dataset[1]
+    image = Image.open(Path(setup["instruct"]["image_folder"]) / "1.png")
+    by_processor = processor(images=image, text="<image>\nhi", return_tensors="pt")
+    assert int((item["input_ids"] == processor.image_token_id).sum()) == int(
+        (by_processor["input_ids"] == processor.image_token_id).sum()) == model.config.image_seq_length == 16
+    batch = {"input_ids": item["input_ids"][None], "labels": item["labels"][None], "pixel_values": item["pixel_values"]}
+    assert torch.isfinite(model(**batch).loss)
+
+
 def test_cli_builds_either_architecture(setup, tmp_path, capsys):
     assert main(["llava-build", "--lm", setup["lm"], "--encoder", setup["encoder"], "--out", str(tmp_path / "sq"),
                  "--arch", "llava", "--image-aspect-ratio", "square"]) == 0

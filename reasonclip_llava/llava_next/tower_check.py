@@ -133,7 +133,8 @@ def verify_llava_tower(llava_dir: str | Path, encoder: str | Path, require_equal
     """`reasonclip verify LLAVA_DIR --encoder ENC`: the LLaVA checkpoint's tower against an encoder.
 
     ok = same architecture and tensors, no NaN/inf (and bitwise equal when `require_equal`). The report says
-    whether the tower is bitwise the encoder's, else how far it moved (max |diff|, ||diff|| / ||encoder||).
+    whether the tower is bitwise the encoder's (cast to the checkpoint's dtype), else how far it moved
+    (max |diff|, ||diff|| / ||encoder||).
     """
     from .architectures import architecture_of
     from .swap import architecture_mismatch
@@ -144,8 +145,10 @@ def verify_llava_tower(llava_dir: str | Path, encoder: str | Path, require_equal
     report: dict[str, Any] = {"llava": str(llava_dir), "encoder": str(encoder), "architecture": architecture.name}
     if mismatch:
         return {**report, "ok": False, "failed": ["tower_architecture_equal"], "tower_architecture": mismatch}
-    reference = {name: tensor for name, tensor in load_vision_model(encoder, dtype=torch.float32).state_dict().items()}
-    found = {name: tensor.float() for name, tensor in saved_tower_state(llava_dir, dtype=torch.float32).items()}
+    found = saved_tower_state(llava_dir)  # in the checkpoint's own dtype
+    # The encoder in the checkpoint's dtype: a frozen tower stored in bf16 is then bitwise the encoder's.
+    reference = {name: tensor.to(found[name].dtype) if name in found else tensor
+                 for name, tensor in load_vision_model(encoder).state_dict().items()}
     comparison = compare_towers(reference, found)
     failed = [name for name, bad in (("same_tensors", not comparison["same_tensors"]),
                                      ("finite", comparison["nonfinite_values"] > 0),
