@@ -19,15 +19,20 @@ CLIP_BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 _NUM_MERGES = 49152 - 256 - 2
 
 
-def open_clip_bpe_path() -> Path:
-    """Path of the CLIP BPE merges file shipped in the open-clip-torch wheel."""
+def open_clip_package_dir() -> Path:
+    """Folder of the installed open_clip package, found without importing it."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "open-clip-torch is not installed; it ships the CLIP BPE vocabulary "
+            "open-clip-torch is not installed; it ships the CLIP BPE vocabulary and open_clip's model configs "
             "(pip install --no-deps open-clip-torch)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / CLIP_BPE_FILENAME
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def open_clip_bpe_path() -> Path:
+    """Path of the CLIP BPE merges file shipped in the open-clip-torch wheel."""
+    path = open_clip_package_dir() / CLIP_BPE_FILENAME
     if not path.is_file():
         raise FileNotFoundError(f"CLIP BPE vocabulary not found at {path}")
     return path

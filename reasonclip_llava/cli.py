@@ -19,6 +19,13 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_open_clip(args: argparse.Namespace) -> int:
+    from .encoder.convert_open_clip import convert_open_clip
+
+    print(convert_open_clip(args.checkpoint, args.model, args.out, overwrite=args.overwrite))
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     if (args.base is None) == (args.encoder is None):
         raise ValueError("give --base (an encoder export against its base) or --encoder (a LLaVA checkpoint's tower against an encoder)")
@@ -174,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", default=None, help="provenance: base model id (default: from the checkpoint)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     p.set_defaults(handler=_export)
+
+    convert = commands.add_parser("convert", help="checkpoints of other libraries -> plain Hugging Face checkpoints").add_subparsers(dest="convert_command", required=True)
+    p = convert.add_parser("open_clip", help="open_clip ViT CLIP state dict (.pt/.bin/.safetensors) -> CLIPModel + processor + tokenizer")
+    p.add_argument("checkpoint", help="open_clip weights: a state dict or a training checkpoint with 'state_dict'")
+    p.add_argument("--model", required=True, help="the open_clip model name it was trained as (e.g. ViT-B-32-quickgelu) or a model config .json")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.set_defaults(handler=_convert_open_clip)
 
     p = commands.add_parser("verify", help="prove an export is a drop-in for its base model, or compare a LLaVA checkpoint's tower with an encoder; prints a JSON report")
     p.add_argument("out_dir", help="encoder export (with --base) or LLaVA checkpoint (with --encoder)")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -56,8 +58,7 @@ def export_encoder(
     if not train_ckpt.is_dir():
         raise FileNotFoundError(f"training checkpoint directory not found: {train_ckpt}")
     config = load_dual_encoder_config(train_ckpt)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"export directory is not empty: {out_dir} (pass overwrite=True / --overwrite)")
+    refuse_non_empty(out_dir, overwrite)
 
     model, loading = AutoModel.from_pretrained(str(train_ckpt), dtype=torch.float32, output_loading_info=True)
     problems = {k: v for k, v in loading.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
@@ -74,23 +75,39 @@ def export_encoder(
     for key, value in provenance.items():
         setattr(model.config, key, value)
 
-    # Write into a sibling temp dir and move into place, so a failed export leaves nothing half-written.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_output_dir(out_dir, overwrite) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         copy_sidecar_files(train_ckpt, staging)
         for leftover in (HEADS_FILE, TRAINING_FILE):
             (staging / leftover).unlink(missing_ok=True)
         check_exported_weights(staging, model)
         write_export_card(staging, config.model_type, provenance)
+    return out_dir
+
+
+def refuse_non_empty(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"output directory is not empty: {out_dir} (pass overwrite=True / --overwrite)")
+
+
+@contextmanager
+def staged_output_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a sibling temp dir that replaces `out_dir` only if the block succeeds.
+
+    A failed or interrupted write leaves nothing half-written, and a non-empty `out_dir` is never
+    replaced unless `overwrite` is set.
+    """
+    refuse_non_empty(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield staging
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out_dir
 
 
 def check_exported_weights(directory: Path, model: torch.nn.Module) -> None:

@@ -13,14 +13,14 @@ from .flops import vision_flops_per_image
 from .modeling import SUPPORTED_MODEL_TYPES
 from .tower import VISION_MODELS, ReasonCLIPVisionTower, load_vision_model
 
-# Config fields that describe a file, not an architecture.
+# Config fields that describe a file, not an architecture (every `reasonclip_*` provenance field too).
 NON_ARCHITECTURE_KEYS = {"_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype", "_commit_hash", *PROVENANCE_KEYS}
 
 
 def architecture_dict(config: Any) -> dict:
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in NON_ARCHITECTURE_KEYS}
+            return {k: strip(v) for k, v in value.items() if k not in NON_ARCHITECTURE_KEYS and not str(k).startswith("reasonclip_")}
         return value
 
     return strip(config.to_dict())

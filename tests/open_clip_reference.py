@@ -1,0 +1,89 @@
+"""open_clip's own model classes, imported from the installed open-clip-torch wheel without `import open_clip`.
+
+Why this way: `open_clip/__init__.py` imports factory -> transform -> torchvision, and torchvision's
+PyPI wheels do not run with the CPU torch build this project pins (CI installs open-clip-torch with
+--no-deps and has no torchvision at all). The model classes themselves (open_clip/model.py,
+transformer.py) need only torch. So the package folder is mounted under another package name whose
+`__init__` is empty: `_open_clip_models.model` is open_clip's unmodified model.py with its relative
+imports resolved inside the same folder, and open_clip/__init__.py never runs.
+
+One stub, only while open_clip/utils.py executes its imports: utils.py does
+`from torchvision.ops.misc import FrozenBatchNorm2d` at module level for `freeze_batch_norm_2d`, which
+only the ResNet / timm towers' `lock(freeze_bn_stats=True)` calls; the ViT CLIP never does, and the stub
+raises if anything ever constructs it. The stub is removed from sys.modules before anything else is
+imported, so transformers' torchvision checks never see it.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import sys
+import types
+from functools import lru_cache
+
+import torch
+
+from reasonclip_llava.assets import open_clip_package_dir
+
+PACKAGE = "_open_clip_models"
+
+
+class _FrozenBatchNorm2dStub:
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("torchvision's FrozenBatchNorm2d is stubbed: only ResNet/timm towers use it")
+
+
+@lru_cache(maxsize=1)
+def open_clip_model_module() -> types.ModuleType:
+    """open_clip/model.py (CLIP, CLIPVisionCfg, ...) loaded without open_clip/__init__.py."""
+    import transformers.modeling_outputs  # noqa: F401  (imported before the stub window: hf_model.py uses it)
+
+    if PACKAGE not in sys.modules:
+        package = types.ModuleType(PACKAGE)
+        package.__path__ = [str(open_clip_package_dir())]
+        sys.modules[PACKAGE] = package
+    stubs = {}
+    if "torchvision" not in sys.modules:
+        for name in ("torchvision", "torchvision.ops", "torchvision.ops.misc"):
+            stubs[name] = sys.modules[name] = types.ModuleType(name)
+        stubs["torchvision.ops.misc"].FrozenBatchNorm2d = _FrozenBatchNorm2dStub
+    try:
+        importlib.import_module(f"{PACKAGE}.utils")
+    finally:
+        for name in stubs:
+            sys.modules.pop(name, None)
+    return importlib.import_module(f"{PACKAGE}.model")
+
+
+def model_config(name: str) -> dict:
+    """open_clip's model config JSON for `name`, as shipped in the wheel."""
+    return json.loads((open_clip_package_dir() / "model_configs" / f"{name}.json").read_text())
+
+
+def shrink(config: dict, image_size: int | None = None) -> dict:
+    """The same family at tiny width: patch size, image size, activation and text length kept."""
+    config = copy.deepcopy(config)
+    config["embed_dim"] = 24
+    config["vision_cfg"].update(width=64, layers=2, head_width=32)
+    config["text_cfg"].update(width=32, heads=2, layers=2)
+    if image_size:
+        config["vision_cfg"]["image_size"] = image_size
+    return config
+
+
+def build_open_clip(config: dict, seed: int = 0, device: str | None = None) -> torch.nn.Module:
+    """open_clip's CLIP for a model config, every weight random (LayerNorms and logit scale included)."""
+    model_module = open_clip_model_module()
+    kwargs = {k: v for k, v in config.items() if k not in ("preprocess_cfg", "custom_text")}
+    if device == "meta":
+        with torch.device("meta"):
+            return model_module.CLIP(**kwargs)
+    torch.manual_seed(seed)
+    model = model_module.CLIP(**kwargs).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():  # open_clip leaves LayerNorms at 1/0 and some tensors at zero
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+        model.logit_scale.fill_(2.3)
+    return model
