@@ -21,6 +21,14 @@ separate virtual environment (wheels are on local disk for Python 3.11; no netwo
     # on a GPU: python bench/bench_vs_open_clip.py --size l14-336 --precision bf16 --batch 64 --device cuda
 
 (the torch wheel pulls its CUDA libraries, ~5 GB installed; the benchmark itself runs on CPU or GPU.)
+
+Modes (each a row, all in the same run): `--compile` adds open_clip at its fastest compile setting in the
+installed open-clip-torch (3.3.0 has only `--torchcompile`: torch.compile of the whole model; a newer one's
+`--torchcompile-strategy` is reported but not driven here) and ours with model.torch_compile=regional and
+=step; `--fp8 tensorwise|rowwise` adds ours with runtime.fp8 (under `--fp8-compile`, default step). Every row prints MFU:
+forward + backward FLOPs of its own batch shape (FlopCounterMode on a meta-device copy of our stage-0
+objective, the same architecture as open_clip's) over its median step time and the device's dense bf16
+peak (pretrain/speed.py's table; `--peak-tflops` elsewhere); compiled rows print dynamo's graph breaks.
 """
 
 from __future__ import annotations
@@ -35,6 +43,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from torch._dynamo.utils import counters
+
+from bench_pretrain_steps import device_label, mfu_text
+from reasonclip_llava.pretrain import speed
 
 
 # name -> vision (width, layers, heads, patch, image size), text (width, layers, heads), joint dim; --layers overrides both depths
@@ -87,8 +99,8 @@ def run_open_clip(data: list, args: argparse.Namespace, compiled: bool = False) 
         quick_gelu=True,
         output_dict=True,  # as open_clip_train/main.py creates it
     ).to(args.device)
-    if compiled:  # what open_clip_train/main.py does with --torchcompile
-        model = torch.compile(model)
+    if compiled:  # what open_clip_train/main.py does with --torchcompile (the only compile flag of 3.3.0)
+        model = torch.compile(model, **speed.COMPILE_OPTIONS)
     # open_clip_train/main.py's parameter groups: no weight decay on gains, biases, logit_scale.
     exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
     named = list(model.named_parameters())
@@ -120,25 +132,45 @@ def run_open_clip(data: list, args: argparse.Namespace, compiled: bool = False) 
 
 
 # ------------------------------------------------------------------------------------------ ours
-def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool, compiled: bool = False) -> list[float]:
-    from transformers import CLIPConfig, CLIPModel
-
-    import reasonclip_llava.pretrain.trainer as trainer
-    from reasonclip_llava.pretrain.config import load_config
-
-    work = Path(tempfile.mkdtemp(prefix="bench_ours_"))
+def clip_config(args: argparse.Namespace) -> dict[str, Any]:
+    """CLIPConfig kwargs of the same architecture as the open_clip model (QuickGELU, MLP 4x, 77 positions)."""
     (v_width, v_layers, v_heads, patch, image), (t_width, t_layers, t_heads), joint = towers(args)
     vision = dict(hidden_size=v_width, intermediate_size=4 * v_width, num_attention_heads=v_heads, num_hidden_layers=v_layers,
                   image_size=image, patch_size=patch, hidden_act="quick_gelu")
     text = dict(hidden_size=t_width, intermediate_size=4 * t_width, num_attention_heads=t_heads, num_hidden_layers=t_layers,
                 vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
                 hidden_act="quick_gelu")
-    torch.manual_seed(0)
-    CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=joint)).save_pretrained(work / "model")
+    return dict(vision_config=vision, text_config=text, projection_dim=joint)
+
+
+def open_clip_compile_flags() -> list[str]:
+    """The --torchcompile* flags the installed open_clip_train defines (read from its argument parser's source)."""
+    import inspect
+    import re
+
+    import open_clip_train.params
+
+    return sorted(set(re.findall(r"--torchcompile[\w-]*", inspect.getsource(open_clip_train.params))))
+
+
+_SAVED: dict[str, Path] = {}
+
+
+def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool, mode: str = "none", fp8: str = "none") -> list[float]:
+    from transformers import CLIPConfig, CLIPModel
+
+    import reasonclip_llava.pretrain.trainer as trainer
+    from reasonclip_llava.pretrain.config import load_config
+
+    work = Path(tempfile.mkdtemp(prefix="bench_ours_"))
+    if "model" not in _SAVED:  # one random-init checkpoint for every run of ours (writing ViT-L/14 takes seconds)
+        torch.manual_seed(0)
+        CLIPModel(CLIPConfig(**clip_config(args))).save_pretrained(work / "model")
+        _SAVED["model"] = work / "model"
     timeline = Timeline()
 
     class InMemoryData:  # stands in for build_train_data(): the same loop, no image decoding
-        batches_per_epoch, skipped_images = len(data), 0
+        batches_per_epoch, skipped_images, heldout = len(data), 0, None
 
         def state_dict(self) -> dict[str, Any]:
             return {}
@@ -161,11 +193,12 @@ def run_ours(data: list, args: argparse.Namespace, dynamic_padding: bool, compil
     trainer.build_train_data = lambda *a, **k: InMemoryData()
     try:
         config = load_config(None, [
-            f"--model.name_or_path={work / 'model'}", "--data.train=in-memory", f"--runtime.output_dir={work / 'run'}",
+            f"--model.name_or_path={_SAVED['model']}", "--data.train=in-memory", f"--runtime.output_dir={work / 'run'}",
             "--stage.name=stage0", f"--data.batch_size={args.batch}", f"--schedule.max_steps={len(data)}", "--schedule.warmup_ratio=0.1",
             "--optim.lr=1e-5", "--optim.weight_decay=0.05", f"--optim.logit_scale_max={math.log(100)}", "--runtime.save_every=0",
             "--runtime.report_to=", "--runtime.progress_bar=false", "--runtime.log_every=10",
-            f"--runtime.mixed_precision={'bf16' if args.precision == 'bf16' else 'no'}", f"--model.torch_compile={compiled}",
+            f"--runtime.mixed_precision={'bf16' if args.precision == 'bf16' else 'no'}", f"--model.torch_compile={mode}",
+            f"--runtime.fp8={fp8}", f"--model.attention={args.attention}",
         ])
         trainer.pretrain(config)
     finally:
@@ -186,34 +219,77 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="add compiled runs of both (raise --warmup: compiling happens there)")
+    parser.add_argument("--fp8", choices=speed.FP8_RECIPES, default="none", help="add ours with runtime.fp8 (see --fp8-compile)")
+    parser.add_argument("--fp8-compile", default="step", help="with --compile: the compile modes of the fp8 rows (regional,step)")
+    parser.add_argument("--attention", choices=speed.ATTENTION_BACKENDS, default="sdpa", help="model.attention for ours")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default: by device name)")
+    parser.add_argument("--compile-backend", default=None, help="torch.compile backend for both sides (default inductor; "
+                        "aot_eager proves the rows on a CPU without inductor's minutes of C++ codegen)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile_backend:
+        speed.COMPILE_OPTIONS["backend"] = args.compile_backend
     data = batches(args.steps + args.warmup, args.batch, args.caption_tokens, towers(args)[0][4])
     runs = {
         "open_clip": lambda: run_open_clip(data, args),
         "ours_pad77": lambda: run_ours(data, args, dynamic_padding=False),
         "ours_dynamic": lambda: run_ours(data, args, dynamic_padding=True),
     }
-    if args.compile:  # both sides compiled: open_clip whole-model torch.compile, ours per layer (model.torch_compile)
+    compile_modes = ["regional", "step"] if args.compile else []
+    if args.compile:  # both sides at their best: open_clip whole-model torch.compile, ours per layer and whole step
         runs["open_clip_compiled"] = lambda: run_open_clip(data, args, compiled=True)
-        runs["ours_compiled"] = lambda: run_ours(data, args, dynamic_padding=True, compiled=True)
+        for mode in compile_modes:
+            runs[f"ours_{mode}"] = lambda mode=mode: run_ours(data, args, dynamic_padding=True, mode=mode)
+    if args.fp8 != "none":
+        for mode in args.fp8_compile.split(",") if args.compile else ["none"]:
+            runs[f"ours_fp8_{mode}"] = lambda mode=mode: run_ours(data, args, dynamic_padding=True, mode=mode, fp8=args.fp8)
     times: dict[str, list[float]] = {name: [] for name in runs}
+    breaks: dict[str, dict] = {}
     for _ in range(args.rounds):  # interleaved so load changes hit every run alike
         for name, run in runs.items():
+            counters.clear()
             times[name] += run()
+            if name not in breaks and ("compiled" in name or any(name.endswith(mode) for mode in compile_modes)):
+                breaks[name] = speed.graph_break_report()  # first round: later rounds reuse the compiled code
     median = {k: statistics.median(v) for k, v in times.items()}
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
+    device_name, peak = device_label(args.device)
+    peak = args.peak_tflops or peak
+    flops = {tokens: ours_step_flops(args, tokens) for tokens in (77, args.caption_tokens)}
     print(f"torch {torch.__version__} device={device_name} size={args.size} layers={towers(args)[0][1]}/{towers(args)[1][1]} "
-          f"precision={args.precision} batch={args.batch} "
-          f"steps={args.steps}x{args.rounds} caption_tokens<={args.caption_tokens}")
+          f"precision={args.precision} batch={args.batch} steps={args.steps}x{args.rounds} caption_tokens<={args.caption_tokens} "
+          f"attention={args.attention} peak_bf16={peak} TFLOP/s; open_clip compile flags: {' '.join(open_clip_compile_flags())}")
     for name, value in median.items():
-        print(f"  {name:13s} {value * 1000:9.1f} ms/step  {args.batch / value:8.1f} samples/s")
+        tokens = 77 if name in ("open_clip", "open_clip_compiled", "ours_pad77") else args.caption_tokens
+        print(f"  {name:18s} {value * 1000:9.1f} ms/step  {args.batch / value:8.1f} samples/s  {mfu_text(flops[tokens], value, peak)}")
+    for name, report in breaks.items():
+        print(f"  dynamo, {name}: graphs {report['graphs']}, graph breaks {report['graph_breaks']} {report['reasons'] or ''}")
     print(f"throughput ours / open_clip (same 77-token batch)  = {median['open_clip'] / median['ours_pad77']:.3f}x")
-    print(f"throughput ours / open_clip (our dynamic padding)  = {median['open_clip'] / median['ours_dynamic']:.3f}x  (goal >= 1.3x)")
+    print(f"throughput ours / open_clip (our dynamic padding)  = {median['open_clip'] / median['ours_dynamic']:.3f}x")
     if args.compile:
-        print(f"throughput ours compiled / open_clip eager         = {median['open_clip'] / median['ours_compiled']:.3f}x")
-        print(f"throughput ours compiled / open_clip compiled      = {median['open_clip_compiled'] / median['ours_compiled']:.3f}x")
+        ours = {name: value for name, value in median.items() if name.startswith("ours")}
+        best = min(ours, key=ours.get)
+        for name in [n for n in ours if n not in ("ours_pad77", "ours_dynamic")]:
+            print(f"throughput {name} / open_clip compiled  = {median['open_clip_compiled'] / median[name]:.3f}x")
+        print(f"best: ours ({best}) / open_clip at its best (compiled) = {min(median['open_clip'], median['open_clip_compiled']) / ours[best]:.3f}x"
+              "  (goal >= 1.3x)")
+
+
+def ours_step_flops(args: argparse.Namespace, text_tokens: int) -> int:
+    """Forward + backward FLOPs of our stage-0 step (the same architecture as the open_clip model) at this text length."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from reasonclip_llava.encoder.modeling import ReasonCLIPForPretraining
+    from reasonclip_llava.pretrain.config import StageConfig
+    from reasonclip_llava.pretrain.objective import StageObjective
+
+    config = clip_config(args)
+    with torch.device("meta"):
+        objective = StageObjective(ReasonCLIPForPretraining(CLIPModel(CLIPConfig(**config))), StageConfig(name="stage0"), 100, math.log(100))
+    image = towers(args)[0][4]
+    batch = {"pixel_values": torch.zeros(args.batch, 3, image, image, device="meta"),
+             "desc_input_ids": torch.zeros(args.batch, text_tokens, dtype=torch.long, device="meta")}
+    return speed.training_step_flops(objective, batch)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench_pretrain_steps import SIZES, Step, clip_config, make_batch, stage_variants, t5_large_decoder
-from transformers import CLIPModel
+from bench_pretrain_steps import SIZES, Step, build_base, make_batch, stage_variants, t5_large_decoder
 
 
 def main() -> None:
@@ -28,7 +27,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args()
     torch.manual_seed(0)
-    base = CLIPModel(clip_config(args.size, args.layers))
+    base = build_base(args.size, args.layers)
     stage, needs_t5 = stage_variants()[args.variant]
     t5 = t5_large_decoder(args.t5_layers).to(torch.bfloat16 if args.precision == "bf16" else torch.float32) if needs_t5 else None
     step = Step(base, stage, args.device, t5=t5,

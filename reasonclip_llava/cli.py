@@ -92,14 +92,14 @@ def _llava_build(args: argparse.Namespace) -> int:
     from .llava_next.build import build_and_save
 
     pinpoints = json.loads(args.grid_pinpoints) if args.grid_pinpoints else None
-    print(build_and_save(args.lm, args.encoder, args.out, arch=args.arch, image_aspect_ratio=args.image_aspect_ratio, image_grid_pinpoints=pinpoints, vision_feature_layer=args.select_layer, vision_feature_select_strategy=args.strategy, torch_dtype=args.dtype))
+    print(build_and_save(args.lm, args.encoder, args.out, arch=args.arch, image_aspect_ratio=args.image_aspect_ratio, image_grid_pinpoints=pinpoints, vision_feature_layer=args.select_layer, vision_feature_select_strategy=args.strategy, torch_dtype=args.dtype, overwrite=args.overwrite))
     return 0
 
 
 def _swap(args: argparse.Namespace) -> int:
     from .llava_next.swap import swap_vision_tower
 
-    print(swap_vision_tower(args.llava, args.encoder, args.out, reinit_projector=args.reinit_projector, seed=args.seed))
+    print(swap_vision_tower(args.llava, args.encoder, args.out, reinit_projector=args.reinit_projector, seed=args.seed, overwrite=args.overwrite))
     return 0
 
 
@@ -113,7 +113,7 @@ def _llava_train(args: argparse.Namespace) -> int:
 def _llava_merge(args: argparse.Namespace) -> int:
     from .llava_next.merge import merge_and_export
 
-    print(merge_and_export(args.ckpt, args.out, base=args.base))
+    print(merge_and_export(args.ckpt, args.out, base=args.base, overwrite=args.overwrite))
     return 0
 
 
@@ -129,7 +129,7 @@ def _eval_vqa(args: argparse.Namespace) -> int:
     out = run_vqa(
         args.model, args.benchmark, args.data, args.images, args.out, limit=args.limit, batch_size=args.batch_size,
         device=_default_device(args.device), dtype=args.dtype, conv_template=args.conv_template,
-        num_workers=args.num_workers, progress=not args.no_progress,
+        num_workers=args.num_workers, progress=not args.no_progress, prompts=args.prompts,
     )
     print(out)
     return 0
@@ -165,7 +165,7 @@ def _eval_report(args: argparse.Namespace) -> int:
 def _card(args: argparse.Namespace) -> int:
     from .evaluation.card import write_model_card
 
-    print(write_model_card(args.model_dir, args.results, template=args.template, model_name=args.name))
+    print(write_model_card(args.model_dir, args.results, template=args.template, model_name=args.name, overwrite=args.overwrite))
     return 0
 
 
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("export", help="training checkpoint -> drop-in CLIP/SigLIP checkpoint")
-    p.add_argument("train_ckpt")
+    p.add_argument("train_ckpt", help="a training checkpoint: OUTPUT_DIR/final, OUTPUT_DIR/best (lowest held-out loss) or a checkpoint-N")
     p.add_argument("out_dir")
     p.add_argument("--stage", default=None, help="provenance: stage name (default: from the checkpoint)")
     p.add_argument("--recipe", default=None, help="provenance: recipe (default: from the checkpoint)")
@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select-layer", type=int, default=-2)
     p.add_argument("--strategy", default=None, choices=["default", "full"], help="default: 'default' for CLIP, 'full' for SigLIP")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(handler=_llava_build)
 
     p = commands.add_parser("swap", help="replace the vision tower of a LLaVA-NeXT checkpoint with an encoder of the same architecture")
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--reinit-projector", action="store_true")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(handler=_swap)
 
     p = commands.add_parser("llava-train", help="projector pretraining / instruction tuning (LLaVA option names); extra --key=value override the YAML")
@@ -230,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ckpt")
     p.add_argument("out")
     p.add_argument("--base", default=None, help="base LlavaNext dir when the run does not record it")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.set_defaults(handler=_llava_merge)
 
     data = commands.add_parser("data", help="pretraining data tools").add_subparsers(dest="data_command", required=True)
@@ -261,8 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = evals.add_parser("vqa", help="answer a VQA benchmark with a LlavaNext checkpoint (LLaVA answers .jsonl; reruns resume)")
     p.add_argument("--model", required=True, help="LlavaNext checkpoint folder (model + processor)")
     p.add_argument("--benchmark", required=True)
-    p.add_argument("--data", required=True, help="the benchmark's question file or folder")
-    p.add_argument("--images", required=True, help="folder the image names are relative to")
+    p.add_argument("--data", required=True, help="the benchmark's released question file/folder, or its lmms-lab parquet folder")
+    p.add_argument("--images", required=True, help="folder the image names are relative to (parquet / MMBench: where embedded images are written)")
+    p.add_argument("--prompts", default="llava", choices=["llava", "lmms_eval"], help="LLaVA's eval prompts or lmms-eval's (parquet input)")
     p.add_argument("--out", required=True, help="answers .jsonl; appended to, ids already there are skipped")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -282,21 +286,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None)
     p.add_argument("--limit", type=int, default=None, help="vqa: answer only the first N questions per benchmark")
-    p.add_argument("--mode", default="official", choices=["official", "evalai"], help="vqa: VQA answer normalisation")
+    p.add_argument("--mode", default="official", choices=["official", "evalai", "lmms_eval"],
+                   help="vqa: official scorers, LLaVA's EvalAI normalisation, or lmms-eval's per-item functions (parquet data)")
     p.set_defaults(handler=_eval_suite)
     p = evals.add_parser("score", help="score an answers file with the benchmark's official scorer")
     p.add_argument("--benchmark", required=True)
     p.add_argument("--answers", required=True)
     p.add_argument("--annotations", required=True, help="VQAv2: the annotations JSON; other benchmarks: the same path as --data")
     p.add_argument("--questions", default=None, help="score only the questions in this file")
-    p.add_argument("--mode", default="official", choices=["official", "evalai", "lmms_eval"], help="VQA answer normalisation (VQA family and GQA)")
+    p.add_argument("--mode", default="official", choices=["official", "evalai", "lmms_eval"],
+                   help="official scorer (default); evalai: LLaVA's VQA/GQA normalisation; lmms_eval: lmms-eval's per-item functions (lmms-lab parquet)")
     p.add_argument("--out", default=None, help="directory for per-question scores and the summary JSON")
     p.set_defaults(handler=_eval_score)
     p = evals.add_parser("clip", help="encoder benchmarks on a CLIP/SigLIP checkpoint (compositional, retrieval, zero-shot)")
     p.add_argument("--model", required=True)
     p.add_argument("--benchmark", required=True)
     p.add_argument("--data", default=None, help="annotation file or folder (optional for zeroshot)")
-    p.add_argument("--images", required=True)
+    p.add_argument("--images", default=None, help="image root (not needed for rclip_bench: the parquet embeds the images)")
     p.add_argument("--out", default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
@@ -313,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", nargs="*", default=[])
     p.add_argument("--template", default=None)
     p.add_argument("--name", default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace a README.md that `card` did not write (default: keep it as README.previous.md)")
     p.set_defaults(handler=_card)
 
     p = commands.add_parser("demo", help="tiny offline end-to-end run of the whole pipeline")

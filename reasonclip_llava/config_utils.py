@@ -59,8 +59,16 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~", "")):
             if type(None) in args:
                 return None
-            raise ValueError(f"config key '{key}' cannot be null")
-        return coerce(value, next(a for a in args if a is not type(None)), key)
+            if value is None:
+                raise ValueError(f"config key '{key}' cannot be null")
+            # not optional (`str | bool`): a string such as "none" is a value, read below
+        candidates = [a for a in args if a is not type(None)]
+        for candidate in candidates[:-1]:  # `str | bool`: the first type that reads the value wins
+            try:
+                return coerce(value, candidate, key)
+            except ValueError:
+                pass
+        return coerce(value, candidates[-1], key)
     if hint is list or origin is list:
         if value is None:
             return []

@@ -101,7 +101,7 @@ def _train_llava_next(out: Path, encoder: Path, vqa: dict[str, Path], image_fold
     from .llava_next.train import load_train_config, train_llava
 
     lm = build_tiny_lm(out / "tiny_lm", family="qwen2")
-    built = build_and_save(lm, encoder, out / "built")
+    built = build_and_save(lm, encoder, out / "built", overwrite=True)  # a re-run replaces the demo's own outputs
     print(f"   built {built}")
     common = dict(image_folder=str(image_folder), per_device_train_batch_size=8, model_max_length=512, save_steps=1000, report_to="none", seed=0)
     stage_a = load_train_config(None, dict(
@@ -118,7 +118,7 @@ def _train_llava_next(out: Path, encoder: Path, vqa: dict[str, Path], image_fold
     # The tiny LM starts random, so the demo tunes it fully; `lora=True` (the tests' path) adds adapters.
     print(f"   stage B: instruction tuning ({'LoRA on' if lora else 'full'} LM, projector at its own LR, tokenizer chat template)")
     stage_b_dir = train_llava(stage_b)
-    return merge_and_export(stage_b_dir, out / "merged")
+    return merge_and_export(stage_b_dir, out / "merged", overwrite=True)
 
 
 def _show_answers(model_dir: Path, vqa: dict[str, Path]) -> None:

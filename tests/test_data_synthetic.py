@@ -1,5 +1,7 @@
 """Synthetic compositional data: determinism, published schemas, and captions that agree with the pixels."""
 
+import io
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from reasonclip_llava.data import CATEGORIES, decode_trp_cls, generate_synthetic
+from reasonclip_llava.data import CATEGORIES, generate_synthetic
 from reasonclip_llava.data.synthetic import COLOURS, PALETTE, SHAPES, SWAP_TYPES, SceneSpace, make_item, relation_caption
 
 NUM_IMAGES = 40
@@ -43,7 +45,11 @@ def test_image_depends_only_on_seed_and_index(synth, tmp_path):
 
 
 def test_reasonlite_schema(synth):
+    # The published ReasonLite-42M schema and chunk name (METHOD.md).
+    assert synth["reasonlite"].name == "cc12m_tb_trl_chunk_00.parquet"
     table = pq.read_table(synth["reasonlite"])
+    assert table.schema.names == ["id", "image_path", "tb", "trl"]
+    assert table.schema.field("id").type == pa.string()
     assert table.schema.field("image_path").type == pa.string()
     assert table.schema.field("tb").type == pa.list_(pa.string())
     assert table.schema.field("trl").type == pa.list_(pa.string())
@@ -57,17 +63,29 @@ def test_reasonlite_schema(synth):
 
 
 def test_reasonpro_schema_and_categories(synth):
+    # The published ReasonPro-16M schema (METHOD.md): trp_cls one letter, trp_cls_ls the image's 3 letters.
+    assert synth["reasonpro"].name == "cc12m_trp_chunk_00.parquet"
     table = pq.read_table(synth["reasonpro"])
+    assert table.schema.names == ["image_path", "trp", "trp_cls", "trp_cls_ls"]
     assert table.schema.field("trp").type == pa.string()
-    assert table.schema.field("trp_cls").type == pa.struct([("text", pa.string()), ("image", pa.list_(pa.string()))])
+    assert table.schema.field("trp_cls").type == pa.string()
+    assert table.schema.field("trp_cls_ls").type == pa.list_(pa.string())
     seen = Counter()
-    for i, row in enumerate(table.to_pylist()):
-        assert set(row["trp_cls"]["image"]) <= set(CATEGORIES) and len(set(row["trp_cls"]["image"])) == 3
-        labels = decode_trp_cls(row["trp_cls"], f"row {i}")
-        assert labels.text in labels.image  # the caption is about one of the image's categories
+    for row in table.to_pylist():
+        assert row["trp_cls"] in CATEGORIES and len(row["trp_cls_ls"]) == 3 and set(row["trp_cls_ls"]) <= set(CATEGORIES)
+        assert row["trp_cls"] in row["trp_cls_ls"]  # the caption is about one of the image's categories
         assert len(row["trp"].split()) <= 30
-        seen[row["trp_cls"]["text"]] += 1
+        seen[row["trp_cls"]] += 1
     assert set(seen) == set(CATEGORIES)  # every category is realised
+
+
+def test_cc12m_refined_schema(synth):
+    # The published CC12M-Refined schema: image_path and the 3 descriptive captions, ReasonLite's tb.
+    assert synth["cc12m_refined"].name == "cc12m_tb_chunk_00.parquet"
+    table = pq.read_table(synth["cc12m_refined"])
+    assert table.schema.names == ["image_path", "tb"]
+    lite = pq.read_table(synth["reasonlite"])
+    assert table.column("tb").to_pylist() == lite.column("tb").to_pylist()
 
 
 def test_jsonl_copies_match_parquet(synth):
@@ -79,9 +97,10 @@ def test_jsonl_copies_match_parquet(synth):
 
 def test_eval_images_are_held_out(synth):
     train = set(pq.read_table(synth["reasonlite"]).column("image_path").to_pylist())
-    for key in ("swap_eval", "rclip_bench"):
-        held_out = set(pq.read_table(synth[key]).column("image_path").to_pylist())
-        assert held_out and not held_out & train
+    held_out = set(pq.read_table(synth["swap_eval"]).column("image_path").to_pylist())
+    assert held_out and not held_out & train
+    bench = {f"images/{name}" for name in pq.read_table(synth["rclip_bench"]).column("image_name").to_pylist()}
+    assert bench == held_out
 
 
 def test_swap_negatives_are_bag_of_words_identical(synth):
@@ -118,17 +137,21 @@ def test_swap_eval_captions_agree_with_pixels(synth):
             assert not _relation_holds(image, row["negative_caption"])
 
 
-def test_rclip_bench_items(synth):
+def test_rclip_bench_is_the_released_format(synth):
+    """METHOD.md's schema: rows = images, sets list<struct<tag, gt, neg[4]>>, image struct<bytes, path>."""
     table = pq.read_table(synth["rclip_bench"])
-    assert table.schema.field("options").type == pa.list_(pa.string())
+    assert table.schema.names == ["id", "image_name", "text", "version", "sets", "image"]
+    assert table.schema.field("sets").type == pa.list_(pa.struct([("tag", pa.string()), ("gt", pa.string()),
+                                                                 ("neg", pa.list_(pa.string()))]))
+    assert table.schema.field("image").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    assert json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["image"] == {"_type": "Image"}
     rows = table.to_pylist()
-    assert {r["category"] for r in rows} == set(CATEGORIES)
-    answers = Counter()
+    assert {s["tag"] for r in rows for s in r["sets"]} == set(CATEGORIES)
     for row in rows:
-        assert len(row["options"]) == 5 and len(set(row["options"])) == 5
-        assert 0 <= row["answer"] < 5
-        answers[row["answer"]] += 1
-    assert len(answers) > 1  # the correct option is not always in the same slot
+        assert row["version"] == "v1" and row["image"]["path"] == row["image_name"]
+        assert row["image"]["bytes"] == (Path(synth["images"]) / row["image_name"]).read_bytes()
+        for item in row["sets"]:
+            assert len(item["neg"]) == 4 and len({item["gt"], *item["neg"]}) == 5
 
 
 def _head_objects(head: str) -> set[tuple[str, str]] | None:
@@ -144,16 +167,17 @@ def test_relation_options_of_bench_agree_with_pixels(synth):
     option that names the image's two real objects."""
     checked = 0
     for row in pq.read_table(synth["rclip_bench"]).to_pylist():
-        heads = [o.split(",")[0] for o in row["options"]]
-        real = _head_objects(heads[row["answer"]])
-        if row["category"] != "S" or real is None:
-            continue
-        image = np.asarray(Image.open(Path(synth["root"]) / row["image_path"]))
-        assert _relation_holds(image, heads[row["answer"]])
-        for i, head in enumerate(heads):
-            if i != row["answer"] and _head_objects(head) == real:
-                assert not _relation_holds(image, head), head
-                checked += 1
+        image = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])))
+        for item in row["sets"]:
+            gt, *negatives = (o.split(",")[0] for o in [item["gt"], *item["neg"]])
+            real = _head_objects(gt)
+            if item["tag"] != "S" or real is None:
+                continue
+            assert _relation_holds(image, gt)
+            for head in negatives:
+                if _head_objects(head) == real:
+                    assert not _relation_holds(image, head), head
+                    checked += 1
     assert checked > 0
 
 

@@ -123,9 +123,10 @@ def test_sugarcrepe_pp_itt_and_tot_conditions(embedder, reference, tiny_clip_dir
 
 def test_whatsup_first_option_correct_macro_over_subsets(embedder, reference, tiny_clip_dir):
     result = run(embedder, tiny_clip_dir, "whatsup", FIXTURES / "whatsup", IMAGES)
-    expected = {}
+    expected, read_groups = {}, {}
     for name, file_name in compositional.WHATSUP_FILES.items():
-        flags = []
+        flags = read_groups.setdefault(file_name[:4] if file_name[:4] in ("coco", "vg_q") else "controlled", [])
+        start = len(flags)
         for row in json.loads((FIXTURES / "whatsup" / file_name).read_text()):
             if isinstance(row, dict):
                 path, options = IMAGES / Path(row["image_path"]).relative_to("data"), row["caption_options"]
@@ -135,9 +136,13 @@ def test_whatsup_first_option_correct_macro_over_subsets(embedder, reference, ti
                 path, options = IMAGES / "vg_images" / f"{row[0]}.jpg", row[1:]
             logits = item_logits(reference, rgb(path), options)
             flags.append(logits.index(max(logits)) == 0)
-        expected[name] = pct(flags)
+        expected[name] = pct(flags[start:])
     assert {name: s["accuracy"] for name, s in result["subsets"].items()} == pytest.approx(expected)
     assert result["headline"]["WhatsUp"] == pytest.approx(sum(expected.values()) / len(expected))
+    # READ's number (src/runners/evaluator.py): items grouped by file prefix coco* / vg* / the rest, mean of 3 groups
+    assert len(read_groups) == 3
+    assert result["headline"]["WhatsUp (READ, 3 groups)"] == pytest.approx(sum(pct(f) for f in read_groups.values()) / 3)
+    assert result["aggregation"]["WhatsUp"].startswith("macro") and "READ" in result["aggregation"]["WhatsUp (READ, 3 groups)"]
 
 
 # ---- VALSE ------------------------------------------------------------------------------------------
@@ -145,6 +150,7 @@ def test_whatsup_first_option_correct_macro_over_subsets(embedder, reference, ti
 
 def test_valse_drops_items_with_fewer_than_two_votes(embedder, reference, tiny_clip_dir):
     result = run(embedder, tiny_clip_dir, "valse", FIXTURES / "valse", IMAGES / "val2017")
+    all_items = []
     for piece in ("existence", "counting-hard"):
         rows = json.loads((FIXTURES / "valse" / f"{piece}.json").read_text()).values()
         kept = [row for row in rows if row["mturk"]["caption"] >= 2]
@@ -152,10 +158,13 @@ def test_valse_drops_items_with_fewer_than_two_votes(embedder, reference, tiny_c
         for row in kept:
             caption, foil = item_logits(reference, rgb(IMAGES / "val2017" / row["image_file"]), [row["caption"], row["foil"]])
             flags.append(caption > foil)
+            all_items.append(caption >= foil)  # READ: argmax == 0, a tie counts for the caption
         subset = result["subsets"][piece]
         assert (subset["n"], subset["n_dropped"]) == (len(kept), len(rows) - len(kept))
         assert subset["accuracy"] == pytest.approx(pct(flags))
     assert result["n_dropped"] == 2
+    assert result["headline"]["VALSE (READ, micro)"] == pytest.approx(pct(all_items))  # micro over all items
+    assert result["headline"]["VALSE"] == pytest.approx(result["macro"]["accuracy"])
 
 
 # ---- CREPE ------------------------------------------------------------------------------------------
@@ -226,23 +235,6 @@ def test_aro_attribution_macro_needs_25_items_per_pair(embedder, tiny_clip_dir):
     subset = result["subsets"]["vg_attribution"]
     assert subset["macro_accuracy"] is None and subset["n_groups"] == 0
     assert result["headline"]["ARO VG-Attribution"] == subset["accuracy"]  # falls back to item accuracy
-
-
-# ---- RCLIP-Bench ------------------------------------------------------------------------------------
-
-
-def test_rclip_bench_accuracy_per_category_and_overall(embedder, reference, tiny_clip_dir):
-    import pyarrow.parquet as pq
-
-    result = run(embedder, tiny_clip_dir, "rclip_bench", FIXTURES / "rclip_bench" / "test.parquet", IMAGES)
-    by_category: dict[str, list[bool]] = {}
-    for row in pq.read_table(FIXTURES / "rclip_bench" / "test.parquet").to_pylist():
-        logits = item_logits(reference, rgb(IMAGES / row["image_path"]), row["options"])
-        by_category.setdefault(row["category"], []).append(logits.index(max(logits)) == row["answer"])
-    assert {c: s["accuracy"] for c, s in result["subsets"].items()} == pytest.approx({c: pct(f) for c, f in by_category.items()})
-    flat = [flag for flags in by_category.values() for flag in flags]
-    assert result["headline"]["RCLIP-Bench"] == pytest.approx(pct(flat))
-    assert list(result["subsets"]) == ["S", "A", "H", "T", "P"]
 
 
 # ---- Retrieval --------------------------------------------------------------------------------------

@@ -329,3 +329,38 @@ def test_length_grouped_sampler_balances_devices():
         totals = [sum(lengths[i] for i in device) for device in batches_of(shuffled, batch_size)]
         naive += max(totals) - min(totals)
     assert balanced < 0.2 * naive
+
+
+def _long_rows(turns: int) -> list[dict]:
+    conversation = []
+    for i in range(turns // 2):
+        conversation += [{"from": "human", "value": f"Where is the red cube number {i}?"},
+                         {"from": "gpt", "value": "It is on the left of the blue sphere."}]
+    return conversation
+
+
+@pytest.mark.parametrize("template", ["qwen_1_5", "auto"])
+def test_a_600_turn_sample_costs_about_what_a_6_turn_one_does(setup, template):
+    """Preparation is linear and truncates as it goes: 100x the turns at model_max_length=128 cost a small
+    multiple of the short sample (every prefix used to be rendered and tokenized again: ~10^4 x)."""
+    import time
+
+    root, _, processor = setup
+    rows = [{"id": "short", "conversations": _long_rows(6)}, {"id": "long", "conversations": _long_rows(600)}]
+    dataset = LlavaConversationDataset(write_rows(root, f"long_{template}.json", rows), root, processor, template, 128)
+
+    def best_time(index: int) -> float:
+        times = []
+        for _ in range(15):
+            start = time.perf_counter()
+            dataset[index]
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    long_item = dataset[1]
+    assert len(long_item["input_ids"]) == 128
+    # the same tokens the whole conversation gives, cut at 128
+    full = LlavaConversationDataset(write_rows(root, f"long_full_{template}.json", rows[1:]), root, processor, template, 100_000)[0]
+    assert torch.equal(long_item["input_ids"], full["input_ids"][:128]) and torch.equal(long_item["labels"], full["labels"][:128])
+    ratio = best_time(1) / best_time(0)
+    assert ratio < 10, f"600 turns took {ratio:.1f}x the time of 6 turns"

@@ -248,3 +248,29 @@ def test_sentencepiece_style_tokenizer_is_not_a_false_mismatch():
     ids, labels = tokenize_segments(two_rounds, tokenizer, "sp", "vicuna_v1")  # no false mismatch
     naive = sum((tokenizer(s.text, add_special_tokens=False)["input_ids"] for s in two_rounds), [])
     assert naive != ids  # tokenizing segments alone would have misaligned the second round
+
+
+LONG_CONVERSATION = [{"from": "human", "value": "<image>\nWhat colour is the cat?"}] + [
+    {"from": role, "value": text} for i in range(12)
+    for role, text in (("gpt", f"The cat number {i} is red, and café au lait."), ("human", f"And the dog {i}?"))
+] + [{"from": "gpt", "value": "On the left."}]
+
+
+@pytest.mark.parametrize("family", TINY_LM_FAMILIES)
+@pytest.mark.parametrize("name", [n for n in template_names() if n != "plain"])
+def test_offsets_give_the_prefix_rule_and_truncation_keeps_a_prefix(tokenizers, name, family):
+    """One tokenization with offsets labels every token as the prefix rule does (each prefix tokenized
+    again, the quadratic reference), and stopping at max_length keeps exactly the first max_length."""
+    from reasonclip_llava.llava_next.data import _tokenize_by_prefixes
+
+    tokenizer = tokenizers[family]
+    template = get_template(name)
+    segments = template.render(LONG_CONVERSATION, tokenizer=tokenizer)
+    expected = _tokenize_by_prefixes(segments, tokenizer, "s0", name, prepend_bos=False)
+    assert tokenize_segments(segments, tokenizer, "s0", name) == expected
+    assert expected[0] == tokenizer("".join(s.text for s in segments), add_special_tokens=False)["input_ids"]
+    for max_length in (1, 7, 40, 120, len(expected[0]) + 5):
+        ids, labels = tokenize_segments(segments, tokenizer, "s0", name, max_length=max_length)
+        assert (ids, labels) == (expected[0][:max_length], expected[1][:max_length]), max_length
+        ids, labels = tokenize_segments(segments, tokenizer, "s0", name, prepend_bos=True, max_length=max_length)
+        assert ids == ([tokenizer.bos_token_id] + expected[0])[:max_length] or max_length < 1

@@ -174,7 +174,7 @@ def test_textvqa_official_and_evalai(tmp_path):
     official = score_answers("textvqa", answers, annotations)
     assert official["accuracy"] == pytest.approx(190 / 3)
     assert official["per_answer_type"] == {}
-    evalai = score_answers("textvqa", answers, annotations, mode="lmms_eval")
+    evalai = score_answers("textvqa", answers, annotations, mode="evalai")
     assert evalai["accuracy"] == pytest.approx(290 / 3) and evalai["mode"] == "evalai"
 
 

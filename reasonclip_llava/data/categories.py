@@ -3,8 +3,16 @@
 Category order (index = position): ``CATEGORIES = ("S", "A", "H", "T", "P")``
     S spatial/geometric, A attribute/state, H human/action, T temporal/phase, P physical intuition.
 
-`trp_cls` carries two things per ReasonPro row: the category of the caption itself (one) and the
-categories an annotator picked for the image (normally 3 out of 5). Accepted encodings:
+A ReasonPro row carries two things: the category of the caption itself (one) and the categories an
+annotator picked for the image (3). The published files (RISys-Lab/CLIPReasonPro-16M) hold them in two
+columns, read by ``decode_reasonpro_labels``::
+
+    trp_cls    = "P"               one letter: the caption's category
+    trp_cls_ls = ["S", "P", "P"]   exactly 3 letters: the image's categories (repeats allowed; the
+                                   image head's target is their multi-hot, as the authors build it)
+
+Letters are exactly S, A, H, T, P there, as the authors' lookup table has them. Older single-column
+encodings of `trp_cls` (both labels in one value) are read by ``decode_trp_cls``:
 
 1. struct / dict (what `generate_synthetic` writes; a parquet ``struct<text: string, image: list<string>>``)::
 
@@ -15,7 +23,7 @@ categories an annotator picked for the image (normally 3 out of 5). Accepted enc
    or ``[0, 0, 1, 4]``
 4. any of the above serialised as a JSON string (e.g. a JSONL file or a string column).
 
-Letters are case-insensitive; full names ("spatial", "attribute", "human", "temporal", "physical") are
+In these, letters are case-insensitive; full names ("spatial", "attribute", "human", "temporal", "physical") are
 accepted too. Image categories must be distinct and non-empty (the published data uses 3). Anything
 else raises ``ValueError`` naming the row.
 """
@@ -99,3 +107,21 @@ def encode_trp_cls(text: str, image: Sequence[str]) -> dict:
     """The struct encoding written by this package: {"text": "S", "image": ["S", "A", "P"]}."""
     labels = decode_trp_cls({"text": text, "image": list(image)}, "encode_trp_cls")
     return {"text": CATEGORIES[labels.text], "image": [CATEGORIES[i] for i in labels.image]}
+
+
+PUBLISHED_IMAGE_CATEGORIES = 3  # trp_cls_ls length in the published ReasonPro files
+
+
+def decode_reasonpro_labels(trp_cls: object, trp_cls_ls: object, where: str = "trp_cls") -> TrpLabels:
+    """The published pair of columns: `trp_cls` one letter, `trp_cls_ls` a list of exactly 3 letters of SAHTP."""
+
+    def letter(value: object, column: str) -> int:
+        if not isinstance(value, str) or value not in CATEGORIES:
+            raise ValueError(f"{where}: {column} {value!r} is not one of the letters {'/'.join(CATEGORIES)}")
+        return CATEGORIES.index(value)
+
+    if hasattr(trp_cls_ls, "tolist"):
+        trp_cls_ls = trp_cls_ls.tolist()
+    if not isinstance(trp_cls_ls, (list, tuple)) or len(trp_cls_ls) != PUBLISHED_IMAGE_CATEGORIES:
+        raise ValueError(f"{where}: trp_cls_ls must be a list of exactly {PUBLISHED_IMAGE_CATEGORIES} letters, got {trp_cls_ls!r}")
+    return TrpLabels(text=letter(trp_cls, "trp_cls"), image=tuple(letter(c, "trp_cls_ls") for c in trp_cls_ls))

@@ -12,6 +12,16 @@ image processor, called as ``image_processor(images=image, return_tensors="pt")`
 sample carries the PIL ``image``. Image paths are resolved against ``image_root`` (default: the
 data file's folder); absolute paths are used as they are.
 
+How captions become samples (``samples=``):
+
+    per_image  one sample per row and epoch; the row's caption pair (or caption) cycles over epochs
+    all_pairs  the published way: every caption pair of a row its own sample (ReasonLite stage 1:
+               len = 9 x rows, item k -> row k // 9, pair ((k % 9) // 3, k % 3); a stage-0 caption
+               pool of 3: 3 x rows; ReasonPro: 1 x rows), rows of other sizes by their own counts
+
+``restrict_rows(rows)`` keeps a subset of the file's rows (the held-out split); ``image_groups`` gives
+every sample of one or more datasets the id of its image, for ``DistinctImageSampler``.
+
 Which texts a sample gets depends on (seed, epoch, index) only: call ``dataset.set_epoch(epoch)``
 together with ``sampler.set_epoch(epoch)`` before each epoch, and keep ``persistent_workers=False``
 so the workers see the new epoch. A malformed row raises ``ValueError("<file> row <i>: ...")``.
@@ -19,11 +29,15 @@ so the workers see the new epoch. A malformed row raises ``ValueError("<file> ro
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
@@ -31,6 +45,7 @@ from .rows import LiteSchema, ProSchema, ReadSchema, RowTable
 
 logger = logging.getLogger(__name__)
 _MAX_WARNINGS = 10
+SAMPLE_MODES = ("per_image", "all_pairs")
 IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -72,21 +87,55 @@ class ImageTextDataset(Dataset):
         image_root: str | Path | None = None,
         image_processor: Callable | None = None,
         seed: int = 0,
+        samples: str = "per_image",
     ):
+        if samples not in SAMPLE_MODES:
+            raise ValueError(f"samples must be one of {SAMPLE_MODES}, got {samples!r}")
         self.schema = schema
         self.rows = RowTable(source, ("image_path", *schema.fields), schema.optional)
         self.image_root = Path(image_root) if image_root is not None else Path(source).parent
         self.image_processor = image_processor
         self.seed = seed
+        self.samples = samples
         self.epoch = 0
         self.skipped = 0  # samples dropped for a missing / unreadable image (in this process)
         self.skipped_paths: list[str] = []
+        self.restrict_rows(None)
+
+    def restrict_rows(self, row_indices: Sequence[int] | np.ndarray | None) -> "ImageTextDataset":
+        """Read only these rows of the file (None: all), in this order; all_pairs samples are recounted."""
+        self.row_indices = np.arange(len(self.rows), dtype=np.int64) if row_indices is None else np.asarray(row_indices, dtype=np.int64)
+        self.offsets = None  # all_pairs: sample k belongs to slot s with offsets[s] <= k < offsets[s + 1]
+        if self.samples == "all_pairs":
+            counts = self.schema.pair_counts(self.rows)[self.row_indices]
+            empty = np.flatnonzero(counts == 0)
+            if len(empty):
+                raise ValueError(f"{self.rows.where(int(self.row_indices[empty[0]]))}: no captions in {list(self.schema.fields)}")
+            self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        return self
+
+    def subset(self, row_indices: Sequence[int] | np.ndarray) -> "ImageTextDataset":
+        """A copy of this dataset over other rows of the same file (the file is not read again)."""
+        return copy.copy(self).restrict_rows(row_indices)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.row_indices) if self.offsets is None else int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int | None]:
+        """(row in the file, caption pair of that row or None for per_image) of sample `index`."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.rows.path}: sample {index} out of range (0..{len(self) - 1})")
+        if self.offsets is None:
+            return int(self.row_indices[index]), None
+        slot = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return int(self.row_indices[slot]), index - int(self.offsets[slot])
+
+    def row_image_paths(self) -> pa.Array:
+        """image_path of every row this dataset reads, in its row order."""
+        return self.rows.column_values("image_path").take(pa.array(self.row_indices)).combine_chunks()
 
     def image_path(self, index: int, row: dict | None = None) -> Path:
         value = (row if row is not None else self.rows.row(index))["image_path"]
@@ -97,38 +146,51 @@ class ImageTextDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         index = int(index)
-        row = self.rows.row(index)
+        row_index, pair = self.locate(index)
+        row = self.rows.row(row_index)
         # Texts first: a malformed row is an error even when its image is also missing.
-        texts = self.schema.texts(row, self.rows.where(index), key=index, epoch=self.epoch, seed=self.seed)
-        path = self.image_path(index, row)
+        texts = self.schema.texts(row, self.rows.where(row_index), key=row_index, epoch=self.epoch, seed=self.seed, pair=pair)
+        path = self.image_path(row_index, row)
         try:
             image = open_image(path)
         except IMAGE_ERRORS as err:
-            self._skip(path, err)
+            self._skip(self.rows.where(row_index), path, err)
             return None
         return make_sample(index, texts, image, self.image_processor)
 
-    def _skip(self, path: Path, err: Exception) -> None:
+    def _skip(self, where: str, path: Path, err: Exception) -> None:
         self.skipped += 1
         self.skipped_paths.append(str(path))
         if self.skipped <= _MAX_WARNINGS:
-            logger.warning("skipping image %s (%s: %s)", path, type(err).__name__, err)
+            logger.warning("%s: skipping image %s (%s: %s)", where, path, type(err).__name__, err)
+
+
+def image_groups(parts: Sequence[ImageTextDataset]) -> np.ndarray:
+    """For every sample of `parts` read one after another, an integer id of its image (same image_path, same id)."""
+    paths = pa.concat_arrays([part.row_image_paths() for part in parts])
+    codes = pc.dictionary_encode(paths).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    groups, start = [], 0
+    for part in parts:
+        part_codes = codes[start : start + len(part.row_indices)]
+        start += len(part.row_indices)
+        groups.append(part_codes if part.offsets is None else np.repeat(part_codes, np.diff(part.offsets)))
+    return np.concatenate(groups)
 
 
 class ReasonLiteDataset(ImageTextDataset):
-    """ReasonLite parquet/JSONL {image_path, tb, trl}: one (descriptive, reasoning) pair per image and epoch."""
+    """ReasonLite parquet/JSONL {[id,] image_path, tb, trl}: (descriptive, reasoning) pairs; see `samples`."""
 
     def __init__(self, source: str | Path, image_root: str | Path | None = None,
-                 image_processor: Callable | None = None, seed: int = 0):
-        super().__init__(source, LiteSchema(), image_root, image_processor, seed)
+                 image_processor: Callable | None = None, seed: int = 0, samples: str = "per_image"):
+        super().__init__(source, LiteSchema(), image_root, image_processor, seed, samples)
 
 
 class ReasonProDataset(ImageTextDataset):
-    """ReasonPro parquet/JSONL {image_path, trp, trp_cls}: reasoning caption + text/image category labels."""
+    """ReasonPro parquet/JSONL {image_path, trp, trp_cls[, trp_cls_ls]}: reasoning caption + text/image category labels."""
 
     def __init__(self, source: str | Path, image_root: str | Path | None = None,
-                 image_processor: Callable | None = None, seed: int = 0):
-        super().__init__(source, ProSchema(), image_root, image_processor, seed)
+                 image_processor: Callable | None = None, seed: int = 0, samples: str = "per_image"):
+        super().__init__(source, ProSchema(), image_root, image_processor, seed, samples)
 
 
 class ReadDataset(ImageTextDataset):
@@ -141,6 +203,6 @@ class ReadDataset(ImageTextDataset):
     def __init__(self, source: str | Path, image_root: str | Path | None = None,
                  image_processor: Callable | None = None, seed: int = 0,
                  caption_columns: Sequence[str] = ("captions",), k: int = 3,
-                 negative_generator: Callable[[str, object], list[str]] | None = None):
+                 negative_generator: Callable[[str, object], list[str]] | None = None, samples: str = "per_image"):
         schema = ReadSchema(caption_columns, k=k, negative_generator=negative_generator, seed=seed)
-        super().__init__(source, schema, image_root, image_processor, seed)
+        super().__init__(source, schema, image_root, image_processor, seed, samples)

@@ -1,8 +1,18 @@
 """Row sources (parquet via pyarrow, JSONL) and the per-schema turning of a row into training texts.
 
-A schema validates one row and picks its texts for a given (seed, epoch, key); the same schemas serve
-the map-style datasets (``datasets.py``) and the webdataset stream (``wds.py``). Rows are numbered from
-0 in file order; every error names the file and that row number (and the JSONL line).
+A schema validates one row and picks its texts for a given (seed, epoch, key), or for one of the row's
+numbered caption pairs (``pair=``, the published `all_pairs` samples); the same schemas serve the
+map-style datasets (``datasets.py``) and the webdataset stream (``wds.py``). Rows are numbered from 0
+in file order; every error names the file and that row number (and the JSONL line).
+
+The published schemas (METHOD.md) and the schema that reads each:
+
+    ReasonLite-42M   id, image_path, tb [3], trl [3]                 LiteSchema (stage 1); ReadSchema(("trl",)) (stage 0)
+    ReasonPro-16M    image_path, trp, trp_cls (letter), trp_cls_ls [3] ProSchema (stage 2); ReadSchema(("trp",)) (stage 0)
+    CC12M-Refined    image_path, tb [3]                              ReadSchema(("tb",)) (stage 0 descriptive)
+    COCO (READ)      image_path, captions [5]                        ReadSchema(("captions",))
+
+Columns a schema does not name (``id``) are not read.
 """
 
 from __future__ import annotations
@@ -13,9 +23,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .categories import decode_trp_cls
+from ..io_utils import read_utf8
+from .categories import CATEGORIES, decode_reasonpro_labels, decode_trp_cls
 from .hard_negatives import HardNegativeGenerator, stable_seed
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -60,7 +74,7 @@ class RowTable:
                         raise ValueError(f"{self.where(first)}: field {column!r} is null")
         else:
             self._rows = []
-            for line_number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+            for line_number, line in enumerate(read_utf8(self.path).splitlines(), start=1):
                 if not line.strip():
                     continue
                 where = f"{self.path} row {len(self._rows)} (line {line_number})"
@@ -96,6 +110,23 @@ class RowTable:
     def where(self, index: int) -> str:
         return f"{self.path} row {index}"
 
+    def list_lengths(self, column: str) -> np.ndarray:
+        """Entries per row of a caption column (a lone string counts as one), without building Python rows."""
+        self._ensure_open()
+        if not self.is_parquet:
+            return np.array([1 if isinstance(row[column], str) else len(row[column]) for row in self._rows], dtype=np.int64)
+        values = self._table.column(column)
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            return np.ones(len(values), dtype=np.int64)
+        return pc.list_value_length(values).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def column_values(self, column: str) -> pa.ChunkedArray:
+        """One whole column as Arrow (JSONL: built from the parsed rows)."""
+        self._ensure_open()
+        if self.is_parquet:
+            return self._table.column(column)
+        return pa.chunked_array([pa.array([row[column] for row in self._rows])])
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         if self.is_parquet:
@@ -124,30 +155,48 @@ def _cycle_choice(n: int, seed: int, key: object, epoch: int) -> int:
 class LiteSchema:
     """ReasonLite: image_path, tb (descriptive captions), trl (reasoning captions) -> desc, reason.
 
-    The len(tb) * len(trl) pairs (9 for the published 3 + 3) are visited in a per-image random order,
-    one pair per epoch, so every pair is used once every 9 epochs.
+    A row has len(tb) * len(trl) pairs (9 for the published 3 + 3); pair p is (tb[p // len(trl)],
+    trl[p % len(trl)]), the authors' numbering. With ``pair=None`` (one sample per image and epoch) the
+    pairs are visited in a per-image random order, one per epoch, so every pair is used once every 9 epochs.
     """
 
     name = "reasonlite"
     fields = ("tb", "trl")
     optional: tuple[str, ...] = ()
 
-    def texts(self, row: dict, where: str, key: object, epoch: int, seed: int) -> dict[str, Any]:
+    def pair_counts(self, rows: RowTable) -> np.ndarray:
+        return rows.list_lengths("tb") * rows.list_lengths("trl")
+
+    def texts(self, row: dict, where: str, key: object, epoch: int, seed: int, pair: int | None = None) -> dict[str, Any]:
         tb, trl = caption_list(row, "tb", where), caption_list(row, "trl", where)
-        pair = _cycle_choice(len(tb) * len(trl), seed, key, epoch)
+        if pair is None:
+            pair = _cycle_choice(len(tb) * len(trl), seed, key, epoch)
         return {"desc": tb[pair // len(trl)], "reason": trl[pair % len(trl)]}
 
 
 class ProSchema:
-    """ReasonPro: image_path, trp, trp_cls -> reason, text_category (int), image_categories (multi-hot [5])."""
+    """ReasonPro: image_path, trp, trp_cls [, trp_cls_ls] -> reason, text_category (int), image_categories (multi-hot [5]).
+
+    With a `trp_cls_ls` column (the published files) `trp_cls` is the caption's letter and `trp_cls_ls`
+    the image's 3 letters; without it `trp_cls` holds both labels in one of the older encodings
+    (``categories.decode_trp_cls``). One sample per row.
+    """
 
     name = "reasonpro"
     fields = ("trp", "trp_cls")
-    optional: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ("trp_cls_ls",)
 
-    def texts(self, row: dict, where: str, key: object, epoch: int, seed: int) -> dict[str, Any]:
+    def pair_counts(self, rows: RowTable) -> np.ndarray:
+        return np.ones(len(rows), dtype=np.int64)
+
+    def texts(self, row: dict, where: str, key: object, epoch: int, seed: int, pair: int | None = None) -> dict[str, Any]:
         reason = caption_list(row, "trp", where)[0]
-        labels = decode_trp_cls(row["trp_cls"], where)
+        if row.get("trp_cls_ls") is not None:
+            labels = decode_reasonpro_labels(row["trp_cls"], row["trp_cls_ls"], where)
+        elif isinstance(row["trp_cls"], str) and row["trp_cls"].strip() in CATEGORIES:
+            raise ValueError(f"{where}: trp_cls is the single letter {row['trp_cls']!r} but the row has no trp_cls_ls (the image's 3 categories)")
+        else:
+            labels = decode_trp_cls(row["trp_cls"], where)
         return {"reason": reason, "text_category": labels.text, "image_categories": labels.image_multi_hot()}
 
 
@@ -155,7 +204,8 @@ class ReadSchema:
     """READ: captions of one image -> caption, paraphrase, recon_target, negatives (k).
 
     Captions are pooled from `caption_columns` (each a string or a list of strings). Per epoch one
-    caption is the anchor (cycling like LiteSchema); the paraphrase and the reconstruction target are
+    caption is the anchor (cycling like LiteSchema), or caption ``pair`` of the pool when given (each
+    caption its own sample: stage 0's published samples); the paraphrase and the reconstruction target are
     two other captions of the image (different from each other when there are >= 3; with a single
     caption both are the caption itself). Negatives come from a `neg` / `negatives` column when present
     (a list per caption aligned with the pooled captions, or one flat list when there is one caption),
@@ -175,11 +225,14 @@ class ReadSchema:
         self.fields = tuple(caption_columns)
         self.k = k
         # 2k candidates so that precomputed negatives overlapping with generated ones still leave k.
-        self.negative_generator = negative_generator or HardNegativeGenerator(k=2 * k, seed=seed)
+        self.negative_generator = negative_generator or (HardNegativeGenerator(k=2 * k, seed=seed) if k else None)
 
-    def texts(self, row: dict, where: str, key: object, epoch: int, seed: int) -> dict[str, Any]:
+    def pair_counts(self, rows: RowTable) -> np.ndarray:
+        return sum(rows.list_lengths(column) for column in self.fields)
+
+    def texts(self, row: dict, where: str, key: object, epoch: int, seed: int, pair: int | None = None) -> dict[str, Any]:
         captions = [c for column in self.fields for c in caption_list(row, column, where)]
-        anchor = _cycle_choice(len(captions), seed, key, epoch)
+        anchor = _cycle_choice(len(captions), seed, key, epoch) if pair is None else pair
         others = [i for i in range(len(captions)) if i != anchor] or [anchor]
         rng = random.Random(stable_seed(seed, key, epoch, "read"))
         paraphrase, recon = (rng.sample(others, 2) if len(others) >= 2 else others * 2)
@@ -192,6 +245,8 @@ class ReadSchema:
         }
 
     def _negatives(self, row: dict, where: str, captions: list[str], anchor: int, epoch: int) -> list[str]:
+        if self.k == 0:
+            return []  # a plain caption pool (stage 0 without hard negatives)
         column = next((c for c in ("neg", "negatives") if row.get(c) is not None), None)
         given: list[str] = []
         if column is not None:

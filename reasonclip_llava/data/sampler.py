@@ -19,11 +19,19 @@ prefetch ahead of the training loop::
 
 The position is stored globally (local count x world size), so a run may resume with the same world
 size exactly; with another world size it continues with the same remaining global order.
+
+``DistinctImageSampler`` is the same sampler with another epoch order: no image appears twice in one
+global batch (the per-device batch x world size samples that are each other's negatives in the
+gathered contrastive loss). The published code shuffles freely, so two caption pairs of one image can
+meet in a batch, where each is the other's false negative; with all_pairs (9 samples per ReasonLite
+image) that happens in most large batches. Same state and resume as above, plus the global batch
+(the order depends on it, so a resume must use the same per-device batch x world size).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import heapq
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch.distributed as dist
@@ -116,3 +124,107 @@ class ResumableDistributedSampler(Sampler[int]):
                 raise ValueError(f"sampler state has {key}={state[key]!r}, this sampler has {getattr(self, key)!r}")
         self.epoch = int(state["epoch"])
         self.consumed = int(state["consumed"])
+
+
+class DistinctImageSampler(ResumableDistributedSampler):
+    """Every run of `global_batch` consecutive positions of an epoch's order holds each image at most once.
+
+    `groups[i]` is the image id of sample i (``datasets.image_groups``). Order of an epoch, seeded by
+    (seed, epoch): each image's samples are dealt into rounds (its first sample, in a random order of
+    its samples, into round 0, the next into round 1, ...); the rounds follow one another, each
+    shuffled. A round holds an image once, so only a global batch that straddles two rounds can hold
+    an image twice; each such repeat is swapped with the first later sample whose image the batch
+    lacks, and the batch that sample came from is checked in turn. The last, incomplete global batch
+    is dropped (``drop_last``), as the trainer drops it anyway.
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[int] | np.ndarray,
+        global_batch: int,
+        rank: int | None = None,
+        world_size: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(len(groups), rank=rank, world_size=world_size, shuffle=True, seed=seed, drop_last=True)
+        if global_batch < 1 or global_batch % self.world_size:
+            raise ValueError(f"global batch {global_batch} must be a positive multiple of the world size {self.world_size}")
+        self.groups = np.asarray(groups, dtype=np.int64)
+        self.global_batch = int(global_batch)
+        largest = int(np.bincount(self.groups).max())
+        if largest > self.num_samples // self.global_batch:
+            raise ValueError(f"an image has {largest} samples but an epoch has only {self.num_samples // self.global_batch} "
+                             f"global batches of {self.global_batch}: they cannot all be kept apart (use data.sampler=random)")
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        epoch = self.epoch if epoch is None else epoch
+        if self._cached is None or self._cached[0] != epoch:  # __len__ and __iter__ both ask; build once
+            rng = np.random.default_rng([self.seed, epoch, 1])
+            self._cached = (epoch, distinct_group_order(self.groups, self.global_batch, rng))
+        return self._cached[1]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "global_batch": self.global_batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("global_batch", self.global_batch) != self.global_batch:
+            raise ValueError(f"sampler state has global_batch={state['global_batch']}, this run has {self.global_batch} "
+                             "(per-device batch x world size must match to resume)")
+        super().load_state_dict(state)
+
+
+def distinct_group_order(groups: np.ndarray, chunk: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of range(len(groups)) whose full chunks of `chunk` positions repeat no group (see DistinctImageSampler)."""
+    n = len(groups)
+    sizes = np.bincount(groups)
+    shuffled = rng.permutation(n)
+    by_group = shuffled[np.argsort(groups[shuffled], kind="stable")]  # grouped, random order inside a group
+    sorted_groups = groups[by_group]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_group] = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    # Sample r of an image of s samples lands at a random place in [r / s, (r + 1) / s) of the epoch.
+    order = np.argsort((rank + rng.random(n)) / sizes[groups], kind="stable")
+
+    position = np.empty(n, dtype=np.int64)
+    position[order] = np.arange(n)
+    by_image = np.lexsort((position, groups))
+    same_image = groups[by_image][1:] == groups[by_image][:-1]
+    later = position[by_image][1:]
+    same_chunk = same_image & (later // chunk == position[by_image][:-1] // chunk)
+    pending = sorted(set((later[same_chunk] // chunk).tolist()))
+    full_chunks = n // chunk
+    while pending:
+        c = heapq.heappop(pending)
+        if c >= full_chunks:
+            continue  # the incomplete last chunk is never a batch
+        lo, hi = c * chunk, (c + 1) * chunk
+        batch_groups = groups[order[lo:hi]]
+        _, first = np.unique(batch_groups, return_index=True)
+        present = set(batch_groups.tolist())
+        j = hi
+        for r in np.setdiff1d(np.arange(chunk), first):
+            while j < n and int(groups[order[j]]) in present:
+                j += 1
+            if j < n:  # a later chunk: checked again when its turn comes
+                target = j
+                if j // chunk not in pending:
+                    heapq.heappush(pending, j // chunk)
+                j += 1
+            else:  # nothing left after this chunk: an earlier one that lacks this image
+                target = _earlier_slot(groups, order, chunk, c, int(batch_groups[r]), present)
+            present.add(int(groups[order[target]]))
+            order[lo + r], order[target] = order[target], order[lo + r]
+    return order
+
+
+def _earlier_slot(groups: np.ndarray, order: np.ndarray, chunk: int, c: int, image: int, present: set[int]) -> int:
+    for earlier in range(c):
+        slots = order[earlier * chunk : (earlier + 1) * chunk]
+        if image in set(groups[slots].tolist()):
+            continue
+        fits = np.flatnonzero(~np.isin(groups[slots], list(present)))
+        if len(fits):
+            return earlier * chunk + int(fits[0])
+    raise ValueError(f"cannot keep the samples of image {image} in separate global batches of {chunk} (use data.sampler=random)")

@@ -1,4 +1,4 @@
-"""Synthetic compositional data in the ReasonLite / ReasonPro / RCLIP-Bench schemas.
+"""Synthetic compositional data in the ReasonLite / ReasonPro / CC12M-Refined / RCLIP-Bench schemas.
 
 Every image holds two shapes (circle, square, triangle) of different colours and different kinds, each
 small or large, filled or outlined, in one unambiguous relation (left of / right of / above / below:
@@ -9,16 +9,22 @@ shape leaves a faint motion trail (two lighter dots behind it). Everything is a 
 Files written by ``generate_synthetic(out_dir, ...)`` (image paths are relative to ``out_dir``):
 
 - ``images/000000.png`` ...
-- ``reasonlite_train.parquet``: ``image_path: string, tb: list<string> (3), trl: list<string> (3)``
-- ``reasonpro_train.parquet``: ``image_path: string, trp: string,
-  trp_cls: struct<text: string, image: list<string>>`` e.g. ``{"text": "S", "image": ["S", "A", "P"]}``
-  (decoding of this and the other accepted encodings: ``reasonclip_llava.data.categories``)
+- the training rows of the held-in images, in the published schemas and chunk names (METHOD.md), so
+  the demo and the tests go through the readers a user's downloaded files do:
+  ``cc12m_tb_trl_chunk_00.parquet`` (ReasonLite): ``id: string, image_path: string, tb: list<string> (3),
+  trl: list<string> (3)``;
+  ``cc12m_trp_chunk_00.parquet`` (ReasonPro): ``image_path: string, trp: string, trp_cls: string`` (the
+  caption's letter) ``, trp_cls_ls: list<string> (3)`` (the image's letters; see ``data.categories``);
+  ``cc12m_tb_chunk_00.parquet`` (CC12M-Refined): ``image_path: string, tb: list<string> (3)``
 - held-out images only (the last ``eval_fraction`` of the indices):
   ``swap_eval.parquet``: ``image_path, caption, negative_caption, swap_type`` with swap_type in
   ``swap_att`` (the two colours exchanged), ``swap_obj`` (the two shapes exchanged), ``swap_rel`` (the two
   noun phrases around the relation exchanged); each negative has exactly the caption's bag of words.
-  ``rclip_bench.parquet``: ``image_path, category (letter), options: list<string> (5), answer: int``.
-- with ``write_jsonl=True`` also ``reasonlite_train.jsonl`` / ``reasonpro_train.jsonl`` (same fields).
+  ``rclip_bench.parquet``: the released RCLIP-Bench format (Hub ``RISys-Lab/RCLIP-Bench``, one HF
+  ``datasets`` parquet; here version ``v1``): one row per image, ``id, image_name, text, version,
+  sets: list<struct<tag, gt, neg: list<string> (4)>>, image: struct<bytes, path>`` with the PNG bytes
+  embedded; one set per annotated category, ``tag`` = its letter.
+- with ``write_jsonl=True`` also ``cc12m_tb_trl_chunk_00.jsonl`` / ``cc12m_trp_chunk_00.jsonl`` (same fields).
 
 How the 5 ReasonPro categories are realised (each caption <= 30 words, true of its image):
 
@@ -34,7 +40,7 @@ How the 5 ReasonPro categories are realised (each caption <= 30 words, true of i
   circle"), falling under gravity ("... is above ..., so if it fell straight down it would land on ...").
 
 S, A, P apply to every image, H only with a triangle, T only with a trail. An image's 3 annotated
-categories (``trp_cls.image``) are H and T where present, topped up at random from S, A, P; ``trp`` is a
+categories (``trp_cls_ls``) are H and T where present, topped up at random from S, A, P; ``trp`` is a
 caption of one of those 3. RCLIP-Bench negatives (and the ``trl``-style reasoning captions they are
 built from) come from re-rendering the same template on a perturbed scene (colours or shapes
 exchanged, relation flipped or changed, sizes, fill, pointing or motion changed), keeping only
@@ -496,16 +502,35 @@ def rclip_items(scene: Scene, categories: list[str], rng: random.Random) -> list
 
 # ---------------------------------------------------------------- writer
 
-LITE_SCHEMA = pa.schema([("image_path", pa.string()), ("tb", pa.list_(pa.string())), ("trl", pa.list_(pa.string()))])
-PRO_SCHEMA = pa.schema([
-    ("image_path", pa.string()),
-    ("trp", pa.string()),
-    ("trp_cls", pa.struct([("text", pa.string()), ("image", pa.list_(pa.string()))])),
-])
+# The published schemas (METHOD.md) and chunk names of ReasonLite-42M, ReasonPro-16M and CC12M-Refined.
+LITE_SCHEMA = pa.schema([("id", pa.string()), ("image_path", pa.string()), ("tb", pa.list_(pa.string())),
+                         ("trl", pa.list_(pa.string()))])
+PRO_SCHEMA = pa.schema([("image_path", pa.string()), ("trp", pa.string()), ("trp_cls", pa.string()),
+                        ("trp_cls_ls", pa.list_(pa.string()))])
+REFINED_SCHEMA = pa.schema([("image_path", pa.string()), ("tb", pa.list_(pa.string()))])
+TRAIN_FILES = {"reasonlite": "cc12m_tb_trl_chunk_00", "reasonpro": "cc12m_trp_chunk_00", "cc12m_refined": "cc12m_tb_chunk_00"}
 SWAP_SCHEMA = pa.schema([(n, pa.string()) for n in ("image_path", "caption", "negative_caption", "swap_type")])
-BENCH_SCHEMA = pa.schema([
-    ("image_path", pa.string()), ("category", pa.string()), ("options", pa.list_(pa.string())), ("answer", pa.int64()),
-])
+# RCLIP-Bench as the authors' dataset/build_rclip_parquet.py writes it with `datasets`; the
+# "huggingface" metadata makes datasets.load_dataset decode `image` as an Image() feature.
+_HF_STRING = {"dtype": "string", "_type": "Value"}
+BENCH_SCHEMA = pa.schema(
+    [("id", pa.string()), ("image_name", pa.string()), ("text", pa.string()), ("version", pa.string()),
+     ("sets", pa.list_(pa.struct([("tag", pa.string()), ("gt", pa.string()), ("neg", pa.list_(pa.string()))]))),
+     ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())]))],
+    metadata={"huggingface": json.dumps({"info": {"features": {
+        "id": _HF_STRING, "image_name": _HF_STRING, "text": _HF_STRING, "version": _HF_STRING,
+        "sets": [{"tag": _HF_STRING, "gt": _HF_STRING, "neg": [_HF_STRING]}], "image": {"_type": "Image"}}}})},
+)
+BENCH_VERSION = "v1"
+
+
+def rclip_bench_row(index: int, image_path: str, root: Path, text: str, items: list[dict]) -> dict:
+    """One released-format row from rclip_items' 5-way items: the true option becomes gt, the rest neg (in order)."""
+    sets = [{"tag": item["category"], "gt": item["options"][item["answer"]],
+             "neg": [option for k, option in enumerate(item["options"]) if k != item["answer"]]} for item in items]
+    name = Path(image_path).name
+    return {"id": str(index), "image_name": name, "text": text, "version": BENCH_VERSION, "sets": sets,
+            "image": {"bytes": (root / image_path).read_bytes(), "path": name}}
 
 
 def generate_synthetic(
@@ -519,7 +544,7 @@ def generate_synthetic(
     """Write the synthetic dataset (see module docstring) and return its paths.
 
     Keys: ``root`` (the image root: image paths in every file are relative to it), ``images``,
-    ``reasonlite``, ``reasonpro``, ``swap_eval``, ``rclip_bench`` and, with write_jsonl,
+    ``reasonlite``, ``reasonpro``, ``cc12m_refined``, ``swap_eval``, ``rclip_bench`` and, with write_jsonl,
     ``reasonlite_jsonl``, ``reasonpro_jsonl``.
     """
     if num_images < 2:
@@ -532,36 +557,35 @@ def generate_synthetic(
     (root / "images").mkdir(parents=True, exist_ok=True)
     num_eval = min(num_images - 1, max(1, round(num_images * eval_fraction)))
     num_train = num_images - num_eval
-    lite, pro, swaps, bench = [], [], [], []
+    lite, pro, refined, swaps, bench = [], [], [], [], []
     for index in range(num_images):
         item = make_item(seed, index, image_size)
         image_path = f"images/{index:06d}.png"
         item.image.save(root / image_path, format="PNG", compress_level=1)
         if index < num_train:
-            lite.append({"image_path": image_path, "tb": item.tb, "trl": item.trl})
-            pro.append({"image_path": image_path, "trp": item.trp,
-                        "trp_cls": {"text": item.trp_text, "image": item.trp_image}})
+            lite.append({"id": f"{index:09d}", "image_path": image_path, "tb": item.tb, "trl": item.trl})
+            pro.append({"image_path": image_path, "trp": item.trp, "trp_cls": item.trp_text, "trp_cls_ls": item.trp_image})
+            refined.append({"image_path": image_path, "tb": item.tb})
             continue
         caption = relation_caption(item.scene)
         for swap_type, negative in swap_negatives(item.scene).items():
             swaps.append({"image_path": image_path, "caption": caption, "negative_caption": negative,
                           "swap_type": swap_type})
         rng = random.Random(stable_seed("reasonclip-bench", seed, index))
-        bench += [{"image_path": image_path, **row} for row in rclip_items(item.scene, item.trp_image, rng)]
+        bench.append(rclip_bench_row(index, image_path, root, caption, rclip_items(item.scene, item.trp_image, rng)))
 
     paths = {
         "root": root,
         "images": root / "images",
-        "reasonlite": root / "reasonlite_train.parquet",
-        "reasonpro": root / "reasonpro_train.parquet",
+        **{key: root / f"{stem}.parquet" for key, stem in TRAIN_FILES.items()},
         "swap_eval": root / "swap_eval.parquet",
         "rclip_bench": root / "rclip_bench.parquet",
     }
-    for key, rows, schema in (("reasonlite", lite, LITE_SCHEMA), ("reasonpro", pro, PRO_SCHEMA),
+    for key, rows, schema in (("reasonlite", lite, LITE_SCHEMA), ("reasonpro", pro, PRO_SCHEMA), ("cc12m_refined", refined, REFINED_SCHEMA),
                               ("swap_eval", swaps, SWAP_SCHEMA), ("rclip_bench", bench, BENCH_SCHEMA)):
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), paths[key])
     if write_jsonl:
         for key, rows in (("reasonlite", lite), ("reasonpro", pro)):
-            paths[f"{key}_jsonl"] = root / f"{key}_train.jsonl"
+            paths[f"{key}_jsonl"] = root / f"{TRAIN_FILES[key]}.jsonl"
             paths[f"{key}_jsonl"].write_text("".join(json.dumps(row) + "\n" for row in rows))
     return paths

@@ -28,7 +28,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from .. import __version__
 from ..assets import clip_tokenizer, open_clip_package_dir
-from .export import staged_output_dir
+from ..io_utils import atomic_directory
 
 # Tested name by name (tiny-width parity with open_clip's forward, real-size shapes on the meta device);
 # any other open_clip config that uses only the same options maps by the same rules.
@@ -287,7 +287,7 @@ def convert_open_clip(checkpoint: str | Path, model: str | Path, out_dir: str | 
 
     tokenizer = clip_tokenizer()
     tokenizer.model_max_length = hf_config.text_config.max_position_embeddings
-    with staged_output_dir(out_dir, overwrite) as staging:
+    with atomic_directory(out_dir, overwrite) as staging:
         clip.save_pretrained(staging, safe_serialization=True)
         hf_image_processor(config).save_pretrained(staging)
         tokenizer.save_pretrained(staging)

@@ -8,10 +8,6 @@ tokenizer files and a README model card. Training-only heads are left out; prove
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,6 +15,7 @@ from safetensors import safe_open
 from transformers import AutoModel
 
 from .. import __version__
+from ..io_utils import atomic_directory, load_pretrained_strict, refuse_existing
 from .modeling import HEADS_FILE, SUPPORTED_MODEL_TYPES, TRAINING_FILE, TrainingInfo, copy_sidecar_files, load_dual_encoder_config
 
 PROVENANCE_KEYS = ("reasonclip_base_model", "reasonclip_stage", "reasonclip_recipe", "reasonclip_version")
@@ -58,12 +55,8 @@ def export_encoder(
     if not train_ckpt.is_dir():
         raise FileNotFoundError(f"training checkpoint directory not found: {train_ckpt}")
     config = load_dual_encoder_config(train_ckpt)
-    refuse_non_empty(out_dir, overwrite)
-
-    model, loading = AutoModel.from_pretrained(str(train_ckpt), dtype=torch.float32, output_loading_info=True)
-    problems = {k: v for k, v in loading.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-    if problems:
-        raise ValueError(f"{train_ckpt}: weights do not match the {config.model_type} architecture: {_short(problems)}")
+    refuse_existing(out_dir, overwrite)  # before the (slow) load
+    model = load_pretrained_strict(AutoModel, train_ckpt, f"training checkpoint ({config.model_type})", dtype=torch.float32)
 
     info = TrainingInfo.load(train_ckpt) or TrainingInfo()
     provenance = {
@@ -75,7 +68,8 @@ def export_encoder(
     for key, value in provenance.items():
         setattr(model.config, key, value)
 
-    with staged_output_dir(out_dir, overwrite) as staging:
+    # Written into a sibling temp dir and renamed into place: a failed export leaves nothing half-written.
+    with atomic_directory(out_dir, overwrite) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         copy_sidecar_files(train_ckpt, staging)
         for leftover in (HEADS_FILE, TRAINING_FILE):
@@ -83,31 +77,6 @@ def export_encoder(
         check_exported_weights(staging, model)
         write_export_card(staging, config.model_type, provenance)
     return out_dir
-
-
-def refuse_non_empty(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"output directory is not empty: {out_dir} (pass overwrite=True / --overwrite)")
-
-
-@contextmanager
-def staged_output_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a sibling temp dir that replaces `out_dir` only if the block succeeds.
-
-    A failed or interrupted write leaves nothing half-written, and a non-empty `out_dir` is never
-    replaced unless `overwrite` is set.
-    """
-    refuse_non_empty(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        yield staging
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def check_exported_weights(directory: Path, model: torch.nn.Module) -> None:
@@ -149,6 +118,3 @@ Recipe: {provenance['reasonclip_recipe'] or 'n/a'}.
     path.write_text(text)
     return path
 
-
-def _short(problems: dict) -> str:
-    return "; ".join(f"{k}={sorted(map(str, v))[:3]}{'...' if len(v) > 3 else ''}" for k, v in problems.items())

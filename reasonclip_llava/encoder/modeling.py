@@ -21,6 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
+from ..io_utils import check_model_files, load_pretrained_strict
+
 HEADS_FILE = "heads.safetensors"
 TRAINING_FILE = "reasonclip_training.json"
 NUM_CATEGORIES = 5
@@ -53,7 +55,8 @@ SIDECAR_FILES = (
 
 
 def load_dual_encoder_config(name_or_path: str | Path) -> PretrainedConfig:
-    """Load a CLIP/SigLIP/SigLIP2 config, or fail with one line naming the checkpoint."""
+    """Load a CLIP/SigLIP/SigLIP2 config, or fail with one line naming the checkpoint (or its unreadable file)."""
+    check_model_files(name_or_path, "model")
     try:
         config = AutoConfig.from_pretrained(str(name_or_path))
     except OSError as error:
@@ -199,7 +202,8 @@ class ReasonCLIPForPretraining(nn.Module):
         requested head that the checkpoint lacks starts freshly initialised.
         """
         load_dual_encoder_config(name_or_path)
-        backbone = AutoModel.from_pretrained(str(name_or_path), dtype=torch_dtype or torch.float32)
+        # Missing weights would start random and pass as trained; extra ones (published heads) are read below.
+        backbone = load_pretrained_strict(AutoModel, name_or_path, "model", allow_unexpected=True, dtype=torch_dtype or torch.float32)
         directory = Path(name_or_path)
         saved_info = TrainingInfo.load(directory) if directory.is_dir() else None
         info = saved_info or TrainingInfo(base_model=str(name_or_path))

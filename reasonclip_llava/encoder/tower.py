@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, PretrainedConfig, PreTrainedModel, SiglipVisionModel
-from transformers.utils import logging as hf_logging
+
+from ..io_utils import load_pretrained_strict, require_existing
 
 SELECT_FEATURES = ("patch", "cls_patch")
 # vision sub-config model_type -> (vision model class, has a CLS token)
@@ -26,6 +27,7 @@ VISION_MODELS: dict[str, tuple[type, bool]] = {
 
 def load_vision_config(name_or_path: str | Path) -> PretrainedConfig:
     """The vision sub-config of a CLIP/SigLIP checkpoint (dual encoder or vision-only)."""
+    require_existing(name_or_path, "encoder")
     try:
         config = AutoConfig.from_pretrained(str(name_or_path))
     except OSError as error:
@@ -45,16 +47,7 @@ def load_vision_model(name_or_path: str | Path, device_map: str | dict | None = 
     about them is silenced; a missing or mismatched *vision* weight is an error naming the checkpoint.
     """
     model_class, _ = VISION_MODELS[load_vision_config(name_or_path).model_type]
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model, info = model_class.from_pretrained(str(name_or_path), device_map=device_map, dtype=dtype, output_loading_info=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    bad = {k: sorted(map(str, info[k]))[:3] for k in ("missing_keys", "mismatched_keys") if info.get(k)}
-    if bad:
-        raise ValueError(f"'{name_or_path}': vision weights missing or mismatched: {bad}")
-    return model
+    return load_pretrained_strict(model_class, name_or_path, "encoder (vision weights)", allow_unexpected=True, device_map=device_map, dtype=dtype)
 
 
 class ReasonCLIPVisionTower(nn.Module):

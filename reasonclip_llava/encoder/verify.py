@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 from transformers import AutoConfig, AutoModel
 
+from ..io_utils import check_model_files, require_existing
 from .export import PROVENANCE_KEYS
 from .flops import vision_flops_per_image
 from .modeling import SUPPORTED_MODEL_TYPES
@@ -40,6 +41,10 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def verify_export(export_dir: str | Path, base: str | Path, select_layer: int = -2, seed: int = 0) -> dict:
     """Run every drop-in check; returns {'ok': bool, 'checks': {name: {'ok', 'detail'}}, ...}."""
+    if not Path(export_dir).is_dir():  # an export is always local; transformers would call it a bad repo id
+        raise FileNotFoundError(f"export directory {export_dir}: path does not exist" if not Path(export_dir).exists() else f"{export_dir} is not a directory")
+    require_existing(base, "--base")
+    check_model_files(export_dir, "export")
     export_dir = str(export_dir)
     checks: dict[str, dict] = {}
 

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+PROMPT_STYLES = ("llava", "lmms_eval")
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE_PROMPT = "Answer with the option's letter from the given choices directly."
 VIZWIZ_UNANSWERABLE_PROMPT = "When the provided information is insufficient, respond with 'Unanswerable'."
@@ -90,7 +91,8 @@ class BenchmarkItem:
 class ReaderOptions:
     textvqa_ocr: bool | str | Path = False
     circular: bool = True
-    image_cache: Path | None = None   # MMBench: where base64 images are decoded to
+    image_cache: Path | None = None   # MMBench / lmms-lab parquet: where embedded images are written to
+    prompts: str = "llava"            # "llava" (LLaVA's eval prompts) or "lmms_eval" (its task defaults)
 
 
 Reader = Callable[[Path, ReaderOptions], list[BenchmarkItem]]
@@ -124,15 +126,38 @@ def read_items(
     textvqa_ocr: bool | str | Path = False,
     circular: bool = True,
     image_cache: str | Path | None = None,
+    prompts: str = "llava",
 ) -> list[BenchmarkItem]:
-    """Every question of `benchmark` in `data` with its ground truth (see the module table)."""
+    """Every question of `benchmark` in `data` with its ground truth (see the module table).
+
+    data: the original release files, or the lmms-lab parquet folder of the benchmark (lmms_lab.py).
+    prompts: "llava" (default) or "lmms_eval" (lmms-eval's default prompts; parquet input only).
+    """
+    from .lmms_lab import LAYOUTS, is_parquet_input, read_lmms_lab
+
     spec = BENCHMARKS[canonical_benchmark(benchmark)]
     data = Path(data).expanduser()
     if not data.exists():
         raise FileNotFoundError(f"{spec.name}: data not found: {data}")
+    if prompts not in PROMPT_STYLES:
+        raise ValueError(f"prompts must be one of {PROMPT_STYLES}, got {prompts!r}")
     options = ReaderOptions(textvqa_ocr=textvqa_ocr, circular=circular,
-                            image_cache=Path(image_cache).expanduser() if image_cache is not None else None)
-    items = spec.reader(data, options)
+                            image_cache=Path(image_cache).expanduser() if image_cache is not None else None,
+                            prompts=prompts)
+    if is_parquet_input(data):
+        if spec.name not in LAYOUTS:
+            raise ValueError(f"{spec.name}: no lmms-lab parquet layout is known; give the original release files")
+        items = read_lmms_lab(spec.name, data, options)
+    else:
+        if prompts != "llava":
+            raise ValueError(f"{spec.name}: lmms-eval prompts need the lmms-lab parquet input; {data} is the original release")
+        try:
+            items = spec.reader(data, options)
+        except (FileNotFoundError, ValueError) as error:
+            if not data.is_dir() or spec.name not in LAYOUTS:
+                raise
+            raise type(error)(f"{spec.name}: {data} is neither the original release ({ORIGINAL_LAYOUT[spec.name]}) "
+                              f"nor the {LAYOUTS[spec.name].expected()}: {error}") from None
     if not items:
         raise ValueError(f"{spec.name}: no questions found in {data}")
     seen: set[str] = set()
@@ -151,18 +176,23 @@ def load_questions(
     textvqa_ocr: bool | str | Path = False,
     circular: bool = True,
     check_images: bool = True,
+    prompts: str = "llava",
 ) -> list[VQAQuestion]:
     """The questions of `benchmark` with absolute image paths and LLaVA's standard prompts.
 
-    images: the folder the benchmark's image names are relative to (module table); for MMBench, the
-    folder its base64 images are decoded to (created if missing, reused when already there).
+    images: the folder the benchmark's image names are relative to (module table); for MMBench and the
+    lmms-lab parquet input, the folder their embedded images are written to (created if missing,
+    reused when already there).
     check_images: raise FileNotFoundError naming the first question whose image file is missing.
     """
+    from .lmms_lab import is_parquet_input
+
     spec = BENCHMARKS[canonical_benchmark(benchmark)]
     images = Path(images).expanduser().resolve()
+    embedded = spec.name == "mmbench" or is_parquet_input(Path(data).expanduser())  # images written to `images`
     items = read_items(spec.name, data, textvqa_ocr=textvqa_ocr, circular=circular,
-                       image_cache=images if spec.name == "mmbench" else None)
-    if check_images and spec.name != "mmbench" and not images.is_dir():
+                       image_cache=images if embedded else None, prompts=prompts)
+    if check_images and not embedded and not images.is_dir():
         raise FileNotFoundError(f"{spec.name}: image folder not found: {images}")
     checked: dict[str, bool] = {}
     questions = []
@@ -506,7 +536,11 @@ def mmbench_options(row: dict[str, str]) -> list[str]:
 
 
 def _read_mmbench(data: Path, opts: ReaderOptions) -> list[BenchmarkItem]:
-    rows = _read_tsv(data)
+    return mmbench_items(_read_tsv(data), data, opts)
+
+
+def mmbench_items(rows: list[dict[str, str]], data: Path, opts: ReaderOptions) -> list[BenchmarkItem]:
+    """MMBench rows (TSV cells as strings, the image base64) -> items, with circular rotations."""
     if rows and ("index" not in rows[0] or "question" not in rows[0]):
         raise ValueError(f"{data}: MMBench TSV needs 'index' and 'question' columns, got {list(rows[0])[:8]}")
     images: dict[int, str] = {}
@@ -658,6 +692,15 @@ def _read_seedbench_img(data: Path, opts: ReaderOptions) -> list[BenchmarkItem]:
                                    meta={"question_type": type_names.get(type_id, type_id), "options": options}))
     return items
 
+
+# What the original-release readers expect (the module table), for one-line errors.
+ORIGINAL_LAYOUT = {
+    "vqav2": "v2_OpenEnded_mscoco_val2014_questions.json", "gqa": "testdev_balanced_questions.json",
+    "textvqa": "TextVQA_0.5.1_val.json", "vizwiz": "val.json", "pope": "coco_pope_{adversarial,popular,random}.json",
+    "mme": "MME_Benchmark_release_version/ subtask folders", "scienceqa_img": "problems.json + pid_splits.json",
+    "mmbench": "mmbench_dev.tsv", "mmvp": "Questions.csv", "ai2d": "questions/*.json (+ ai2d_test_ids.csv)",
+    "chartqa": "test_human.json / test_augmented.json", "seedbench_img": "SEED-Bench.json",
+}
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("vqav2", "VQAv2", _read_vqav2),

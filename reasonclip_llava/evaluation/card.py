@@ -42,7 +42,8 @@ BENCHMARK_INFO = {
     "crepe": ("CREPE", "crepe", *_MATCHING),
     "winoground": ("Winoground", "facebook/winoground", *_MATCHING),
     "aro": ("ARO", "aro", *_MATCHING),
-    "rclip_bench": ("RCLIP-Bench", "rclip_bench", *_MATCHING),
+    "rclip_bench": ("RCLIP-Bench", "RISys-Lab/RCLIP-Bench", *_MATCHING),
+    "rclip_bench_retrieval": ("RCLIP-Bench retrieval", "RISys-Lab/RCLIP-Bench", *_RETRIEVAL),
     "retrieval": ("Karpathy test split", "karpathy", *_RETRIEVAL),
     "coco_retrieval": ("COCO (Karpathy 5k test)", "coco_karpathy", *_RETRIEVAL),
     "flickr30k_retrieval": ("Flickr30k (Karpathy 1k test)", "flickr30k_karpathy", *_RETRIEVAL),
@@ -257,23 +258,25 @@ def front_matter(text: str) -> dict:
 
 
 def write_model_card(model_dir: str | Path, results: Sequence[str | Path] = (), template: str | Path | None = None,
-                     *, model_name: str | None = None) -> Path:
+                     *, model_name: str | None = None, overwrite: bool = False) -> Path:
     """Write README.md into the checkpoint: front matter with model-index, recipe, results, limitations.
 
     results: result JSONs (or folders) of this model: `reasonclip eval clip` runs and/or VQA summaries.
     A README.md that `reasonclip card` did not write (e.g. the export's short card, or a hand-written
-    one) is kept as README.previous.md; an existing README.previous.md is never overwritten.
+    one) is kept as README.previous.md; an existing README.previous.md is never overwritten. With
+    `overwrite` such a README.md is replaced instead. The card is written to a temp file and renamed.
     """
+    from ..io_utils import atomic_write_text
+
     model_dir = Path(model_dir)
     text = render_model_card(model_dir, results, template, model_name=model_name)
     front_matter(text)  # fails loudly if a template broke the YAML
     path = model_dir / "README.md"
-    if path.is_file() and MARKER not in path.read_text(encoding="utf-8", errors="replace"):
+    if path.is_file() and not overwrite and MARKER not in path.read_text(encoding="utf-8", errors="replace"):
         previous = model_dir / "README.previous.md"
         if previous.exists():
-            raise FileExistsError(f"{path} was not written by `reasonclip card` and {previous} already exists; move one of them")
+            raise FileExistsError(
+                f"{path} was not written by `reasonclip card` and {previous} already exists; move one of them or pass --overwrite"
+            )
         path.rename(previous)
-    partial = path.with_suffix(".md.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
-    return path
+    return atomic_write_text(path, text)

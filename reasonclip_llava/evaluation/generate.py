@@ -89,15 +89,18 @@ def run_vqa(
     out: str | Path,
     *,
     limit: int | None = None,
+    prompts: str = "llava",
     **kwargs: Any,
 ) -> Path:
     """`reasonclip eval vqa`: load a benchmark's questions and answer them (see `generate_answers`).
 
-    limit keeps the first `limit` questions (a quick smoke run); kwargs go to `generate_answers`.
+    data: the original release files or the lmms-lab parquet folder (images are then written under
+    `images`); prompts: "llava" or "lmms_eval". limit keeps the first `limit` questions (a quick smoke
+    run); kwargs go to `generate_answers`.
     """
     from .benchmarks import load_questions
 
-    questions = load_questions(benchmark, data, images)
+    questions = load_questions(benchmark, data, images, prompts=prompts)
     if limit is not None:
         questions = questions[:limit]
     return generate_answers(model_dir, questions, out, **kwargs)
@@ -109,6 +112,7 @@ def load_llava_next(
     """The LlavaNext or Llava model (eval mode, on `device`) and its processor from a local checkpoint."""
     from ..llava_next.architectures import load_llava
 
+    # Strict load: missing weights would be scored as random ones; the model_type picks the architecture.
     model, processor = load_llava(model_dir, dtype=_resolve_dtype(dtype, device))
     model = model.to(device).eval()
     if processor.tokenizer.pad_token is None:  # batches need a pad id; left-padded rows are masked anyway

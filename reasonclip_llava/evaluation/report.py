@@ -140,6 +140,16 @@ def _subset_tables(rows: Sequence[ResultRow], models: list[str]) -> list[str]:
     return lines
 
 
+def _aggregations(rows: Iterable[ResultRow]) -> dict[str, str]:
+    """Column label -> how its number was averaged / which scorer mode produced it (first record that says)."""
+    found: dict[str, str] = {}
+    for row in rows:
+        text = (row.record.get("aggregation") or {}).get(row.metric) if row.kind == "encoder" else row.record.get("mode")
+        if text and row.metric not in found:
+            found[row.metric] = text if row.kind == "encoder" else f"scored in mode '{text}'"
+    return found
+
+
 def write_report(inputs: Sequence[str | Path], out_dir: str | Path, *, title: str = "Evaluation report") -> tuple[Path, Path]:
     """Write report.md and report.png to out_dir from result JSONs / folders; returns both paths."""
     rows = load_result_rows(inputs)
@@ -157,6 +167,9 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, *, title: st
              *_markdown_table(["Model", *metrics], cells), "", f"![headline metrics](report.png)", ""]
     if len(plotted) < len(metrics):
         lines += [f"Not plotted (not a percentage): {', '.join(m for m in metrics if m not in plotted)}.", ""]
+    aggregation = _aggregations(table.values())
+    if aggregation:
+        lines += ["## How each headline is computed", "", *(f"- {metric}: {text}" for metric, text in aggregation.items()), ""]
     details = _subset_tables(list(table.values()), models)
     if details:
         lines += ["## Per-subset results", *details, ""]

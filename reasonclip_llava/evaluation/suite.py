@@ -36,7 +36,8 @@ ENCODER_LAYOUT: dict[str, dict[str, str]] = {
     "crepe": {"data": "crepe", "images": "images/vg_images"},
     "winoground": {"data": "winoground/examples.jsonl", "images": "images/winoground"},
     "aro": {"data": "aro", "images": "images/vg_images"},
-    "rclip_bench": {"data": "rclip_bench", "images": "images"},
+    "rclip_bench": {"data": "rclip_bench", "images": "rclip_bench"},  # images embedded in the parquet
+    "rclip_bench_retrieval": {"data": "rclip_bench", "images": "rclip_bench"},
     "retrieval": {"data": "retrieval/dataset_coco.json", "images": "images"},
     "zeroshot": {"data": "zeroshot/classes.json", "images": "images/classes"},
 }
@@ -57,7 +58,10 @@ def resolve_layout(defaults: dict[str, dict[str, str]], layout: str | Path | Non
 
 
 def _present(root: Path, entry: dict[str, str], name: str) -> bool:
-    needed = ["data"] + (["images"] if name != "mmbench" else [])
+    from .lmms_lab import is_parquet_input
+
+    embedded = name in ("mmbench", "rclip_bench", "rclip_bench_retrieval") or is_parquet_input(root / entry["data"])  # images in the data
+    needed = ["data"] + ([] if embedded else ["images"])
     return all((root / entry[key]).exists() for key in needed)
 
 
@@ -104,12 +108,20 @@ def run_vqa_suite(
     from .scoring import score_answers
 
     def run_one(name: str, data: Path, images: Path, annotations: Path | None, out: Path) -> Path:
-        if name == "mmbench":
-            images = out / "mmbench_images"  # never write into the data root
+        from .lmms_lab import is_parquet_input
+
+        if name == "mmbench" or is_parquet_input(data):
+            images = out / f"{name}_images"  # embedded images are written here, never into the data root
         answers = run_vqa(model_dir, name, data, images, out / f"{name}_answers.jsonl", limit=limit, **generate_kwargs)
         # a --limit run is scored on the answered questions only
         questions = answers if limit is not None else None
-        score_mode = mode if name in ("vqav2", "textvqa", "vizwiz", "gqa") else "official"
+        from .scoring.lmms_eval import COVERED
+
+        vqa_family = ("vqav2", "textvqa", "vizwiz", "gqa")
+        if mode == "lmms_eval":  # lmms-eval's functions read the lmms-lab rows; release files keep their official scorer
+            score_mode = mode if name in COVERED and is_parquet_input(data) else "official"
+        else:
+            score_mode = mode if name in vqa_family else "official"
         score_answers(name, answers, annotations or data, questions=questions, mode=score_mode, out_dir=out)
         return out / f"{name}_summary.json"
 

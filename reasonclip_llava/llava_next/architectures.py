@@ -44,6 +44,8 @@ else:
     from transformers import LlavaImageProcessorPil as LlavaImageProcessor
     from transformers import LlavaNextImageProcessorPil as LlavaNextImageProcessor
 
+from ..io_utils import load_pretrained_strict, require_model_type
+
 DEFAULT_ARCHITECTURE = "llava_next"
 IMAGE_ASPECT_RATIOS = ("anyres", "pad", "square")
 PATCH_MERGE_TYPES = ("spatial_unpad", "flat")
@@ -80,6 +82,7 @@ class LlavaArchitecture:
     patch_merge_types: tuple[str, ...]
     has_image_newline: bool
     processor_aspect_ratios: tuple[str, ...]  # what its processor can prepare (dataset input)
+    title: str  # the name in messages: 'LLaVA-NeXT', 'LLaVA-1.5'
 
     def resolve_image_flags(self, image_aspect_ratio: str | None, mm_patch_merge_type: str | None) -> tuple[str, str]:
         """(aspect ratio, merge type) with None -> this architecture's default; one-line error if it cannot do them."""
@@ -117,10 +120,14 @@ class LlavaArchitecture:
         takes none, number of image tokens the model consumes for this image: the processor's own count)."""
         raise NotImplementedError
 
-    def load(self, path: str | Path, dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
-        """Model (in `dtype`, else transformers' default) + processor, with the plain transformers classes."""
+    def load(self, path: str | Path, dtype: torch.dtype | None = None,
+             what: str = "model") -> tuple[PreTrainedModel, ProcessorMixin]:
+        """Model (in `dtype`, else transformers' default) + processor, with the plain transformers classes.
+
+        Strict: a weight missing from the checkpoint is an error naming `what`, never a random init."""
         kwargs = {} if dtype is None else {"dtype": dtype}
-        return self.model_class.from_pretrained(path, **kwargs), self.processor_class.from_pretrained(path)
+        model = load_pretrained_strict(self.model_class, path, what, **kwargs)
+        return model, self.processor_class.from_pretrained(path)
 
 
 def tokens_per_tile(vision_config: PretrainedConfig, strategy: str) -> int:
@@ -218,13 +225,13 @@ ARCHITECTURES: dict[str, LlavaArchitecture] = {
         name="llava_next", model_type="llava_next", config_class=LlavaNextConfig,
         model_class=LlavaNextForConditionalGeneration, processor_class=LlavaNextProcessor,
         image_aspect_ratios=("anyres",), patch_merge_types=("spatial_unpad",), has_image_newline=True,
-        processor_aspect_ratios=IMAGE_ASPECT_RATIOS,
+        processor_aspect_ratios=IMAGE_ASPECT_RATIOS, title="LLaVA-NeXT",
     ),
     "llava": LlavaOneTileArchitecture(
         name="llava", model_type="llava", config_class=LlavaConfig,
         model_class=LlavaForConditionalGeneration, processor_class=LlavaProcessor,
         image_aspect_ratios=("pad", "square"), patch_merge_types=("flat",), has_image_newline=False,
-        processor_aspect_ratios=("pad", "square"),
+        processor_aspect_ratios=("pad", "square"), title="LLaVA-1.5",
     ),
 }
 
@@ -235,6 +242,22 @@ def get_architecture(name: str | None) -> LlavaArchitecture:
     if key not in ARCHITECTURES:
         raise ValueError(f"unknown LLaVA architecture {key!r}; valid: {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[key]
+
+
+def model_types() -> tuple[str, ...]:
+    """The config model_types of the LLaVA architectures ('llava_next', 'llava')."""
+    return tuple(arch.model_type for arch in ARCHITECTURES.values())
+
+
+def require_llava(path: str | Path, what: str) -> LlavaArchitecture:
+    """The architecture of the LLaVA checkpoint at `path`; one line naming `what` if it holds something else.
+
+    A LLaVA config class reads any config.json (a CLIP's too) and the load would then start every weight
+    at random: the model_type is checked first."""
+    config = require_model_type(path, set(model_types()), what,
+                                " or ".join(f"a {arch.title} checkpoint ({arch.model_type!r})"
+                                            for arch in ARCHITECTURES.values()))
+    return architecture_of(config)
 
 
 def architecture_of(source: str | Path | PretrainedConfig | PreTrainedModel | ProcessorMixin) -> LlavaArchitecture:

@@ -34,6 +34,8 @@ from transformers import (
 )
 
 from ..encoder.tower import VISION_MODELS, load_vision_model
+from ..io_utils import atomic_directory, load_pretrained_strict, refuse_existing, require_model_type
+from ..value_checks import check_select_layer
 from .architectures import LlavaNextImageProcessor, architecture_of, get_architecture
 
 IMAGE_TOKEN = "<image>"
@@ -154,6 +156,7 @@ def build_llava(
     dtype = resolve_dtype(torch_dtype)
     tower = load_vision_model(encoder, dtype=dtype)
     vision_config = tower.config
+    check_select_layer(vision_feature_layer, vision_config.num_hidden_layers, "vision_feature_layer (--select-layer, mm_vision_select_layer)")
     _, has_cls_token = VISION_MODELS[vision_config.model_type]
     strategy = vision_feature_select_strategy or ("default" if has_cls_token else "full")
     if strategy not in ("default", "full"):
@@ -166,9 +169,10 @@ def build_llava(
     elif image_grid_pinpoints:
         raise ValueError(f"image_grid_pinpoints: architecture {architecture.name!r} takes one tile, not an anyres grid")
 
+    lm_config = require_model_type(language_model, causal_lm_types(), "language model", "a causal LM (Llama / Qwen / Mistral family)")
     tokenizer = AutoTokenizer.from_pretrained(language_model)
     image_token_id = add_image_token(tokenizer)
-    lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
+    lm = load_pretrained_strict(AutoModelForCausalLM, language_model, f"language model ({lm_config.model_type})", dtype=dtype)
     resize_embeddings_to_mean(lm, len(tokenizer))
 
     config = architecture.build_config(
@@ -227,18 +231,30 @@ def build_llava_next(
     return build_llava(language_model, encoder, arch="llava_next", **kwargs)
 
 
-def save_llava(model: PreTrainedModel, processor: ProcessorMixin, out_dir: str | Path) -> Path:
-    """save_pretrained both (safetensors); reload with the plain transformers classes."""
+def causal_lm_types() -> set[str]:
+    """model_types AutoModelForCausalLM builds (a CLIP or a LLaVA dir is not a language model)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def save_llava(model: PreTrainedModel, processor: ProcessorMixin, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """save_pretrained both (safetensors) into a temp dir renamed to out_dir; a non-empty out_dir needs `overwrite`.
+
+    Reload with the plain transformers classes."""
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    with atomic_directory(out_dir, overwrite) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
     return out_dir
 
 
 save_llava_next = save_llava
 
 
-def build_and_save(language_model: str | Path, encoder: str | Path, out_dir: str | Path, **kwargs) -> Path:
+def build_and_save(language_model: str | Path, encoder: str | Path, out_dir: str | Path, *,
+                   overwrite: bool = False, **kwargs) -> Path:
     """CLI entry (`reasonclip llava-build`): build_llava(..., **kwargs) then save_llava(..., out_dir)."""
+    refuse_existing(out_dir, overwrite)  # before the (slow) build
     model, processor = build_llava(language_model, encoder, **kwargs)
-    return save_llava(model, processor, out_dir)
+    return save_llava(model, processor, out_dir, overwrite=overwrite)

@@ -18,6 +18,8 @@ silent skip would change the epoch length under a distributed sampler).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
 from pathlib import Path
@@ -28,6 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from ..data.datasets import open_image_or_raise
+from ..io_utils import read_utf8
 from .architectures import IMAGE_ASPECT_RATIOS, architecture_of, expand2square  # noqa: F401 (re-exported)
 from .templates import (
     IMAGE_PLACEHOLDER,
@@ -47,7 +50,7 @@ def load_rows(data_path: str | Path) -> list[dict[str, Any]]:
     path = Path(data_path)
     if not path.is_file():
         raise FileNotFoundError(f"LLaVA data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if path.suffix != ".jsonl":
         try:
             rows = json.loads(text)
@@ -74,22 +77,63 @@ def tokenize_segments(
     sample_id: str,
     template_name: str,
     prepend_bos: bool = False,
+    max_length: int | None = None,
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels for rendered segments, with the tokenization-mismatch guard.
 
-    The full rendered text is tokenized once; then segment by segment, the text up to the end of each
-    segment is tokenized and must be a prefix of the full tokens: segment k owns the full tokens between
-    the ends of prefixes k-1 and k. Tokenizing each piece in its context (not alone) keeps
-    SentencePiece-style tokenizers, which add a prefix space at the start of a string, exact. If a
-    prefix's tokens disagree with the full tokens, a token spans a supervised/unsupervised boundary (e.g.
-    a template whose answer starts after a space that BPE merges into the answer's first word) and the
-    labels would be misaligned: this raises instead of training on a zero or shifted loss.
+    The rendered text is tokenized once, in context (SentencePiece-style tokenizers add a prefix space
+    at the start of a string, so pieces tokenized alone would differ), with character offsets: a token
+    belongs to the segment its last character lies in. A token whose characters start in an earlier
+    segment spans a supervised/unsupervised boundary (e.g. a template whose answer starts after a space
+    that BPE merges into the answer's first word); the labels would be misaligned, so this raises
+    instead of training on a zero or shifted loss. A token's characters run from the previous token's
+    end, so offsets trimmed of their leading space still count that space.
+
+    max_length: only the first max_length ids are wanted (the caller truncates there). The text is then
+    tokenized in growing prefixes cut at segment boundaries (doubling the segment count), stopping once
+    max_length ids lie before the prefix's last segment, so the cost is linear in what is kept, not in
+    the conversation's length. The result is then at most max_length long.
     """
+    if not getattr(tokenizer, "is_fast", False):
+        return _tokenize_by_prefixes(segments, tokenizer, sample_id, template_name, prepend_bos)
+    budget = None if max_length is None else max(max_length - int(prepend_bos), 0)
+    count = len(segments) if budget is None else min(len(segments), 8)
+    while True:
+        texts = [segment.text for segment in segments[:count]]
+        encoded = tokenizer("".join(texts), add_special_tokens=False, return_offsets_mapping=True)
+        ends = list(itertools.accumulate(len(text) for text in texts))
+        last_segment_start = ends[-2] if len(ends) > 1 else 0
+        settled = sum(1 for _, end in encoded["offset_mapping"] if end <= last_segment_start)
+        if count == len(segments) or settled >= budget:
+            break
+        count = min(len(segments), count * 2)
+    input_ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    if budget is not None:
+        input_ids, offsets = input_ids[:budget], offsets[:budget]  # (before the cut's last segment: final)
+    labels: list[int] = []
+    previous_end = 0
+    for token, (start, end) in zip(input_ids, offsets):
+        start = min(start, previous_end)
+        first, last = bisect.bisect_right(ends, start), bisect.bisect_right(ends, max(end - 1, start))
+        if first != last and end > start:
+            raise ValueError(
+                f"tokenization mismatch in sample {sample_id!r} with template {template_name!r}: a token crosses the "
+                f"boundary after {segments[first].text[-30:]!r}; the template does not fit this tokenizer"
+            )
+        labels.append(token if segments[min(last, count - 1)].supervised else IGNORE_INDEX)
+        previous_end = max(previous_end, end)
+    if prepend_bos:
+        input_ids = [tokenizer.bos_token_id] + input_ids
+        labels = [IGNORE_INDEX] + labels
+    return input_ids, labels
+
+
+def _tokenize_by_prefixes(segments: list, tokenizer: Any, sample_id: str, template_name: str, prepend_bos: bool) -> tuple[list[int], list[int]]:
+    """The same rule for slow tokenizers (no offsets): each prefix's tokens must start the full text's (quadratic)."""
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    full_text = "".join(segment.text for segment in segments)
-    input_ids = encode(full_text)
+    input_ids = encode("".join(segment.text for segment in segments))
     labels: list[int] = []
     prefix = ""
     for position, segment in enumerate(segments):
@@ -218,15 +262,19 @@ class LlavaConversationDataset(Dataset):
         row_id = str(row.get("id", f"#{index}"))
         has_image = bool(row.get("image"))
         conversations = self._conversations(row_id, row, has_image)
+        # Every round renders to at least one token, so rounds past model_max_length + 2 cannot reach the
+        # kept tokens (one spare round keeps the cut away from them): they are neither rendered nor tokenized.
+        conversations = conversations[: 2 * (self.model_max_length + 2)]
         try:
-            segments = self.template.render(conversations, tokenizer=self.tokenizer)
+            segments = self.template.render(conversations, tokenizer=self.tokenizer, max_length=self.model_max_length)
         except ValueError as error:
             raise ValueError(f"sample {row_id!r}: {error}") from None
         # The placeholder becomes the processor's image token (one id), expanded below as LLaVA's
         # tokenizer_image_token does; it is a special token, so the text around it tokenizes the same.
         segments = [type(s)(s.text.replace(IMAGE_PLACEHOLDER, self.image_token), s.supervised) for s in segments]
         input_ids, labels = tokenize_segments(
-            segments, self.tokenizer, row_id, self.template.name, prepend_bos=self.prepend_bos
+            segments, self.tokenizer, row_id, self.template.name, prepend_bos=self.prepend_bos,
+            max_length=self.model_max_length,  # later tokens are truncated anyway: not tokenized at all
         )
         if self.always_supervised:  # LLaVA-NeXT preprocess_qwen: structural tokens supervised in every turn
             labels = [token if token in self.always_supervised else label for token, label in zip(input_ids, labels)]
@@ -236,6 +284,11 @@ class LlavaConversationDataset(Dataset):
             image = self._load_image(row_id, row["image"])
             pixel_values, image_sizes, num_tokens = self._preprocess_image(image)
             positions = [i for i, token in enumerate(input_ids) if token == self.image_token_id]
+            if not positions and len(input_ids) >= self.model_max_length:
+                raise ValueError(
+                    f"sample {row_id!r}: its image token lies beyond model_max_length {self.model_max_length}; "
+                    "drop the row or raise model_max_length"
+                )
             if len(positions) != 1:
                 raise ValueError(f"sample {row_id!r}: expected one image token after rendering, found {len(positions)}")
             at = positions[0]

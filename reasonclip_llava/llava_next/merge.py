@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from ..io_utils import atomic_directory, refuse_existing
 from .architectures import architecture_of
 from .build import build_llava
 from .tower_check import require_saved_tower, saved_tower_state, vision_tower_state, write_tower_check
@@ -25,13 +26,13 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 def load_base(checkpoint_dir: Path, base: str | Path | None) -> PreTrainedModel:
     if base is not None:
-        return architecture_of(base).load(base, dtype=torch.float32)[0]
+        return architecture_of(base).load(base, dtype=torch.float32, what="--base")[0]
     recipe = checkpoint_dir / TRAIN_CONFIG_NAME
     if not recipe.is_file():
         raise FileNotFoundError(f"{checkpoint_dir}: no {TRAIN_CONFIG_NAME} to find the base model; pass base=")
     config = load_train_config(recipe)
     if config.model_name_or_path:
-        return config.architecture().load(config.model_name_or_path, dtype=torch.float32)[0]
+        return config.architecture().load(config.model_name_or_path, dtype=torch.float32, what="base model")[0]
     aspect, merge = config.image_flags()
     model, _ = build_llava(
         config.language_model, config.vision_tower, arch=config.architecture().name,
@@ -41,7 +42,7 @@ def load_base(checkpoint_dir: Path, base: str | Path | None) -> PreTrainedModel:
     return model
 
 
-def merge_and_export(checkpoint_dir: str | Path, out_dir: str | Path, base: str | Path | None = None) -> Path:
+def merge_and_export(checkpoint_dir: str | Path, out_dir: str | Path, base: str | Path | None = None, overwrite: bool = False) -> Path:
     """LoRA run dir (or a Trainer checkpoint-N inside it) -> merged LLaVA checkpoint in out_dir.
 
     A full (non-LoRA) checkpoint is re-exported as is (weights + processor), which also drops Trainer state.
@@ -49,10 +50,11 @@ def merge_and_export(checkpoint_dir: str | Path, out_dir: str | Path, base: str 
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     if not checkpoint_dir.is_dir():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint_dir}")
+    refuse_existing(out_dir, overwrite)
     if not (checkpoint_dir / ADAPTER_CONFIG).is_file():
         if not (checkpoint_dir / "config.json").is_file():
             raise FileNotFoundError(f"{checkpoint_dir}: neither a LoRA adapter ({ADAPTER_CONFIG}) nor a model (config.json)")
-        merged, processor = architecture_of(checkpoint_dir).load(checkpoint_dir)
+        merged, processor = architecture_of(checkpoint_dir).load(checkpoint_dir, what="checkpoint")
     else:
         from peft import PeftModel
 
@@ -64,8 +66,10 @@ def merge_and_export(checkpoint_dir: str | Path, out_dir: str | Path, base: str 
         merged = PeftModel.from_pretrained(model, checkpoint_dir).merge_and_unload()
     tower = vision_tower_state(merged)  # LoRA never touches the tower: this is the trained (or base) one
     merged.config.use_cache = True
-    merged.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    with atomic_directory(out_dir, overwrite) as staging:
+        merged.save_pretrained(staging)
+        processor.save_pretrained(staging)
+    # Checked on what now sits at out_dir (after the rename), i.e. what a later load will read.
     saved = saved_tower_state(out_dir, dtype=next(iter(tower.values())).dtype)
     write_tower_check({"saved": True, **require_saved_tower(tower, saved, out_dir)}, out_dir)
     return out_dir

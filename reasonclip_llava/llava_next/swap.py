@@ -14,7 +14,8 @@ import torch
 from transformers.image_processing_base import ImageProcessingMixin
 
 from ..encoder.tower import load_vision_config, load_vision_model
-from .architectures import architecture_of
+from ..io_utils import atomic_directory, refuse_existing
+from .architectures import require_llava
 from .build import reset_projector
 
 # Fields that decide the tower's tensors and its computation; anything else (dropout, names) may differ.
@@ -43,18 +44,21 @@ def swap_vision_tower(
     out_dir: str | Path,
     reinit_projector: bool = False,
     seed: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write llava_dir with its vision tower weights replaced by encoder_dir's; return out_dir.
 
     Raises ValueError naming the first differing architecture field (e.g. 'hidden_size 32 vs 48').
     `reinit_projector` starts the projector and image_newline afresh (from `seed`, else torch's RNG);
-    re-run projector pretraining afterwards.
+    re-run projector pretraining afterwards. A non-empty out_dir is refused unless `overwrite`; the
+    result is written to a temp dir and renamed into place.
     The encoder's image mean/std replace the processor's: the tower was trained with them.
     """
     llava_dir, encoder_dir, out_dir = Path(llava_dir), Path(encoder_dir), Path(out_dir)
     if out_dir.resolve() == llava_dir.resolve():
         raise ValueError(f"out_dir {out_dir} is the source checkpoint; write the swapped model elsewhere")
-    architecture = architecture_of(llava_dir)
+    refuse_existing(out_dir, overwrite)
+    architecture = require_llava(llava_dir, "--llava")
     llava_config = architecture.config_class.from_pretrained(llava_dir)
     encoder_config = load_vision_config(encoder_dir)
     mismatch = architecture_mismatch(llava_config.vision_config, encoder_config)
@@ -64,7 +68,7 @@ def swap_vision_tower(
             "(swap needs the same architecture; use build_llava for a different one)"
         )
 
-    model, processor = architecture.load(llava_dir)
+    model, processor = architecture.load(llava_dir, what="--llava")
     shapes_before = parameter_shapes(model)
     dtype = model.model.vision_tower.dtype
     tower = load_vision_model(encoder_dir, dtype=dtype)
@@ -81,8 +85,9 @@ def swap_vision_tower(
     if encoder_processor:
         processor.image_processor.image_mean = encoder_processor["image_mean"]
         processor.image_processor.image_std = encoder_processor["image_std"]
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    with atomic_directory(out_dir, overwrite) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
     return out_dir
 
 

@@ -101,7 +101,8 @@ class ConversationTemplate:
     supervise_assistant_header: bool = False  # assistant_prefix / assistant_suffix supervised too
     supervised_tokens: tuple[str, ...] = ()  # tokens supervised wherever they occur (system and user turns too)
 
-    def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None) -> list[Segment]:
+    def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None, max_length: int | None = None) -> list[Segment]:
+        """Segments of the conversation (linear in its length; `max_length` is not needed here)."""
         system, turns = normalize_conversation(conversations)
         if self.plain:
             return self._render_plain(turns)
@@ -131,13 +132,15 @@ class TokenizerChatTemplate:
     Assistant spans are found by rendering prefixes: the answer starts where
     `apply_chat_template(messages[:i], add_generation_prompt=True)` ends and stops where
     `apply_chat_template(messages[:i + 1])` ends (trailing whitespace after the end-of-turn token is left
-    unsupervised, matching the named templates).
+    unsupervised, matching the named templates). With `max_length`, the search stops once the text
+    through an answer holds max_length tokens (later tokens are truncated anyway), so a long conversation
+    costs what its first max_length tokens cost.
     """
 
     name = "auto"
     prefix_bos = False  # chat templates write bos_token themselves
 
-    def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None) -> list[Segment]:
+    def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None, max_length: int | None = None) -> list[Segment]:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("template 'auto' needs a tokenizer with a chat_template")
         system, turns = normalize_conversation(conversations)
@@ -149,19 +152,30 @@ class TokenizerChatTemplate:
                 messages[:upto], tokenize=False, add_generation_prompt=generation_prompt
             )
 
-        full = render_text(len(messages), False)
-        segments, cursor = [], 0
+        def inconsistent() -> ValueError:
+            return ValueError("the tokenizer's chat template does not render conversation prefixes consistently; use a named template")
+
+        # Each rendered prefix must extend the previous one (so all are prefixes of the full text).
+        segments, cursor, rendered = [], 0, ""
         for index, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before, through = render_text(index, True), render_text(index + 1, False)
-            if not (full.startswith(before) and full.startswith(through)):
-                raise ValueError(
-                    "the tokenizer's chat template does not render conversation prefixes consistently; use a named template"
-                )
+            before = render_text(index, True)
+            if not before.startswith(rendered):
+                raise inconsistent()
+            if max_length is not None and len(tokenizer(before, add_special_tokens=False)["input_ids"]) >= max_length:
+                # The kept tokens all lie before this answer (which separates them from the cut).
+                segments.append(Segment(before[cursor:], False))
+                return merge_segments(segments)
+            through = render_text(index + 1, False)
+            if not through.startswith(before):
+                raise inconsistent()
             start, end = len(before), len(through.rstrip())
-            segments += [Segment(full[cursor:start], False), Segment(full[start:end], True)]
-            cursor = end
+            segments += [Segment(through[cursor:start], False), Segment(through[start:end], True)]
+            cursor, rendered = end, through
+        full = render_text(len(messages), False)
+        if not full.startswith(rendered):
+            raise inconsistent()
         segments.append(Segment(full[cursor:], False))
         return merge_segments(segments)
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..encoder.tower import load_vision_config, load_vision_model
+from ..io_utils import atomic_write_text
 
 TOWER_CHECK_NAME = "reasonclip_tower_check.json"
 TOWER_PREFIX = "model.vision_tower."
@@ -124,9 +125,7 @@ def side_file_tower_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.T
 
 
 def write_tower_check(report: dict[str, Any], out_dir: str | Path) -> Path:
-    path = Path(out_dir) / TOWER_CHECK_NAME
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
+    return atomic_write_text(Path(out_dir) / TOWER_CHECK_NAME, json.dumps(report, indent=2) + "\n")
 
 
 def verify_llava_tower(llava_dir: str | Path, encoder: str | Path, require_equal: bool = False) -> dict[str, Any]:

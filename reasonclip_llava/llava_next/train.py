@@ -37,8 +37,10 @@ from transformers import PreTrainedModel, ProcessorMixin, Trainer, TrainingArgum
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from ..config_utils import LAUNCHER_KEYS, coerce, parse_overrides, read_yaml_mapping
+from ..value_checks import check_max_length, check_ranges
 from .architectures import LlavaArchitecture, architecture_of, get_architecture
 from .build import build_llava
+from .checkpoints import check_checkpoint, latest_checkpoint, write_checkpoint_atomically
 from .data import LengthGroupedSampler, LlavaConversationDataset, LlavaDataCollator
 from .templates import LABEL_MASKINGS
 from .tower_check import (
@@ -54,6 +56,15 @@ NON_LORA_TRAINABLES = "non_lora_trainables.safetensors"
 TRAIN_CONFIG_NAME = "reasonclip_llava_train.yaml"
 PROJECTOR_KEYS = ("multi_modal_projector", "image_newline")
 TOWER_KEYS = ("vision_tower",)
+# Numeric options with a meaningful range (None = not set); model_max_length is also checked against
+# the LM's positions once the model is loaded, the select layer against the tower's layers in build.
+VALUE_RANGES: tuple[tuple[str, str], ...] = (
+    ("model_max_length", ">= 1"), ("dataloader_num_workers", ">= 0"), ("learning_rate", "> 0"),
+    ("mm_projector_lr", "> 0"), ("mm_vision_tower_lr", "> 0"), ("weight_decay", ">= 0"), ("lora_r", ">= 1"),
+    ("lora_alpha", "> 0"), ("lora_dropout", "[0, 1)"), ("num_train_epochs", "> 0"), ("per_device_train_batch_size", ">= 1"),
+    ("gradient_accumulation_steps", ">= 1"), ("warmup_ratio", "[0, 1]"), ("max_grad_norm", ">= 0"), ("save_steps", ">= 1"),
+    ("save_total_limit", ">= 1"), ("logging_steps", ">= 1"),
+)
 
 
 @dataclass
@@ -153,10 +164,9 @@ class LlavaTrainConfig:
                 raise FileNotFoundError(f"{name}: file not found: {path}")
         if self.image_folder and not Path(self.image_folder).is_dir():
             raise FileNotFoundError(f"image_folder: directory not found: {self.image_folder}")
-        for name in ("learning_rate", "mm_projector_lr", "mm_vision_tower_lr"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+        check_ranges(dataclasses.asdict(self), VALUE_RANGES)
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise ValueError(f"config key 'max_steps' must be -1 (use num_train_epochs) or >= 1 (got {self.max_steps})")
 
 
 # ---- config loading -------------------------------------------------------------------------------
@@ -201,7 +211,7 @@ def load_model(config: LlavaTrainConfig) -> tuple[PreTrainedModel, ProcessorMixi
     architecture = config.architecture()
     aspect, merge = config.image_flags()
     if config.model_name_or_path:
-        model, processor = architecture.load(config.model_name_or_path, dtype=dtype)
+        model, processor = architecture.load(config.model_name_or_path, dtype=dtype, what="model_name_or_path")
     else:
         model, processor = build_llava(
             config.language_model,
@@ -283,7 +293,15 @@ class LlavaTrainer(Trainer):
 
     def __init__(self, *args, llava_config: LlavaTrainConfig, **kwargs) -> None:
         self.llava_config = llava_config
+        self.checkpoint_root: Path | None = None  # set while a checkpoint is written into the staging dir
         super().__init__(*args, **kwargs)
+
+    def _get_output_dir(self, trial) -> str:
+        return str(self.checkpoint_root) if self.checkpoint_root is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # Written to output_dir/.staging and renamed: a kill mid-save never leaves a half checkpoint-N.
+        write_checkpoint_atomically(self, lambda: super(LlavaTrainer, self)._save_checkpoint(model, trial))
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """AdamW over parameter groups: LM at learning_rate, projector at mm_projector_lr, tower at
@@ -415,14 +433,17 @@ def training_arguments(config: LlavaTrainConfig) -> TrainingArguments:
     )
 
 
-def resume_argument(config: LlavaTrainConfig) -> str | bool | None:
+def resume_argument(config: LlavaTrainConfig) -> str | None:
+    """The checkpoint to resume: "latest" is the newest complete, readable one in output_dir (None: start fresh)."""
     value = config.resume_from_checkpoint
     if value is None:
         return None
     if value.lower() in ("latest", "true", "last"):
-        return True
+        latest = latest_checkpoint(config.output_dir)
+        return str(latest) if latest is not None else None
     if not Path(value).is_dir():
         raise FileNotFoundError(f"resume_from_checkpoint: checkpoint not found: {value}")
+    check_checkpoint(Path(value))
     return value
 
 
@@ -431,6 +452,8 @@ def build_trainer(config: LlavaTrainConfig) -> LlavaTrainer:
     config.validate()
     unset_hf_deepspeed_config()  # build the full model first: no zero.Init partitioning at load time
     model, processor = load_model(config)
+    check_max_length(config.model_max_length, getattr(model.config.text_config, "max_position_embeddings", None),
+                     "model_max_length", "the language model")
     model.config.use_cache = False
     parts = config.tunable_parts
     set_tunable_parts(model, parts)

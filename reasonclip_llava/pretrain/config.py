@@ -13,7 +13,8 @@ read as false); recipe values go through the same conversion after YAML.
 
 The stage decides which objective terms are active (see `trainer.compute_loss`):
 
-    stage0  contrastive on one caption stream (stage.captions: tb or trl; or the data.caption_columns
+    stage0  contrastive on one caption stream (stage.captions: descriptive = tb, of ReasonLite or
+            CC12M-Refined; reasoning = trl, and trp of a ReasonPro source; or the data.caption_columns
             pool), optionally with stage.hard_negatives swap negatives per caption
     stage1  w(t) * CLIP(img, desc) + (1 - w(t)) * CLIP(img, reason) + beta * ||theta - theta0||^2
     stage2  CLIP(img, reason) + gamma * [CE(text head) + BCE(image head)]
@@ -33,11 +34,14 @@ from pathlib import Path
 from typing import Any
 
 
+from ..data.datasets import SAMPLE_MODES
 from ..config_utils import coerce, parse_overrides, read_yaml_mapping  # noqa: F401  (parse_overrides is part of this module's API)
+from ..value_checks import check_ranges
 
 STAGES = ("stage0", "stage1", "stage2", "read")
 CAPTION_STREAMS = ("descriptive", "reasoning")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+SAMPLERS = ("random", "distinct_images")
 LOGIT_SCALE_MAX = math.log(50.0)
 
 
@@ -47,9 +51,11 @@ class ModelConfig:
     name_or_path: str = ""
     tokenizer: str | None = None  # default: name_or_path
     gradient_checkpointing: bool = False
-    # torch.compile each transformer layer in place (regional compilation: the layer class compiles
-    # once and is reused; state_dict keys and checkpoints are unchanged). The frozen T5 decoder's too.
-    torch_compile: bool = False
+    # none | regional | step (true = regional, false = none), see pretrain/speed.py. regional: each
+    # transformer layer compiled in place (the layer class compiles once and is reused; state_dict keys and
+    # checkpoints unchanged; the frozen T5 decoder's too). step: the whole forward + loss (+ its backward).
+    torch_compile: str | bool = "none"
+    attention: str = "sdpa"  # SDPA backend: sdpa (PyTorch's choice) | cudnn | flash | auto (see pretrain/speed.py)
 
 
 @dataclass
@@ -63,8 +69,24 @@ class DataConfig:
     num_workers: int = 0
     max_length: int = 77
     # Caption columns pooled per image by READ (default ["captions"]) and by stage 0 when given (default:
-    # tb or trl from stage.captions); each image's captions are cycled over epochs.
+    # tb for stage.captions=descriptive; trl, or trp in a ReasonPro source, for reasoning).
     caption_columns: list[str] = field(default_factory=list)
+    # More sources read together with `train` and shuffled with it, each in its own schema (found from its
+    # columns), e.g. stage 0 reasoning = ReasonLite trl + ReasonPro trp ("ReasonCLIP-58M"). Map-style only.
+    sources: list[str] = field(default_factory=list)
+    # How captions become samples: all_pairs (published: every (tb, trl) pair its own sample in stage 1,
+    # every caption in stage 0: 9x / 3x the rows per epoch) | per_image (one pair per image and epoch,
+    # cycling through the pairs over epochs).
+    samples: str = "per_image"
+    # random | distinct_images (no image twice in one global batch = batch_size x world size; the
+    # published shuffle can put two pairs of an image together, each the other's false negative).
+    sampler: str = "random"
+    # Rows held out of every source by a seeded split (published: 0.002, seed 42, as datasets'
+    # train_test_split draws it); their loss is evaluated every `eval_every` (< 1: a fraction of the
+    # optimizer steps, published 0.25; >= 1: steps) and the best checkpoint is kept as best/.
+    holdout_ratio: float = 0.0
+    holdout_seed: int = 42
+    eval_every: float = 0.25
 
 
 @dataclass
@@ -118,10 +140,28 @@ class RuntimeConfig:
     save_every: int = 1000  # optimizer steps between checkpoints (0: only the final one)
     keep_last: int | None = 3  # checkpoints kept; None keeps all
     resume_from: str | None = None  # a checkpoint dir or "latest"
+    # A fresh run into an output_dir holding another run is refused unless this is set; the old run's
+    # checkpoints, final/ and logs are then removed first (nothing of it is mixed with the new one).
+    overwrite: bool = False
     log_every: int = 10
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard, wandb, or []
     progress_bar: bool = True
     recipe: str = ""  # filled in with the YAML path; recorded in the checkpoint's provenance
+    fp8: str = "none"  # none | tensorwise | rowwise: torchao float8 linears in the image tower (pretrain/speed.py)
+
+
+# Numeric keys with a meaningful range (checked at load; None = not set). data.max_length is also
+# checked against the model's text positions when the model is loaded (trainer.check_against_model).
+VALUE_RANGES: tuple[tuple[str, str], ...] = (
+    ("data.num_workers", ">= 0"), ("data.max_length", ">= 1"),
+    ("stage.anchor_beta", ">= 0"), ("stage.category_gamma", ">= 0"), ("stage.recon_weight", ">= 0"),
+    ("stage.align_weight", ">= 0"), ("stage.w_schedule", "[0, 1]"),
+    ("optim.lr", "> 0"), ("optim.lr_vision", "> 0"), ("optim.lr_text", "> 0"), ("optim.lr_logit_scale", "> 0"),
+    ("optim.lr_heads", "> 0"), ("optim.weight_decay", ">= 0"), ("optim.betas", "[0, 1)"), ("optim.eps", "> 0"),
+    ("optim.max_grad_norm", "> 0"),
+    ("schedule.epochs", "> 0"), ("schedule.max_steps", ">= 1"), ("schedule.warmup_steps", ">= 0"), ("schedule.warmup_ratio", "[0, 1]"),
+    ("runtime.save_every", ">= 0"), ("runtime.keep_last", ">= 0"), ("runtime.log_every", ">= 1"),
+)
 
 
 @dataclass
@@ -148,6 +188,11 @@ class PretrainConfig:
             ("stage.hard_negatives", self.stage.hard_negatives >= 0, "must be >= 0"),
             ("data.format", self.data.format in ("auto", "parquet", "jsonl", "webdataset"), "must be auto, parquet, jsonl or webdataset"),
             ("data.batch_size", self.data.batch_size > 0, "must be > 0"),
+            ("data.samples", self.data.samples in SAMPLE_MODES, f"must be one of {SAMPLE_MODES}"),
+            ("data.sampler", self.data.sampler in SAMPLERS, f"must be one of {SAMPLERS}"),
+            ("data.holdout_ratio", 0.0 <= self.data.holdout_ratio < 1.0, "must be in [0, 1)"),
+            ("data.eval_every", self.data.eval_every > 0 and (self.data.eval_every < 1 or float(self.data.eval_every).is_integer()),
+             "must be a fraction of the run in (0, 1) or a whole number of steps"),
             ("optim.betas", len(self.optim.betas) == 2, "must be two numbers"),
             ("schedule.scheduler", self.schedule.scheduler in ("cosine", "constant"), "must be cosine or constant"),
             ("runtime.mixed_precision", self.runtime.mixed_precision in MIXED_PRECISION, f"must be one of {MIXED_PRECISION}"),
@@ -159,8 +204,12 @@ class PretrainConfig:
         for key, ok, message in checks:
             if not ok:
                 raise ValueError(f"config key '{key}' {message} (got {_get(self, key)!r})")
+        check_ranges({key: _get(self, key) for key, _ in VALUE_RANGES}, VALUE_RANGES)
         if self.stage.name == "read" and self.stage.hard_negatives < 1:
             raise ValueError("config key 'stage.hard_negatives' must be >= 1 for stage 'read'")
+        from .speed import check_speed_options  # torch-importing; config.py stays light
+
+        check_speed_options(self)
         return self
 
 

@@ -1,12 +1,17 @@
 """The stage's training batches: dataset + collator + resumable sampler, endless over epochs.
 
-Which dataset a stage reads (reasonclip_llava.data):
+Which schema a stage reads each source with (reasonclip_llava.data.rows):
 
-    stage1, stage0                 ReasonLiteDataset  -> desc_*, reason_*
-    stage0 with hard negatives     ReadDataset over tb (descriptive) or trl (reasoning) -> caption_*, neg_*
-    stage2                         ReasonProDataset   -> reason_*, text_category, image_categories
-    read                           ReadDataset over data.caption_columns -> caption_*, paraphrase_*, neg_*,
-                                   recon_labels (T5 ids)
+    stage1   LiteSchema (ReasonLite: tb x trl pairs)             -> desc_*, reason_*
+    stage2   ProSchema (ReasonPro: trp + category labels)        -> reason_*, text_category, image_categories
+    stage0   ReadSchema caption pool, one stream: tb (ReasonLite or CC12M-Refined) for descriptive;
+             trl (ReasonLite) or trp (ReasonPro) for reasoning    -> caption_* (+ neg_* with hard negatives)
+    read     ReadSchema over data.caption_columns                 -> caption_*, paraphrase_*, neg_*, recon_labels
+
+`data.train` plus `data.sources` are read together (one dataset, shuffled as one; stage 0 reasoning =
+ReasonLite trl + ReasonPro trp as published), each source with the schema its columns call for. With
+`data.holdout_ratio` each source loses a seeded split of its rows to `TrainData.heldout`, read in
+order by `TrainData.one_pass` for the held-out loss.
 
 `TrainData.batches(device)` yields device batches forever and records the exact sample position after
 each batch it hands out (skipped images included), so the position saved with a checkpoint is the
@@ -15,17 +20,23 @@ position after the last batch that went into it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader
 
-from ..data import ReadDataset, ReasonCollator, ReasonLiteDataset, ReasonProDataset, ResumableDistributedSampler
-from ..data.rows import LiteSchema, ProSchema, ReadSchema
-from ..data.wds import WdsReasonDataset
+from ..data import ReasonCollator, ResumableDistributedSampler
+from ..data.datasets import ImageTextDataset, image_groups
+from ..data.rows import PARQUET_SUFFIXES, LiteSchema, ProSchema, ReadSchema
+from ..data.sampler import DistinctImageSampler
+from ..data.wds import WdsReasonDataset, expand_shards
 from ..encoder.modeling import ReasonCLIPForPretraining
 from .config import PretrainConfig
 
@@ -42,58 +53,111 @@ def data_format(config: PretrainConfig) -> str:
     return "jsonl" if train.endswith((".jsonl", ".json")) else "parquet"
 
 
-def caption_columns(config: PretrainConfig) -> tuple[str, ...]:
-    """Caption columns a ReadDataset pools: data.caption_columns, else READ's "captions" / stage 0's tb or trl."""
+def source_columns(path: Path, streaming: bool = False) -> list[str]:
+    """Column names of a source: a parquet schema, a JSONL file's first row, the first .json of a tar shard."""
+    if streaming:
+        import tarfile
+
+        first = sorted(path.glob("*.tar"))[0] if path.is_dir() else Path(expand_shards(str(path))[0])
+        try:
+            with tarfile.open(first) as tar:
+                member = next((m for m in tar if m.name.endswith(".json")), None)
+                return sorted(json.load(tar.extractfile(member))) if member is not None else []
+        except (OSError, tarfile.TarError, ValueError):
+            return []  # an unreadable shard is reported by the stream itself
+    if path.is_dir():
+        files = data_files(path)
+        path = files[0] if files else path
+    if path.suffix in PARQUET_SUFFIXES:
+        return pq.read_schema(path).names
+    if path.is_file():
+        with path.open(encoding="utf-8") as lines:
+            first = next((line for line in lines if line.strip()), "{}")
+        try:
+            row = json.loads(first)
+        except json.JSONDecodeError:
+            return []  # RowTable names the bad line
+        return sorted(row) if isinstance(row, dict) else []
+    return []
+
+
+def caption_columns(config: PretrainConfig, columns: Sequence[str] = ()) -> tuple[str, ...]:
+    """Caption columns a caption pool reads: data.caption_columns, else READ's "captions" / stage 0's stream.
+
+    Stage 0 reasoning takes trl from ReasonLite and trp from a ReasonPro source (its `columns`).
+    """
     if config.data.caption_columns:
         return tuple(config.data.caption_columns)
     if config.stage.name == "read":
         return ("captions",)
-    return ("tb",) if config.stage.captions == "descriptive" else ("trl",)
+    if config.stage.captions == "descriptive":
+        return ("tb",)
+    return ("trp",) if "trp" in columns and "trl" not in columns else ("trl",)
 
 
-def uses_caption_pool(config: PretrainConfig) -> bool:
-    """READ, and stage 0 with hard negatives or explicit caption columns, read single-caption samples."""
-    stage = config.stage
-    return stage.name == "read" or (stage.name == "stage0" and (stage.hard_negatives > 0 or bool(config.data.caption_columns)))
-
-
-def _no_negatives(caption: str, salt: object) -> list[str]:
-    return []  # stage 0 without hard negatives: nothing to generate
-
-
-def _negative_generator(config: PretrainConfig):  # noqa: ANN202
-    return None if config.stage.hard_negatives else _no_negatives  # None: the data package's swap generator
-
-
-def _schema(config: PretrainConfig):  # noqa: ANN202
-    if uses_caption_pool(config):
-        return ReadSchema(caption_columns(config), k=config.stage.hard_negatives, seed=config.runtime.seed,
-                          negative_generator=_negative_generator(config))
-    return ProSchema() if config.stage.name == "stage2" else LiteSchema()
+def source_schema(config: PretrainConfig, columns: Sequence[str] = ()) -> LiteSchema | ProSchema | ReadSchema:
+    """The schema a stage reads a source with: stage 1 ReasonLite pairs, stage 2 ReasonPro, else a caption pool."""
+    if config.stage.name == "stage1":
+        return LiteSchema()
+    if config.stage.name == "stage2":
+        return ProSchema()
+    return ReadSchema(caption_columns(config, columns), k=config.stage.hard_negatives, seed=config.runtime.seed)
 
 
 class _Concat(ConcatDataset):
-    """Several parquet files read as one dataset (epochs reach every part)."""
+    """Several files (chunks of a source, or several sources) read as one dataset (epochs reach every part)."""
 
     def set_epoch(self, epoch: int) -> None:
         for part in self.datasets:
             part.set_epoch(epoch)
 
 
-def _map_dataset(config: PretrainConfig, path: Path, image_processor: Any):  # noqa: ANN202
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".parquet", ".pq", ".jsonl"))
-        if not files:
-            raise FileNotFoundError(f"config key 'data.train': no .parquet / .jsonl files in {path}")
-        return _Concat([_map_dataset(config, f, image_processor) for f in files]) if len(files) > 1 else _map_dataset(config, files[0], image_processor)
-    stage, seed = config.stage, config.runtime.seed
-    image_root = config.data.image_root or None
-    if uses_caption_pool(config):
-        return ReadDataset(path, image_root, image_processor, seed, caption_columns=caption_columns(config), k=stage.hard_negatives,
-                           negative_generator=_negative_generator(config))
-    if stage.name == "stage2":
-        return ReasonProDataset(path, image_root, image_processor, seed)
-    return ReasonLiteDataset(path, image_root, image_processor, seed)
+def data_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.suffix in (*PARQUET_SUFFIXES, ".jsonl"))
+
+
+def source_parts(config: PretrainConfig, path: Path, key: str, image_processor: Any = None) -> list[ImageTextDataset]:
+    """One dataset per file of a source (a file, or a dir of chunks in name order), in the source's schema."""
+    if not path.exists():
+        raise FileNotFoundError(f"config key '{key}': {path} does not exist")
+    files = data_files(path) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"config key '{key}': no .parquet / .jsonl files in {path}")
+    schema = source_schema(config, source_columns(path))
+    return [ImageTextDataset(f, schema, config.data.image_root or None, image_processor, config.runtime.seed,
+                             samples=config.data.samples) for f in files]
+
+
+def holdout_rows(num_rows: int, ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows), sorted: datasets' train_test_split(test_size=ratio, seed=seed) draw.
+
+    As the authors split each source: ceil(ratio x rows) held out, the first of a
+    numpy.random.default_rng(seed) permutation of the rows.
+    """
+    if ratio <= 0:
+        return np.arange(num_rows), np.arange(0)
+    num_heldout = math.ceil(ratio * num_rows)
+    if num_heldout >= num_rows:
+        raise ValueError(f"config key 'data.holdout_ratio': {ratio} of {num_rows} rows leaves nothing to train on")
+    permutation = np.random.default_rng(seed).permutation(num_rows)
+    return np.sort(permutation[num_heldout:]), np.sort(permutation[:num_heldout])
+
+
+def split_source(parts: list[ImageTextDataset], ratio: float, seed: int) -> tuple[list[ImageTextDataset], list[ImageTextDataset]]:
+    """Train and held-out datasets of one source's files, the split drawn over all its rows in file order."""
+    if ratio <= 0:
+        return parts, []
+    sizes = [len(part.rows) for part in parts]
+    train, heldout = holdout_rows(sum(sizes), ratio, seed)
+    bounds = np.cumsum([0, *sizes])
+    pick = lambda rows, i: rows[(rows >= bounds[i]) & (rows < bounds[i + 1])] - bounds[i]  # noqa: E731
+    train_parts = [part.restrict_rows(pick(train, i)) for i, part in enumerate(parts)]
+    heldout_parts = [part.subset(pick(heldout, i)) for i, part in enumerate(parts)]
+    return [p for p in train_parts if len(p)], [p for p in heldout_parts if len(p)]
+
+
+def _one(parts: list[ImageTextDataset]) -> Any:
+    return parts[0] if len(parts) == 1 else _Concat(parts)
 
 
 class TrainData:
@@ -103,6 +167,7 @@ class TrainData:
                  source: str = "the training data"):
         self.dataset, self.loader, self.sampler, self.source = dataset, loader, sampler, source
         self.world_size = world_size
+        self.heldout: TrainData | None = None  # the held-out rows (data.holdout_ratio), read by one_pass
         self.skipped_images = 0  # summed from the batches' num_skipped (counted where the images were read)
         batch = loader.batch_size
         self.batches_per_epoch = None if sampler is None else sampler.num_samples // world_size // batch
@@ -125,20 +190,9 @@ class TrainData:
         epoch, empty_epochs = self.epoch, 0
         while True:
             yielded = 0
-            self.dataset.set_epoch(epoch)
-            if self.sampler is not None:
-                self.sampler.set_epoch(epoch)  # same epoch keeps the restored position
-            for batch in self.loader:
-                if self.sampler is not None:
-                    self.sampler.advance(batch["num_drawn"])
-                else:
-                    self.dataset.advance(batch)
-                self.skipped_images += int(batch["num_skipped"])
-                size = self._common_batch_size(batch["batch_size"], device)
-                if size == 0:
-                    continue  # every image of this batch (on some rank) was unreadable: draw the next one
+            for batch in self._epoch_batches(epoch, device):
                 yielded += 1
-                yield _to_device(_truncate(batch, size), device)
+                yield batch
             # One empty epoch can be a resume at an epoch's end; two in a row mean nothing is readable
             # (every shard or image broken): stop instead of retrying forever.
             empty_epochs = empty_epochs + 1 if yielded == 0 else 0
@@ -146,6 +200,26 @@ class TrainData:
                 raise ValueError(f"config key 'data.train': {self.source} gave no usable batch in a whole epoch "
                                  f"({self.skipped_images} unreadable images; unreadable shards are in the warnings)")
             epoch += 1
+
+    def one_pass(self, device: torch.device) -> Iterator[dict[str, Any]]:
+        """Every sample once, in order, from the start (the held-out evaluation)."""
+        self.sampler.consumed = 0  # an evaluation pass always starts at the beginning of epoch 0
+        yield from self._epoch_batches(0, device)
+
+    def _epoch_batches(self, epoch: int, device: torch.device) -> Iterator[dict[str, Any]]:
+        self.dataset.set_epoch(epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)  # same epoch keeps the restored position
+        for batch in self.loader:
+            if self.sampler is not None:
+                self.sampler.advance(batch["num_drawn"])
+            else:
+                self.dataset.advance(batch)
+            self.skipped_images += int(batch["num_skipped"])
+            size = self._common_batch_size(batch["batch_size"], device)
+            if size == 0:
+                continue  # every image of this batch (on some rank) was unreadable: draw the next one
+            yield _to_device(_truncate(batch, size), device)
 
     def _common_batch_size(self, size: int, device: torch.device) -> int:
         """Ranks must contribute equal batches to the gathered loss: trim to the smallest after skips."""
@@ -208,19 +282,40 @@ def build_train_data(config: PretrainConfig, encoder: ReasonCLIPForPretraining, 
              (() if stage.name == "read" and stage.align_weight > 0 else ("paraphrase",)) + \
              (() if stage.hard_negatives > 0 else ("negatives",))
     collate = _DropFields(collator, unused) if unused else collator
-    path, seed = Path(config.data.train), config.runtime.seed
+    path, seed, data = Path(config.data.train), config.runtime.seed, config.data
     generator = torch.Generator().manual_seed(seed)  # DataLoader iterators draw their base seed here, not from the global RNG
-    workers = config.data.num_workers
-    common = dict(batch_size=config.data.batch_size, collate_fn=collate, num_workers=workers, drop_last=True,
+    common = dict(batch_size=data.batch_size, collate_fn=collate, num_workers=data.num_workers,
                   generator=generator, pin_memory=torch.cuda.is_available(), persistent_workers=False)
     if data_format(config) == "webdataset":
-        shards = sorted(str(p) for p in path.glob("*.tar")) if path.is_dir() else config.data.train
-        dataset = WdsReasonDataset(shards, _schema(config), image_processor, seed, rank=rank, world_size=world_size)
-        return TrainData(dataset, DataLoader(dataset, **common), None, world_size, source=config.data.train)
-    if not path.exists():
-        raise FileNotFoundError(f"config key 'data.train': {path} does not exist")
-    dataset = _map_dataset(config, path, image_processor)
-    if len(dataset) < config.data.batch_size * world_size:
-        raise ValueError(f"config key 'data.batch_size': {path} has {len(dataset)} rows, fewer than one global batch ({config.data.batch_size} x {world_size})")
-    sampler = ResumableDistributedSampler(len(dataset), rank=rank, world_size=world_size, seed=seed)
-    return TrainData(dataset, DataLoader(dataset, sampler=sampler, **common), sampler, world_size, source=config.data.train)
+        for key, unsupported in (("data.sources", bool(data.sources)), ("data.holdout_ratio", data.holdout_ratio > 0),
+                                 ("data.samples", data.samples == "all_pairs"), ("data.sampler", data.sampler != "random")):
+            if unsupported:
+                raise ValueError(f"config key '{key}': {getattr(data, key.split('.')[1])!r} needs map-style data (parquet / JSONL), "
+                                 "not webdataset shards, which stream in shard order")
+        shards = sorted(str(p) for p in path.glob("*.tar")) if path.is_dir() else data.train
+        schema = source_schema(config, source_columns(path, streaming=True))
+        dataset = WdsReasonDataset(shards, schema, image_processor, seed, rank=rank, world_size=world_size)
+        return TrainData(dataset, DataLoader(dataset, drop_last=True, **common), None, world_size, source=data.train)
+
+    train_parts, heldout_parts = [], []
+    for key, source in [("data.train", data.train), *((f"data.sources[{i}]", s) for i, s in enumerate(data.sources))]:
+        train, heldout = split_source(source_parts(config, Path(source), key, image_processor), data.holdout_ratio, data.holdout_seed)
+        train_parts += train
+        heldout_parts += heldout
+    dataset = _one(train_parts)
+    global_batch = data.batch_size * world_size
+    if len(dataset) < global_batch:
+        raise ValueError(f"config key 'data.batch_size': {path} has {len(dataset)} training samples, fewer than one global batch ({data.batch_size} x {world_size})")
+    if data.sampler == "distinct_images":
+        sampler = DistinctImageSampler(image_groups(train_parts), global_batch, rank=rank, world_size=world_size, seed=seed)
+    else:
+        sampler = ResumableDistributedSampler(len(dataset), rank=rank, world_size=world_size, seed=seed)
+    train_data = TrainData(dataset, DataLoader(dataset, sampler=sampler, drop_last=True, **common), sampler, world_size, source=data.train)
+    if heldout_parts:
+        heldout = _one(heldout_parts)
+        order = ResumableDistributedSampler(len(heldout), rank=rank, world_size=world_size, shuffle=False)
+        # Its own generator: evaluation passes must not move the training loader's seed stream.
+        loader = DataLoader(heldout, sampler=order, drop_last=False, **{**common, "generator": torch.Generator().manual_seed(seed)})
+        train_data.heldout = TrainData(heldout, loader, order, world_size,
+                                       source=f"the held-out rows of {data.train}")
+    return train_data

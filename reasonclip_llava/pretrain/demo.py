@@ -47,6 +47,7 @@ def build_tiny_t5(out_dir: str | Path) -> Path:
 def prepare_tiny_workspace(work_dir: str | Path, num_images: int = 96, seed: int = 0) -> dict[str, Path]:
     """Tiny CLIP + synthetic data + tiny T5 under work_dir (reused when already there)."""
     from ..data import generate_synthetic
+    from ..data.synthetic import TRAIN_FILES
     from ..tiny import save_tiny_clip
 
     work = Path(work_dir)
@@ -54,8 +55,8 @@ def prepare_tiny_workspace(work_dir: str | Path, num_images: int = 96, seed: int
     if not (clip / "model.safetensors").is_file():
         save_tiny_clip(clip, seed=seed)
     data_dir = work / "synthetic"
-    if (data_dir / "reasonpro_train.parquet").is_file():
-        data = {name: data_dir / f"{name}_train.parquet" for name in ("reasonlite", "reasonpro")}
+    if (data_dir / f"{TRAIN_FILES['reasonpro']}.parquet").is_file():
+        data = {name: data_dir / f"{stem}.parquet" for name, stem in TRAIN_FILES.items()}
         data["swap_eval"] = data_dir / "swap_eval.parquet"
     else:
         data = generate_synthetic(data_dir, num_images=num_images, seed=seed, image_size=32)
@@ -63,7 +64,7 @@ def prepare_tiny_workspace(work_dir: str | Path, num_images: int = 96, seed: int
     if not (t5 / "model.safetensors").is_file():
         build_tiny_t5(t5)
     return {"clip": clip, "reasonlite": Path(data["reasonlite"]), "reasonpro": Path(data["reasonpro"]),
-            "swap_eval": Path(data["swap_eval"]), "t5": t5, "work": work}
+            "cc12m_refined": Path(data["cc12m_refined"]), "swap_eval": Path(data["swap_eval"]), "t5": t5, "work": work}
 
 
 def run_tiny_pretraining(work_dir: str | Path, read: bool = False, max_steps: int | None = None) -> dict[str, Path]:
@@ -84,7 +85,9 @@ def run_tiny_pretraining(work_dir: str | Path, read: bool = False, max_steps: in
 
 
 def _run_stages(paths: dict[str, Path], work: Path, read: bool, max_steps: int | None) -> None:
+    # The demo's work dir is its own: a re-run replaces its earlier runs.
     steps = [f"--schedule.max_steps={max_steps}"] if max_steps else []
+    steps.append("--runtime.overwrite=true")
     paths["stage1"] = pretrain_from_yaml(tiny_recipe("tiny_stage1"), [
         f"--model.name_or_path={paths['clip']}", f"--data.train={paths['reasonlite']}",
         f"--runtime.output_dir={work / 'runs' / 'stage1'}", *steps])

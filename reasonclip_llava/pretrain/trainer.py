@@ -11,6 +11,9 @@ A stage is a config (see config.py); this file builds the pieces it names and ru
                  skipped-image count). Written to a temp dir and renamed, so a crash never leaves a
                  half-written checkpoint-{step}.
     final:       output_dir/final/ (training checkpoint, heads included; no trainer_state)
+    best:        output_dir/best/ (same format as final/), the weights with the lowest held-out loss so
+                 far, when data.holdout_ratio > 0 (evaluated every data.eval_every, and at the end;
+                 each value appended to output_dir/eval_loss.jsonl)
 
 Resume (`runtime.resume_from: <dir> | latest`) restores all of it, so on a CPU with a fixed seed the
 final weights equal an uninterrupted run's bit for bit.
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,16 +34,23 @@ from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration, set_seed
 from torch import nn
 
 from ..encoder.modeling import HeadsConfig, ReasonCLIPForPretraining
+from ..io_utils import replace_directory, write_errors_as_one_line
 from ..losses import clamp_logit_scale_
+from ..value_checks import check_max_length
 from .config import PretrainConfig
 from .data import build_train_data
 from .objective import StageObjective
+from .run_dir import (
+    check_output_dir, check_resume_config, clear_run_outputs, is_own_checkpoint, restore_newest_loadable, write_run_record,
+)
 from .schedule import build_lr_scheduler
+from .speed import apply_speed_options, attention_backend, compile_repeated_layers, compile_step, run_device  # noqa: F401 (compile_repeated_layers: public here too)
 
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state"
 FINAL_DIR = "final"
+BEST_DIR = "best"
 
 # Parameter group -> name prefixes inside ReasonCLIPForPretraining (first match wins; the rest uses optim.lr).
 PARAM_GROUPS: dict[str, tuple[str, ...]] = {
@@ -59,12 +68,16 @@ class TrainingProgress:
 
     step: int = 0  # optimizer steps done
     data: dict[str, Any] = field(default_factory=dict)  # TrainData.state_dict(): exact sample position, skipped images
+    best_eval_loss: float = float("inf")  # lowest held-out loss so far (the weights in best/)
+    best_step: int = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "data": self.data}
+        return {"step": self.step, "data": self.data, "best_eval_loss": self.best_eval_loss, "best_step": self.best_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.data = int(state["step"]), state["data"]
+        self.best_eval_loss = float(state.get("best_eval_loss", float("inf")))
+        self.best_step = int(state.get("best_step", 0))
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -134,23 +147,6 @@ def build_accelerator(config: PretrainConfig) -> Accelerator:
     return accelerator
 
 
-def compile_repeated_layers(model: nn.Module, **compile_kwargs: Any) -> int:
-    """torch.compile, in place, every layer of each stack of identical layers (a transformer's blocks).
-
-    Regional compilation: one compiled graph per layer class, reused by every layer (PyTorch inlines
-    module attributes as inputs), so compile time is that of one block, and the in-place
-    `Module.compile()` keeps parameter names, state_dict keys, DDP/DeepSpeed hooks and checkpoints as
-    they are. `compile_kwargs` go to torch.compile. Returns the number of layers compiled.
-    """
-    compiled = 0
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 1 and len({type(layer) for layer in module}) == 1:
-            for layer in module:
-                layer.compile(**compile_kwargs)
-                compiled += 1
-    return compiled
-
-
 def load_t5_decoder(config: PretrainConfig) -> nn.Module | None:
     """The frozen T5 of READ's reconstruction term (None when the term is off)."""
     if config.stage.name != "read" or config.stage.recon_weight <= 0:
@@ -181,26 +177,40 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def resolve_resume(config: PretrainConfig) -> Path | None:
-    """The checkpoint dir named by runtime.resume_from ("latest": the newest one, or None if there is none)."""
+def resume_candidates(config: PretrainConfig) -> list[Path]:
+    """Checkpoints runtime.resume_from may resume, oldest first ("latest": all complete ones; a dir: itself)."""
     resume = config.runtime.resume_from
     if not resume:
-        return None
+        return []
     if resume == "latest":
-        checkpoints = list_checkpoints(Path(config.runtime.output_dir))
-        return checkpoints[-1] if checkpoints else None
+        return list_checkpoints(Path(config.runtime.output_dir))
     path = Path(resume)
     if not (path / TRAINER_STATE).is_dir():
         raise FileNotFoundError(f"config key 'runtime.resume_from': {path} is not a checkpoint (no {TRAINER_STATE}/ inside)")
-    return path
+    return [path]
+
+
+def check_run_dir(config: PretrainConfig) -> list[Path]:
+    """Before anything is loaded: may this run use output_dir, and resume what it names? Returns the candidates."""
+    candidates = resume_candidates(config)
+    if candidates:
+        check_resume_config(candidates[-1], config)
+    check_output_dir(config, has_checkpoint=bool(candidates))
+    return candidates
 
 
 def save_checkpoint(accelerator: Accelerator, objective: nn.Module, config: PretrainConfig, step: int) -> Path:
     """checkpoint-{step}/ = training checkpoint + trainer_state/ (accelerate save_state), written atomically."""
     target = Path(config.runtime.output_dir) / f"{CHECKPOINT_PREFIX}{step}"
-    _write_atomically(accelerator, objective, config, target, lambda tmp: accelerator.save_state(str(tmp / TRAINER_STATE)))
+
+    def write_state(tmp: Path) -> None:
+        accelerator.save_state(str(tmp / TRAINER_STATE))
+        if accelerator.is_main_process:
+            write_run_record(tmp, config)  # which run wrote it: resume compares, pruning keeps others' checkpoints
+
+    _write_atomically(accelerator, objective, config, target, write_state)
     if accelerator.is_main_process:
-        _prune_checkpoints(target.parent, config.runtime.keep_last)
+        _prune_checkpoints(target.parent, config)
     return target
 
 
@@ -214,16 +224,16 @@ def _write_atomically(accelerator: Accelerator, objective: nn.Module, config: Pr
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    if extra is not None:
-        extra(tmp)  # collective: every rank writes its part (RNG states, ZeRO shards)
-    encoder = accelerator.unwrap_model(objective).encoder
-    with _full_weights(accelerator, encoder), _scalars_as_0d(encoder):  # collective under ZeRO-3
+    # A failed write (a full disk) removes tmp and is one line; earlier checkpoints are untouched.
+    with write_errors_as_one_line(target, tmp if accelerator.is_main_process else None):
+        if extra is not None:
+            extra(tmp)  # collective: every rank writes its part (RNG states, ZeRO shards)
+        encoder = accelerator.unwrap_model(objective).encoder
+        with _full_weights(accelerator, encoder), _scalars_as_0d(encoder):  # collective under ZeRO-3
+            if accelerator.is_main_process:
+                encoder.save_pretrained(tmp, source=config.model.name_or_path)
         if accelerator.is_main_process:
-            encoder.save_pretrained(tmp, source=config.model.name_or_path)
-    if accelerator.is_main_process:
-        if target.exists():  # a re-run over an old output_dir: replace, never merge
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+            replace_directory(tmp, target)  # replace, never merge
     accelerator.wait_for_everyone()
 
 
@@ -264,19 +274,28 @@ def _full_weights(accelerator: Accelerator, module: nn.Module):  # noqa: ANN202
     return contextlib.nullcontext()
 
 
-def _prune_checkpoints(output_dir: Path, keep_last: int | None) -> None:
+def _prune_checkpoints(output_dir: Path, config: PretrainConfig) -> None:
+    """Keep the newest `keep_last` checkpoints of this run; checkpoints another run wrote are never counted or removed."""
+    keep_last = config.runtime.keep_last
     if keep_last is None or keep_last <= 0:
         return
-    for old in list_checkpoints(output_dir)[:-keep_last]:
+    own = [path for path in list_checkpoints(output_dir) if is_own_checkpoint(path, config)]
+    for old in own[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- the run
 def pretrain(config: PretrainConfig) -> Path:
     """Run one stage as configured; return output_dir/final (a training checkpoint, heads included)."""
+    with attention_backend(config.model.attention, run_device()):  # model.attention, for the whole run
+        return _pretrain(config)
+
+
+def _pretrain(config: PretrainConfig) -> Path:
     runtime, stage = config.runtime, config.stage
     set_seed(runtime.seed)
     output_dir = Path(runtime.output_dir)
+    candidates = check_run_dir(config)  # refuses a mixed or changed run before anything heavy is loaded
 
     # Loaded before the accelerator exists: with a ZeRO-3 config in place, transformers would build the
     # model inside deepspeed.zero.Init; a CLIP-sized model is loaded whole and partitioned by prepare().
@@ -284,21 +303,21 @@ def pretrain(config: PretrainConfig) -> Path:
     encoder = ReasonCLIPForPretraining.from_pretrained(
         config.model.name_or_path, heads=stage_heads(config, t5.config.d_model if t5 is not None else None)
     )
+    check_max_length(config.data.max_length, getattr(encoder.config.text_config, "max_position_embeddings", None),
+                     "data.max_length", config.model.name_or_path)
     accelerator = build_accelerator(config)
     encoder.info.stage, encoder.info.recipe = stage.name, runtime.recipe or encoder.info.recipe
     if config.optim.logit_scale_max is not None:
         clamp_logit_scale_(encoder.logit_scale, config.optim.logit_scale_max)
     if config.model.gradient_checkpointing:
         encoder.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if config.model.torch_compile:
-        compile_repeated_layers(encoder.backbone)
-        if t5 is not None:
-            compile_repeated_layers(t5.decoder)
+    apply_speed_options(config, encoder, t5, run_device())  # runtime.fp8, model.torch_compile=regional
 
     data = build_train_data(config, encoder, accelerator.num_processes, accelerator.process_index)
     accum = runtime.gradient_accumulation_steps
     max_steps = resolve_max_steps(config, data.batches_per_epoch)
     warmup = config.schedule.warmup_steps if config.schedule.warmup_steps is not None else round(config.schedule.warmup_ratio * max_steps)
+    eval_interval = resolve_eval_interval(config, max_steps)
 
     if accelerator.state.deepspeed_plugin is not None:
         _scalars_as_1d(encoder)
@@ -306,20 +325,25 @@ def pretrain(config: PretrainConfig) -> Path:
     optimizer = build_optimizer(encoder, config.optim)
     scheduler = build_lr_scheduler(optimizer, config.schedule.scheduler, warmup, max_steps)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+    if config.model.torch_compile == "step":
+        compile_step(objective)  # the prepared module: accelerate's autocast (and DDP) inside the graph
 
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
-    resume = resolve_resume(config)
+    resume = restore_newest_loadable(candidates, lambda path: accelerator.load_state(str(path / TRAINER_STATE)),
+                                     explicit=runtime.resume_from != "latest")
     if resume is not None:
-        accelerator.load_state(str(resume / TRAINER_STATE))
         data.load_state_dict(progress.data)
         accelerator.print(f"resumed from {resume} at step {progress.step}")
     if progress.step >= max_steps and resume is not None:
         accelerator.print(f"{resume} is already at max_steps={max_steps}")
 
     if accelerator.is_main_process:
+        if runtime.overwrite and resume is None:
+            clear_run_outputs(output_dir)  # the old run's checkpoints and final/ never mix with this one's
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "pretrain_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        write_run_record(output_dir, config)
     if accelerator.log_with:
         accelerator.init_trackers("pretrain", config=_flat_hparams(config))
     bar = _progress_bar(accelerator, runtime.progress_bar, progress.step, max_steps)
@@ -343,6 +367,8 @@ def pretrain(config: PretrainConfig) -> Path:
         if step % runtime.log_every == 0 or step + 1 == max_steps:
             _log(accelerator, loss, parts, optimizer, objective, step, bar)
         bar.update(1)
+        if data.heldout is not None and ((step + 1) % eval_interval == 0 or step + 1 == max_steps):
+            evaluate_and_keep_best(accelerator, objective, config, data.heldout, progress)
         if runtime.save_every and (step + 1) % runtime.save_every == 0 and step + 1 < max_steps:
             save_checkpoint(accelerator, objective, config, step + 1)
 
@@ -351,7 +377,11 @@ def pretrain(config: PretrainConfig) -> Path:
 
     def write_summary(tmp: Path) -> None:
         if accelerator.is_main_process:
-            (tmp / "training_summary.json").write_text(json.dumps({"steps": max_steps, "skipped_images": data.skipped_images}))
+            summary = {"steps": max_steps, "skipped_images": data.skipped_images}
+            if data.heldout is not None:
+                summary.update(best_eval_loss=progress.best_eval_loss, best_step=progress.best_step)
+            (tmp / "training_summary.json").write_text(json.dumps(summary))
+            write_run_record(tmp, config)
 
     _write_atomically(accelerator, objective, config, final, write_summary)
     accelerator.end_training()
@@ -373,6 +403,51 @@ def resolve_max_steps(config: PretrainConfig, batches_per_epoch: int | None) -> 
             f"(epochs={config.schedule.epochs}, accumulation={config.runtime.gradient_accumulation_steps})"
         )
     return steps
+
+
+# --------------------------------------------------------------------------- held-out loss
+def resolve_eval_interval(config: PretrainConfig, max_steps: int) -> int:
+    """Optimizer steps between held-out evaluations: data.eval_every as a fraction of the run (< 1) or in steps."""
+    every = config.data.eval_every
+    return max(1, int(max_steps * every)) if every < 1 else int(every)
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, objective: nn.Module, heldout, step: int) -> float:  # noqa: ANN001
+    """The stage's loss at `step` over every held-out sample, weighted by batch size, averaged over ranks."""
+    objective.eval()
+    total = torch.zeros(2, device=accelerator.device)  # (sum of loss x batch size, samples)
+    for batch in heldout.one_pass(accelerator.device):
+        loss, _ = objective(batch, step)
+        total += torch.stack([loss.detach().float() * batch["batch_size"], total.new_tensor(float(batch["batch_size"]))])
+    objective.train()
+    if accelerator.num_processes > 1:
+        total = accelerator.reduce(total, "sum")
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+def evaluate_and_keep_best(accelerator: Accelerator, objective: nn.Module, config: PretrainConfig, heldout,  # noqa: ANN001
+                           progress: TrainingProgress) -> float:
+    """Held-out loss after progress.step steps, logged; a new lowest one replaces best/ (written atomically).
+
+    The loss is the stage's at p = steps done / max_steps, as the authors' Trainer evaluates it (global_step).
+    """
+    loss = evaluate(accelerator, objective, heldout, progress.step)
+    improved = loss < progress.best_eval_loss
+    if improved:
+        progress.best_eval_loss, progress.best_step = loss, progress.step
+
+        def write_eval(tmp: Path) -> None:
+            if accelerator.is_main_process:
+                (tmp / "eval_summary.json").write_text(json.dumps({"step": progress.step, "eval_loss": loss}))
+
+        _write_atomically(accelerator, objective, config, Path(config.runtime.output_dir) / BEST_DIR, write_eval)
+    if accelerator.is_main_process:
+        with (Path(config.runtime.output_dir) / "eval_loss.jsonl").open("a") as log:
+            log.write(json.dumps({"step": progress.step, "eval_loss": loss, "best": improved}) + "\n")
+    if accelerator.log_with:
+        accelerator.log({"eval/loss": loss}, step=progress.step - 1)
+    return loss
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -434,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(pretrain_from_yaml(args.config, args.overrides))
-    except (FileNotFoundError, ValueError, FloatingPointError) as error:
+    except (OSError, ValueError, FloatingPointError) as error:  # incl. a full disk, a refused output_dir
         print(f"pretrain: error: {error}", file=sys.stderr)
         return 2
     return 0

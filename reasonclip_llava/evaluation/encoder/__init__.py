@@ -14,14 +14,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .compositional import aro, crepe, rclip_bench, sugarcrepe, sugarcrepe_pp, valse, whatsup, winoground
+from .compositional import aro, crepe, sugarcrepe, sugarcrepe_pp, valse, whatsup, winoground
 from .embed import EncoderEmbedder, ImageRef
+from .rclip_bench import rclip_bench, rclip_bench_retrieval
 from .retrieval import coco_retrieval, flickr30k_retrieval, retrieval
 from .zeroshot import zeroshot
 
 RESULT_FORMAT = "reasonclip.encoder_eval/1"
 
-BenchmarkFn = Callable[[EncoderEmbedder, Path, Path], dict]
+BenchmarkFn = Callable[[EncoderEmbedder, Path, Path | None], dict]
 
 BENCHMARKS: dict[str, BenchmarkFn] = {
     "sugarcrepe": sugarcrepe,
@@ -32,6 +33,7 @@ BENCHMARKS: dict[str, BenchmarkFn] = {
     "winoground": winoground,
     "aro": aro,
     "rclip_bench": rclip_bench,
+    "rclip_bench_retrieval": rclip_bench_retrieval,
     "retrieval": retrieval,
     "coco_retrieval": coco_retrieval,
     "flickr30k_retrieval": flickr30k_retrieval,
@@ -49,7 +51,9 @@ DATA_LAYOUT = {
              "(<id>.jpg, VG_100K/, VG_100K_2/)",
     "winoground": "--data: examples.jsonl (or its folder); --images: folder of <image_0>.png",
     "aro": "--data: folder with visual_genome_relation.json and visual_genome_attribution.json; --images: their images/ folder",
-    "rclip_bench": "--data: parquet file or folder (image_path, category S/A/H/T/P, options[5], answer); --images: CC12M root",
+    "rclip_bench": "--data: the released RCLIP-Bench folder (data/v1-00000-of-00001.parquet, v2-, v3-) or one parquet "
+                   "(id, image_name, text, version, sets[{tag, gt, neg[4]}], image{bytes, path}); images are embedded, no --images",
+    "rclip_bench_retrieval": "as rclip_bench; gt captions only, R@1/5/10 both directions",
     "retrieval": "--data: Karpathy dataset_*.json (split 'test'); --images: root of <filepath>/<filename>",
     "coco_retrieval": "--data: dataset_coco.json; --images: COCO root holding val2014/",
     "flickr30k_retrieval": "--data: dataset_flickr30k.json; --images: flickr30k-images/",
@@ -61,12 +65,16 @@ ALIASES = {
     "scpp": "sugarcrepe_pp",
     "rclip-bench": "rclip_bench",
     "rclipbench": "rclip_bench",
+    "rclip-bench-retrieval": "rclip_bench_retrieval",
     "coco": "coco_retrieval",
     "flickr30k": "flickr30k_retrieval",
     "flickr": "flickr30k_retrieval",
     "zero-shot": "zeroshot",
     "zeroshot_classification": "zeroshot",
 }
+
+# Benchmarks whose files embed the images: --images is optional (only for rows without bytes).
+EMBEDDED_IMAGES = ("rclip_bench", "rclip_bench_retrieval")
 
 __all__ = ["BENCHMARKS", "DATA_LAYOUT", "EncoderEmbedder", "ImageRef", "evaluate_encoder", "resolve_benchmark", "write_result"]
 
@@ -84,7 +92,7 @@ def evaluate_encoder(
     model_dir: str | Path,
     benchmark: str,
     data: str | Path | None,
-    images: str | Path,
+    images: str | Path | None,
     out_dir: str | Path | None = None,
     batch_size: int = 64,
     device: str = "cpu",
@@ -94,17 +102,20 @@ def evaluate_encoder(
 ) -> dict:
     """Evaluate a CLIP/SigLIP checkpoint on one benchmark; returns (and writes to out_dir) the result record.
 
-    data: the benchmark's annotation file or folder (optional for zeroshot); images: the image root.
+    data: the benchmark's annotation file or folder (optional for zeroshot); images: the image root
+    (optional for benchmarks that embed their images, EMBEDDED_IMAGES).
     Pass an existing `embedder` to share its cache across benchmarks on the same images.
     """
     name = resolve_benchmark(benchmark)
     data = Path(data) if data is not None else None
-    images = Path(images)
+    images = Path(images) if images is not None else None
     if data is None and name != "zeroshot":
         raise ValueError(f"benchmark {name!r} needs --data (its annotation file or folder)")
     if data is not None and not data.exists():
         raise FileNotFoundError(f"benchmark data not found: {data}")
-    if not images.is_dir():
+    if images is None and name not in EMBEDDED_IMAGES:
+        raise ValueError(f"benchmark {name!r} needs --images (the folder its image names are relative to)")
+    if images is not None and not images.is_dir():
         raise FileNotFoundError(f"image folder not found: {images}")
     model_dir = Path(model_dir)
     if embedder is None:
@@ -119,7 +130,7 @@ def evaluate_encoder(
         "model_dir": str(model_dir.resolve()),
         "benchmark": name,
         "data": str(data.resolve()) if data is not None else None,
-        "images": str(images.resolve()),
+        "images": str(images.resolve()) if images is not None else None,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 3),
         **scores,

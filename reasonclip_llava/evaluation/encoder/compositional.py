@@ -1,9 +1,15 @@
 """Compositional image-text matching benchmarks, each read in its released format.
 
 Decision rules follow the official scorers (EVAL.md), including how ties fall:
-SugarCrepe / SugarCrepe++ / VALSE / ARO / Winoground use strict ">" (a tie is wrong); WhatsUp takes
+SugarCrepe / SugarCrepe++ / VALSE / ARO / Winoground use strict ">" (a tie is wrong: SugarCrepe's
+main_eval.py `1 if pos_score > neg_score else 0`, VALSE's pairwise accuracy `caption > foil`); WhatsUp takes
 np.argmax over the options with the correct one first (a tie goes to the correct option); CREPE and
-RCLIP-Bench rank the correct text by how many candidates score strictly higher.
+RCLIP-Bench (rclip_bench.py) take argmax over the options with the correct one first.
+
+Headlines name their aggregation (the result's "aggregation"). Beside our macro averages, VALSE and
+WhatsUp also get READ's numbers (READ-CLIP `src/runners/evaluator.py`): VALSE micro over all items and
+WhatsUp as the mean of 3 groups (Controlled-A+B, COCO-QA, VG-QA, each micro over its items), both with
+READ's decision argmax == 0 (a tie counts for the caption).
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ from .sources import (
     read_csv,
     read_json,
     read_jsonl,
-    read_parquet,
     subset_files,
     text_field,
 )
@@ -119,6 +124,9 @@ WHATSUP_FILES = {
     "vg_qa_one": "vg_qa_one_obj.json",
     "vg_qa_two": "vg_qa_two_obj.json",
 }
+# READ's grouping (by file-name prefix: coco*, vg*, everything else)
+WHATSUP_READ_GROUPS = {"controlled": ("controlled_a", "controlled_b"), "coco": ("coco_qa_one", "coco_qa_two"),
+                       "vg": ("vg_qa_one", "vg_qa_two")}
 
 
 def _whatsup_item(name: str, row, index: int, path: Path, images: Path) -> MatchItem:
@@ -154,9 +162,20 @@ def whatsup(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
     for name, items in parsed.items():
         scores = option_scores(embedder, items)
         correct = scores.argmax(dim=1) == 0  # argmax takes the first of tied maxima
-        subsets[name] = {"n": len(items), "accuracy": percent(correct.sum(), len(items))}
+        subsets[name] = {"n": len(items), "accuracy": percent(correct.sum(), len(items)), "n_correct": int(correct.sum())}
         item_records += item_rows(name, items, scores, correct=correct)
-    return summarize(subsets, {"WhatsUp": ("macro", "accuracy")}, item_records)
+    groups = {}
+    for group, members in WHATSUP_READ_GROUPS.items():
+        present = [subsets[m] for m in members if m in subsets]
+        if present:
+            groups[group] = percent(sum(s["n_correct"] for s in present), sum(s["n"] for s in present))
+    result = summarize(subsets, {"WhatsUp": ("macro", "accuracy")}, item_records, groups=groups)
+    if groups:
+        result["headline"]["WhatsUp (READ, 3 groups)"] = mean(list(groups.values()))
+        result["aggregation"]["WhatsUp (READ, 3 groups)"] = (
+            f"READ's: mean over the groups {', '.join(groups)} (controlled = Controlled-A+B, coco = COCO-QA one+two, "
+            "vg = VG-QA one+two), each micro over its items; argmax == 0")
+    return result
 
 
 # ---- VALSE ------------------------------------------------------------------------------------------
@@ -202,13 +221,20 @@ def valse(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
             items.append(MatchItem(str(key), find_image(images, candidates + [image_file], where), (caption, foil)))
         parsed[path.stem] = _require_items(items, path)
     prefetch(embedder, parsed)
-    subsets, item_records = {}, []
+    subsets, item_records, read_hits = {}, [], []
     for name, items in parsed.items():
         scores = option_scores(embedder, items)
-        correct = scores[:, 0] > scores[:, 1]
+        correct = scores[:, 0] > scores[:, 1]  # the official rule: a tie is wrong
+        read_correct = scores.argmax(dim=1) == 0  # READ's rule: a tie counts for the caption
         subsets[name] = {"n": len(items), "n_dropped": dropped[name], "accuracy": percent(correct.sum(), len(items))}
-        item_records += item_rows(name, items, scores, correct=correct)
-    return summarize(subsets, {"VALSE": ("macro", "accuracy")}, item_records, n_dropped=sum(dropped.values()))
+        read_hits.append(int(read_correct.sum()))
+        item_records += item_rows(name, items, scores, correct=correct, read_correct=read_correct)
+    result = summarize(subsets, {"VALSE": ("macro", "accuracy")}, item_records, n_dropped=sum(dropped.values()))
+    total = sum(subset["n"] for subset in subsets.values())
+    result["headline"]["VALSE (READ, micro)"] = percent(sum(read_hits), total)
+    result["aggregation"]["VALSE (READ, micro)"] = (f"READ's: micro over all {total} valid items of the "
+                                                    f"{len(subsets)} pieces; argmax == 0 (a tie counts for the caption)")
+    return result
 
 
 # ---- CREPE ------------------------------------------------------------------------------------------
@@ -339,74 +365,7 @@ def aro(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
             headline[label] = subset["macro_accuracy"] if subset["macro_accuracy"] is not None else subset["accuracy"]
     result = summarize(subsets, {}, item_records)
     result["headline"] = headline
+    result["aggregation"] = {label: (f"macro over attribute pairs seen >= {ARO_MIN_ATTRIBUTE_COUNT} times (official), "
+                                     "else item accuracy") if "Attribution" in label else "macro over relations (official)"
+                             for label in headline}
     return result
-
-
-# ---- RCLIP-Bench ------------------------------------------------------------------------------------
-
-RCLIP_CATEGORIES = ("S", "A", "H", "T", "P")
-_CATEGORY_WORDS = {"spatial": "S", "geometric": "S", "attribute": "A", "state": "A", "human": "H", "action": "H",
-                   "temporal": "T", "phase": "T", "physical": "P"}
-_OPTION_COLUMNS = (tuple(f"option_{i}" for i in range(5)), tuple(f"option_{c}" for c in "abcde"), tuple("ABCDE"))
-
-
-def _rclip_category(value, where: str) -> str:
-    text = str(value).strip()
-    if text.upper() in RCLIP_CATEGORIES:
-        return text.upper()
-    word = text.lower().replace("/", " ").split()[0] if text else ""
-    if word in _CATEGORY_WORDS:
-        return _CATEGORY_WORDS[word]
-    raise ValueError(f"{where}: unknown category {value!r} (expected one of S, A, H, T, P)")
-
-
-def _rclip_options(row: dict, where: str) -> list[str]:
-    options = row.get("options")
-    if options is None:
-        for columns in _OPTION_COLUMNS:
-            if all(column in row for column in columns):
-                options = [row[column] for column in columns]
-                break
-    if not isinstance(options, (list, tuple)) or len(options) != 5 or not all(isinstance(o, str) and o.strip() for o in options):
-        raise ValueError(f"{where}: expected 5 non-empty options (column 'options' or option_0..option_4)")
-    return list(options)
-
-
-def _rclip_answer(value, where: str) -> int:
-    if isinstance(value, str) and value.strip().upper() in tuple("ABCDE"):
-        return "ABCDE".index(value.strip().upper())
-    try:
-        answer = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: answer {value!r} is not an option index 0-4 or a letter A-E") from None
-    if not 0 <= answer < 5:
-        raise ValueError(f"{where}: answer {answer} out of range 0-4")
-    return answer
-
-
-def rclip_bench(embedder: EncoderEmbedder, data: Path, images: Path) -> dict:
-    """Parquet rows {image_path, category, options[5], answer}: 5-way accuracy per category and overall."""
-    files = _data_files(data, "*.parquet", "RCLIP-Bench")
-    by_category: dict[str, list[tuple[MatchItem, int]]] = defaultdict(list)
-    for path in files:
-        entries = read_parquet(path)
-        if not entries:
-            raise ValueError(f"{path}: no items")
-        for index, row in enumerate(entries):
-            where = f"{path} row {row.get('id', index)}"
-            category = _rclip_category(field(row, "category", where), where)
-            answer = _rclip_answer(field(row, "answer", where), where)
-            image = find_image(images, [text_field(row, "image_path", where)], where)
-            by_category[category].append((MatchItem(str(row.get("id", index)), image, tuple(_rclip_options(row, where))), answer))
-    parsed = {c: [item for item, _ in by_category[c]] for c in RCLIP_CATEGORIES if c in by_category}
-    prefetch(embedder, parsed)
-    subsets, item_records = {}, []
-    for category, items in parsed.items():
-        scores = option_scores(embedder, items)
-        answers = torch.tensor([answer for _, answer in by_category[category]])
-        correct_score = scores.gather(1, answers[:, None])
-        correct = (scores > correct_score).sum(dim=1) == 0  # ties with a wrong option count as wrong
-        correct &= (scores == correct_score).sum(dim=1) == 1
-        subsets[category] = {"n": len(items), "accuracy": percent(correct.sum(), len(items))}
-        item_records += item_rows(category, items, scores, answer=answers, correct=correct)
-    return summarize(subsets, {"RCLIP-Bench": ("micro", "accuracy")}, item_records)

@@ -7,8 +7,9 @@ benchmarks evaluated with the same embedder) goes through the vision tower exact
 
 from __future__ import annotations
 
+import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -16,21 +17,31 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ...data.datasets import open_image_or_raise
-
-# Families whose text tower pools the last position and was trained on max_length padding.
-_MAX_LENGTH_PADDING_FAMILIES = ("siglip", "siglip2")
+from ...data.datasets import IMAGE_ERRORS, open_image_or_raise
+from ...encoder.text import TextRule, tokenize
 
 
 @dataclass(frozen=True)
 class ImageRef:
-    """One image as the encoder sees it: a file, optionally cropped to a box (x, y, width, height)."""
+    """One image as the encoder sees it: a file, optionally cropped to a box (x, y, width, height).
+
+    data: the image's encoded bytes when a benchmark embeds them (RCLIP-Bench parquet); `path` is then
+    the row's name ("<file.parquet>::<row>"), the cache key and what an error message names.
+    """
 
     path: Path
     box: tuple[float, float, float, float] | None = None
+    data: bytes | None = field(default=None, compare=False, repr=False)
 
     def load(self) -> Image.Image:
-        image = open_image_or_raise(self.path)
+        if self.data is not None:
+            try:
+                with Image.open(io.BytesIO(self.data)) as raw:
+                    image = raw.convert("RGB")
+            except IMAGE_ERRORS as error:
+                raise ValueError(f"{self.path}: cannot decode the embedded image bytes: {error}") from None
+        else:
+            image = open_image_or_raise(self.path)
         if self.box is not None:
             x, y, width, height = self.box
             image = image.crop((x, y, x + width, y + height))
@@ -63,6 +74,7 @@ class EncoderEmbedder:
         self.device = torch.device(device)
         self.name = name
         self.model_dir = model_dir
+        self.text_rule = TextRule.for_model(model, tokenizer)
         self._image_cache: dict[ImageRef, torch.Tensor] = {}
         self._text_cache: dict[str, torch.Tensor] = {}
         self.images_encoded = 0  # model forwards, i.e. cache misses
@@ -80,7 +92,9 @@ class EncoderEmbedder:
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"not a model checkpoint (no config.json): {model_dir}")
-        model = AutoModel.from_pretrained(model_dir, **({"dtype": dtype} if dtype is not None else {}))
+        from ...io_utils import load_pretrained_strict  # missing weights would be scored as random ones
+
+        model = load_pretrained_strict(AutoModel, model_dir, "model", allow_unexpected=True, **({"dtype": dtype} if dtype is not None else {}))
         for method in ("get_image_features", "get_text_features"):
             if not hasattr(model, method):
                 raise ValueError(f"{model_dir}: {type(model).__name__} has no {method}; expected a CLIP/SigLIP dual encoder")
@@ -112,7 +126,13 @@ class EncoderEmbedder:
 
     def stats(self) -> dict:
         return {"images_encoded": self.images_encoded, "texts_encoded": self.texts_encoded,
-                "batch_size": self.batch_size, "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+                "batch_size": self.batch_size, "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+                "text_rule": vars(self.text_rule)}
+
+    def logit_scale(self) -> float:
+        """exp(logit_scale) of the model (1.0 if it has none): the authors' scores are scale * cosine."""
+        scale = getattr(self.model, "logit_scale", None)
+        return float(scale.detach().float().exp()) if scale is not None else 1.0
 
     def provenance(self) -> dict:
         """ReasonCLIP provenance fields of config.json (base model, stage, recipe), if the export wrote them."""
@@ -134,20 +154,9 @@ class EncoderEmbedder:
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         if self.tokenizer is None:
             raise FileNotFoundError(f"{self.model_dir or self.name}: no tokenizer saved with the checkpoint; text embeddings need one")
-        inputs = self.tokenizer(texts, return_tensors="pt", **self._text_kwargs())
-        if self.model.config.model_type in _MAX_LENGTH_PADDING_FAMILIES:
-            # SigLIP pools the last position and never saw an attention mask in training.
-            inputs = {"input_ids": inputs["input_ids"]}
-        inputs = {key: value.to(self.device) for key, value in inputs.items()}
+        inputs = {key: value.to(self.device) for key, value in tokenize(self.tokenizer, texts, self.text_rule).items()}
         features = _features(self.model.get_text_features(**inputs))
         return F.normalize(features.float(), dim=-1).cpu()
-
-    def _text_kwargs(self) -> dict:
-        max_positions = self.model.config.text_config.max_position_embeddings
-        max_length = min(max_positions, self.tokenizer.model_max_length or max_positions)
-        if self.model.config.model_type in _MAX_LENGTH_PADDING_FAMILIES:
-            return {"padding": "max_length", "truncation": True, "max_length": max_length}
-        return {"padding": True, "truncation": True, "max_length": max_length}
 
     @staticmethod
     def _stack(rows: list[torch.Tensor]) -> torch.Tensor:

@@ -54,6 +54,14 @@ def item_rows(subset: str, items: Sequence[MatchItem], scores: torch.Tensor | No
     return rows
 
 
+def describe_average(average: str, metric: str, subsets: Mapping[str, dict]) -> str:
+    """How a headline number was averaged, in words, for the result JSON and the report."""
+    if average == "macro":
+        return f"macro: mean {metric} over the {len(subsets)} subsets ({', '.join(subsets)}), each weighted equally"
+    total = sum(subset["n"] for subset in subsets.values())
+    return f"micro: {metric} over all {total} items of {', '.join(subsets)}"
+
+
 def summarize(subsets: dict[str, dict], headline: Mapping[str, tuple[str, str]], items: list[dict] | None = None, **extra) -> dict:
     """Add macro (mean over subsets) and micro (mean over items) averages of every numeric metric.
 
@@ -78,6 +86,7 @@ def summarize(subsets: dict[str, dict], headline: Mapping[str, tuple[str, str]],
         "micro": micro,
         "n_items": total,
         "headline": {label: averages[average][metric] for label, (average, metric) in headline.items()},
+        "aggregation": {label: describe_average(average, metric, subsets) for label, (average, metric) in headline.items()},
         "items": items or [],
         **extra,
     }

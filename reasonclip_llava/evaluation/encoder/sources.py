@@ -21,14 +21,6 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def read_parquet(path: Path) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
-        raise FileNotFoundError(f"benchmark file not found: {path}")
-    return pq.read_table(path).to_pylist()
-
-
 def field(row: Mapping, key: str, where: str, kind: type | tuple[type, ...] | None = None) -> Any:
     """row[key], or a ValueError naming the file/row and the key (and the expected type)."""
     if not isinstance(row, Mapping):

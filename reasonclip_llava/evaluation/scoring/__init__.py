@@ -30,7 +30,8 @@ SCORERS: dict[str, tuple[Scorer, tuple[str, ...]]] = {
     "chartqa": (chartqa.score_chartqa, chartqa.MODES),
     "seedbench_img": (choice.score_seedbench_img, choice.MODES),
 }
-_MODE_ALIASES = {"lmms_eval": "evalai", "lmms-eval": "evalai", "llava": "evalai"}
+_MODE_ALIASES = {"lmms-eval": "lmms_eval", "llava": "evalai"}
+LMMS_EVAL = "lmms_eval"  # lmms-eval's own per-item functions (scoring/lmms_eval.py), lmms-lab parquet input
 
 
 def score_answers(
@@ -48,7 +49,9 @@ def score_answers(
         the same file/folder given to `load_questions` as `data`).
     questions: optional questions file whose ids restrict the scored set (VQAv2 questions JSON, a JSON
         list or JSONL with "question_id"); without it every annotated question is scored.
-    mode: 'official' (default) or 'evalai' (alias 'lmms_eval') for VQAv2/TextVQA/VizWiz and GQA.
+    mode: 'official' (default: the benchmark's own scorer); 'evalai' for VQAv2/TextVQA/VizWiz and GQA
+        (LLaVA's answer processing); 'lmms_eval': lmms-eval's `*_process_results` + aggregation, item by
+        item (lmms-lab parquet annotations). The summary's "mode" says which produced it.
     out_dir: when given, writes {benchmark}_scores.jsonl (one row per question) and {benchmark}_summary.json.
 
     Unanswered questions score 0 ('missing' counts them); answers to unknown ids are ignored
@@ -58,7 +61,13 @@ def score_answers(
     name = canonical_benchmark(benchmark)
     scorer, modes = SCORERS[name]
     mode = _MODE_ALIASES.get(mode.lower(), mode.lower())
-    if mode not in modes:
+    if mode == LMMS_EVAL:
+        from .lmms_eval import COVERED, score_lmms_eval
+
+        if name not in COVERED:
+            raise ValueError(f"{name}: unknown mode {mode!r}; {name} accepts {', '.join(modes)}")
+        scorer = lambda answers_, annotations_, mode_, keep_: score_lmms_eval(name, answers_, annotations_, keep_)  # noqa: E731
+    elif mode not in modes:
         raise ValueError(f"{name}: unknown mode {mode!r}; {name} accepts {', '.join(modes)}")
     annotations = Path(annotations).expanduser()
     if not annotations.exists():

@@ -2,7 +2,7 @@
 
 - 'official': LLaVA's convert_gqa_for_eval.py (prediction.rstrip('.').lower()) followed by GQA's
   eval.py, which compares it with the gold answer as released.
-- 'evalai' (alias 'lmms_eval'): lmms-eval's exact_match with ignore_case and ignore_punctuation, both
+- 'evalai' (also what `--mode lmms_eval` does per item): lmms-eval's exact_match with ignore_case and ignore_punctuation, both
   sides lowercased and stripped of string.punctuation.
 Breakdowns by the question's structural and semantic type, as GQA's eval.py reports them.
 """

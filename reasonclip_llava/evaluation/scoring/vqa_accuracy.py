@@ -154,12 +154,24 @@ def read_vqa_annotations(path: Path) -> dict[str, VQAAnnotation]:
     return out
 
 
+def _parquet_truth(annotations: Path) -> dict[str, VQAAnnotation]:
+    """Human answers from the lmms-lab parquet of VQAv2 / TextVQA / VizWiz."""
+    from ..benchmarks import read_items
+    from ..lmms_lab import benchmark_of
+
+    items = read_items(benchmark_of(annotations, ("vqav2", "textvqa", "vizwiz")), annotations)
+    return {item.question_id: VQAAnnotation(item.answer or [], item.meta.get("answer_type"), item.meta.get("question_type"))
+            for item in items}
+
+
 def score_vqa(answers: dict[str, str], annotations: Path, mode: str, keep: Sequence[str] | None) -> ScoreResult:
-    truth = read_vqa_annotations(annotations)
+    from ..lmms_lab import is_parquet_input
+
+    truth = _parquet_truth(annotations) if is_parquet_input(annotations) else read_vqa_annotations(annotations)
     rows = []
     for qid in select_ids(truth, keep, annotations):
         ann, prediction = truth[qid], answers.get(qid)
-        score = 0.0 if prediction is None else vqa_accuracy(prediction, ann.answers, mode)
+        score = 0.0 if prediction is None or not ann.answers else vqa_accuracy(prediction, ann.answers, mode)
         rows.append({"question_id": qid, "prediction": prediction, "score": score,
                      "answer_type": ann.answer_type, "question_type": ann.question_type})
     summary = {"accuracy": mean_percent([r["score"] for r in rows]),
