@@ -40,6 +40,8 @@ def _verify(args: argparse.Namespace) -> int:
     print(json.dumps(report, indent=2))
     for name in report["failed"]:
         print(f"verify: check failed: {name}", file=sys.stderr)
+    for name, finding in report.get("findings", {}).items():
+        print(f"verify: finding: {name}: {finding['detail']}", file=sys.stderr)
     return 0 if report["ok"] else 1
 
 
@@ -82,6 +84,11 @@ def _eval_score(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        from .pretrain.plan import plan_from_yaml
+
+        print(json.dumps(plan_from_yaml(args.config, args.overrides, world_size=args.world_size, params=args.param), indent=2))
+        return 0
     from .pretrain.trainer import pretrain_from_yaml
 
     print(pretrain_from_yaml(args.config, args.overrides))
@@ -200,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("pretrain", help="one ReasonCLIP stage (stage0 / stage1 / stage2 / read) from a recipe; extra --key=value or --section.key=value override it")
     p.add_argument("config", help="recipe YAML, e.g. train/stage1_l14_336.yaml")
+    p.add_argument("--dry-run", action="store_true", help="build model, data, optimizer and schedule, train nothing, print the plan as JSON")
+    p.add_argument("--world-size", type=int, default=None, help="with --dry-run: plan for this many devices (default: $WORLD_SIZE or 1)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME", help="with --dry-run: also show this parameter's group, lr and weight decay (repeatable)")
     p.set_defaults(handler=_pretrain, takes_overrides=True)
 
     p = commands.add_parser("llava-build", help="build a LLaVA-NeXT (transformers LlavaNext) or LLaVA-1.5 (transformers Llava) from a causal LM and an encoder")

@@ -7,6 +7,7 @@ the same forms and fail with the same one-line errors naming the key.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
 from pathlib import Path
@@ -78,6 +79,16 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config key '{key}' expects a list, got {value!r}")
         return [coerce(v, args[0], key) for v in value] if args else list(value)
+    if dataclasses.is_dataclass(hint):  # a nested mapping, e.g. one entry of optim.groups
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ValueError(f"config key '{key}' expects a mapping, got {value!r}")
+        fields = typing.get_type_hints(hint)
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown config key '{key}.{unknown[0]}'")
+        return hint(**{name: coerce(item, fields[name], f"{key}.{name}") for name, item in value.items()})
     if hint is str and isinstance(value, bool):  # YAML 1.1 reads an unquoted no / off / yes as a boolean
         raise ValueError(f"config key '{key}' expects a string, got the YAML boolean {value}: quote the value")
     try:

@@ -112,8 +112,11 @@ def check_model_files(name_or_path: str | Path, what: str = "model") -> None:
         )
 
 
-def load_pretrained_strict(model_class: Any, name_or_path: str | Path, what: str, allow_unexpected: bool = False, **kwargs: Any):
+def load_pretrained_strict(model_class: Any, name_or_path: str | Path, what: str, allow_unexpected: bool = False,
+                           tolerated: Any = None, **kwargs: Any):
     """model_class.from_pretrained, refusing missing / mismatched (and, unless allowed, unexpected) weights.
+
+    `tolerated(unexpected_keys)` names unexpected keys that are no error (a released checkpoint's training heads).
 
     transformers only logs such keys and initialises the missing ones randomly; here they are an error
     naming the first few, so a wrong checkpoint can never pass as a trained model.
@@ -127,6 +130,9 @@ def load_pretrained_strict(model_class: Any, name_or_path: str | Path, what: str
         model, info = model_class.from_pretrained(str(name_or_path), output_loading_info=True, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
+    if tolerated is not None and info.get("unexpected_keys"):
+        skip = set(tolerated(info["unexpected_keys"]))
+        info = {**info, "unexpected_keys": [k for k in info["unexpected_keys"] if k not in skip]}
     kinds = ("missing_keys", "mismatched_keys") if allow_unexpected else ("missing_keys", "unexpected_keys", "mismatched_keys")
     problems = {kind: info[kind] for kind in kinds if info.get(kind)}
     if problems:

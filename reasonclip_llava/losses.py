@@ -33,7 +33,6 @@ Two ways to get there, picked by `gather_with_grad`:
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -285,19 +284,20 @@ class ParaphraseAlignmentLoss(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # Regularisers and auxiliary heads
 
-# Anchored: everything inside the vision and text towers (embeddings, layers, norms, SigLIP's
-# attention-pooling head). Not anchored: the projections (CLIP's visual/text_projection, SigLIP's
-# text_model.head linear), logit_scale, logit_bias, and anything outside the towers (training heads).
-_TOWER = re.compile(r"(^|\.)(vision_model|text_model)\.")
-_PROJECTION = re.compile(r"(^|\.)text_model\.head\.")
+# The published rule (ft_clip_r_s1.py): a parameter is anchored when its name contains "vision_model." or
+# "text_model." and contains neither "projection" nor "logit_". So everything inside the two towers is
+# anchored, SigLIP's text_model.head (its text projection) and attention-pooling vision_model.head included;
+# CLIP's visual_projection / text_projection, logit_scale, logit_bias and the training heads are not.
+_TOWERS = ("vision_model.", "text_model.")
+_NOT_ANCHORED = ("projection", "logit_")
 
 
 def is_anchored_parameter(name: str) -> bool:
-    """Default L2-anchor rule on parameter names of transformers CLIPModel/SiglipModel/Siglip2Model.
+    """The authors' L2-anchor rule on parameter names of transformers CLIPModel / SiglipModel.
 
-    Works through wrapper prefixes (`module.`, `backbone.`, `base_model.model.`).
+    Substrings, as in their code, so wrapper prefixes (`module.`, `backbone.`, `base_model.model.`) keep it.
     """
-    return bool(_TOWER.search(name)) and not _PROJECTION.search(name)
+    return any(t in name for t in _TOWERS) and not any(x in name for x in _NOT_ANCHORED)
 
 
 class L2AnchorLoss(nn.Module):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import math
+
 import torch
 from transformers import (
     CLIPConfig,
@@ -47,6 +49,25 @@ def save_tiny_clip(out_dir: str | Path, seed: int = 0, **vision_overrides) -> Pa
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(out_dir)
     clip_tokenizer().save_pretrained(out_dir)
     return out_dir
+
+
+def save_learnable_tiny_clip(out_dir: str | Path, seed: int = 0, text_layers: int = 2, logit_scale: float | None = None) -> Path:
+    """The tiny CLIP with initializer_factor 4 (learning studies, the demo); optionally more text layers
+    and another initial logit scale.
+
+    With the default factor the random 32-wide towers start with nearly identical embeddings for every
+    input and sit at the collapsed solution (loss = ln batch) for hundreds of steps.
+    """
+    save_tiny_clip(out_dir)
+    torch.manual_seed(seed)
+    config = tiny_clip_config()
+    config.text_config.num_hidden_layers = text_layers
+    if logit_scale is not None:
+        config.logit_scale_init_value = math.log(logit_scale)
+    for part in (config, config.vision_config, config.text_config):
+        part.initializer_factor = 4.0
+    CLIPModel(config).save_pretrained(out_dir)
+    return Path(out_dir)
 
 
 def save_tiny_siglip(out_dir: str | Path, seed: int = 0, **vision_overrides) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+from transformers import AutoImageProcessor, AutoTokenizer
 
 from reasonclip_llava.encoder.modeling import ReasonCLIPForPretraining
 from reasonclip_llava.pretrain.demo import prepare_tiny_workspace, tiny_recipe
-from reasonclip_llava.tiny import save_tiny_clip, tiny_clip_config
+from reasonclip_llava.tiny import save_learnable_tiny_clip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,21 +40,8 @@ def stage_args(paths: dict[str, Path], stage: str, out_dir: Path, *extra: str, m
 
 
 def learnable_tiny_clip(out_dir: Path, seed: int = 0, text_layers: int = 2, logit_scale: float | None = None) -> Path:
-    """The tiny CLIP (real tokenizer and processor) with initializer_factor 4, for the learning tests.
-
-    With the default factor the random 32-wide towers start with nearly identical embeddings for every
-    input and sit at the collapsed solution (loss = ln batch) for hundreds of steps.
-    """
-    save_tiny_clip(out_dir)
-    torch.manual_seed(seed)
-    config = tiny_clip_config()
-    config.text_config.num_hidden_layers = text_layers
-    if logit_scale is not None:
-        config.logit_scale_init_value = math.log(logit_scale)
-    for part in (config, config.vision_config, config.text_config):
-        part.initializer_factor = 4.0
-    CLIPModel(config).save_pretrained(out_dir)
-    return out_dir
+    """The tiny CLIP (real tokenizer and processor) with initializer_factor 4, for the learning tests."""
+    return save_learnable_tiny_clip(out_dir, seed=seed, text_layers=text_layers, logit_scale=logit_scale)
 
 
 @torch.no_grad()

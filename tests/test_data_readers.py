@@ -138,13 +138,23 @@ def test_pixel_values_come_from_the_image_processor(synth, processor):
 
 
 def test_read_samples_use_other_captions_of_the_image(synth):
-    dataset = ReadDataset(synth["reasonlite"], caption_columns=("tb",), k=3, seed=2)
     row = pq.read_table(synth["reasonlite"]).slice(5, 1).to_pylist()[0]
+    # recon_target="other": caption, paraphrase and target are the image's three captions.
+    dataset = ReadDataset(synth["reasonlite"], caption_columns=("tb",), k=3, seed=2, recon_target="other")
     for epoch in range(3):
         dataset.set_epoch(epoch)
         sample = dataset[5]
         assert {sample["caption"], sample["paraphrase"], sample["recon_target"]} == set(row["tb"])
         assert len(set(sample["negatives"])) == 3 and sample["caption"] not in sample["negatives"]
+    # The published default (READ's collator): the target is drawn from ALL captions, the anchor included.
+    dataset = ReadDataset(synth["reasonlite"], caption_columns=("tb",), k=3, seed=2)
+    targets = []
+    for epoch in range(30):
+        dataset.set_epoch(epoch)
+        sample = dataset[5]
+        assert sample["paraphrase"] != sample["caption"] and sample["recon_target"] in row["tb"]
+        targets.append(sample["recon_target"] == sample["caption"])
+    assert any(targets) and not all(targets)
 
 
 def test_read_precomputed_negatives_are_used_first(tmp_path, synth):

@@ -162,23 +162,28 @@ def _head_objects(head: str) -> set[tuple[str, str]] | None:
     return {(words[1], words[2]), (words[-2], words[-1])}
 
 
-def test_relation_options_of_bench_agree_with_pixels(synth):
+def test_relation_options_of_bench_agree_with_pixels():
     """In S items of the form '<a> is <rel> <b>, so ...', the pixels confirm the answer and refute every
     option that names the image's two real objects."""
+    import random
+
+    from reasonclip_llava.data.synthetic import rclip_items
+
     checked = 0
-    for row in pq.read_table(synth["rclip_bench"]).to_pylist():
-        image = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])))
-        for item in row["sets"]:
-            gt, *negatives = (o.split(",")[0] for o in [item["gt"], *item["neg"]])
-            real = _head_objects(gt)
-            if item["tag"] != "S" or real is None:
+    for index in range(300):
+        item = make_item(3, index, image_size=64)
+        image = np.asarray(item.image)
+        for row in rclip_items(item.scene, ["S"], random.Random(index)):
+            heads = [o.split(",")[0] for o in row["options"]]
+            real = _head_objects(heads[row["answer"]])
+            if real is None:
                 continue
-            assert _relation_holds(image, gt)
-            for head in negatives:
-                if _head_objects(head) == real:
+            assert _relation_holds(image, heads[row["answer"]])
+            for i, head in enumerate(heads):
+                if i != row["answer"] and _head_objects(head) == real:
                     assert not _relation_holds(image, head), head
                     checked += 1
-    assert checked > 0
+    assert checked > 5
 
 
 def test_bad_arguments_raise(tmp_path):
@@ -208,3 +213,80 @@ def test_scene_space_narrows_and_widens_what_scenes_hold():
 def test_scene_space_names_a_bad_field(field, value, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         SceneSpace(**{field: value})
+
+
+# ---- RCLIP-Bench options carry no text-only prior ---------------------------------------------------
+
+def _bench_items(num_images: int = 800) -> list[dict]:
+    import random
+
+    from reasonclip_llava.data.hard_negatives import stable_seed
+    from reasonclip_llava.data.synthetic import rclip_items
+
+    items = []
+    for index in range(num_images):
+        scene = make_item(0, index, image_size=32).scene
+        items += rclip_items(scene, list(scene.categories()), random.Random(stable_seed("prior test", index)))
+    return items
+
+
+def _expected_accuracy(items: list[dict], score) -> float:
+    """Accuracy of picking the highest-scoring option, ties shared (the expectation over random tie-breaks)."""
+    total = 0.0
+    for item in items:
+        values = [score(option, item["options"]) for option in item["options"]]
+        best = [k for k, v in enumerate(values) if v == max(values)]
+        total += (item["answer"] in best) / len(best)
+    return total / len(items)
+
+
+def _shared_words(option: str, options: list[str]) -> int:
+    words = set(option.split())
+    return sum(len(words & set(other.split())) for other in options if other is not option)
+
+
+def test_rclip_bench_options_give_a_scorer_without_the_image_chance():
+    """5-way items built around the true caption (each negative one change away from it) give it away:
+    the option sharing most words with the others is the answer. Options drawn alike from one grid of
+    scenes leave every image-blind rule at chance, 20% (+-2.1 points = 3 standard errors at n ~ 3,300)."""
+    items = _bench_items()
+    assert len(items) > 3000 and {i["category"] for i in items} == set(CATEGORIES)
+    rules = {
+        "most words shared with the other options": _shared_words,
+        "fewest words shared": lambda o, opts: -_shared_words(o, opts),
+        "longest": lambda o, opts: len(o),
+        "shortest": lambda o, opts: -len(o),
+    }
+    for name, rule in rules.items():
+        accuracy = _expected_accuracy(items, rule)
+        print(f"{name}: {accuracy:.3f}")
+        assert abs(accuracy - 0.2) < 0.021, (name, accuracy)
+    for category in CATEGORIES:  # no category leans either way by much (n ~ 400-1000 each)
+        accuracy = _expected_accuracy([i for i in items if i["category"] == category], _shared_words)
+        assert abs(accuracy - 0.2) < 0.05, (category, accuracy)
+
+
+def test_rclip_bench_is_at_chance_for_a_random_tiny_clip_on_a_blank_image(tmp_path):
+    """The demo's base model (a random tiny CLIP) scored 2-9% on RCLIP-Bench: its text embeddings are a
+    fixed projection, whose maximum over five options avoids the options' centre. With a blank image, a
+    plain CLIPModel must now pick the answer 1 time in 5."""
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    from reasonclip_llava.tiny import save_tiny_clip
+
+    items = _bench_items(300)
+    for seed in (0,):
+        model_dir = save_tiny_clip(tmp_path / f"clip{seed}", seed=seed)
+        model, processor = CLIPModel.from_pretrained(model_dir).eval(), CLIPProcessor.from_pretrained(model_dir)
+        with torch.no_grad():
+            pixels = processor(images=[Image.new("RGB", (32, 32), (255, 255, 255))], return_tensors="pt")["pixel_values"]
+            image = model.get_image_features(pixel_values=pixels)
+            texts = processor(text=[o for i in items for o in i["options"]], padding=True, return_tensors="pt")
+            options = model.get_text_features(**texts)
+        image, options = (getattr(x, "pooler_output", x) for x in (image, options))  # transformers 5: an output object
+        scores = torch.nn.functional.normalize(options, dim=-1) @ torch.nn.functional.normalize(image, dim=-1)[0]
+        chosen = scores.view(len(items), 5).argmax(dim=1)
+        accuracy = (chosen == torch.tensor([i["answer"] for i in items])).float().mean().item()
+        print(f"random tiny CLIP seed {seed}, blank image: {accuracy:.3f} over {len(items)} items")
+        assert abs(accuracy - 0.2) < 0.035, accuracy  # 3 standard errors at n ~ 1,200

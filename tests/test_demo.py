@@ -15,6 +15,12 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     printed = capsys.readouterr().out
     for stage in ("stage 1", "verify", "original LLaVA", "LLaVA-NeXT", "answers", "evaluation"):
         assert stage in printed, stage
+    # the learning table: every column with its chance level, each stage's row, and the one-line reading
+    header = next(line for line in printed.splitlines() if line.startswith("| encoder"))
+    assert header.count("(chance") == 3 and "reasoning 5-way (chance 20.0%)" in header
+    assert {"base", "stage0 reasoning", "stage1", "stage2"} <= {line.split("|")[1].strip() for line in printed.splitlines() if line.startswith("| ")}
+    assert "reading: stage1 (vs base): reasoning 5-way" in printed
+    assert "{'loss'" not in printed  # progress bars and summary lines, not a dict per step
     # the encoders are plain CLIPs; stage 2 moved away from stage 1
     stage1, stage2 = (CLIPModel.from_pretrained(tmp_path / "encoders" / s) for s in ("stage1", "stage2"))
     assert json.loads((tmp_path / "encoders" / "stage2" / "config.json").read_text())["reasonclip_stage"] == "stage2"

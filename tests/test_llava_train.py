@@ -287,3 +287,23 @@ def test_lora_run_merges_into_a_plain_checkpoint(setup, stage_a):
 def test_merge_refuses_what_is_not_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         merge_and_export(tmp_path / "nothing", tmp_path / "out")
+
+
+def test_training_shows_a_bar_and_one_summary_line_not_a_dict_per_step(setup, tmp_path, capfd):
+    """At the demo's log level (errors only, where Trainer would swap its bar for printed dicts) a stage
+    shows one tqdm bar and one summary line; the loss history still goes to trainer_state.json."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        out_dir = train_llava(LlavaTrainConfig(
+            language_model=setup["lm"], vision_tower=setup["encoder"], template="plain", mm_tunable_parts="mm_mlp_adapter",
+            learning_rate=1e-3, max_steps=2, save_steps=100, output_dir=str(tmp_path / "quiet"), **setup["pretrain"], **COMMON))
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    printed = capfd.readouterr()
+    assert "{'loss'" not in printed.out + printed.err
+    assert "2/2" in printed.err  # the bar
+    assert sum(line.startswith(f"{out_dir}: 2 steps, mean loss") for line in printed.out.splitlines()) == 1
+    assert len(losses(out_dir)) == 2

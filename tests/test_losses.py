@@ -267,7 +267,9 @@ def test_hard_negative_loss_under_gradient_accumulation():
 # ------------------------------------------------------------------------------------ L2 anchor
 
 CLIP_NOT_ANCHORED = {"visual_projection.weight", "text_projection.weight", "logit_scale"}
-SIGLIP_NOT_ANCHORED = {"logit_scale", "logit_bias", "text_model.head.weight", "text_model.head.bias"}
+# The authors' rule: SigLIP's text_model.head (its text projection) IS anchored; only names with
+# "projection" or "logit_" are left out (METHOD.md, ft_clip_r_s1.py).
+SIGLIP_NOT_ANCHORED = {"logit_scale", "logit_bias"}
 
 
 def _tiny_clip():
@@ -306,6 +308,7 @@ def test_anchor_rule_on_clip_and_siglip_names():
     siglip_names = {n for n, _ in siglip.named_parameters()}
     assert set(L2AnchorLoss(siglip).names) == siglip_names - SIGLIP_NOT_ANCHORED
     assert is_anchored_parameter("vision_model.head.attention.in_proj_weight")  # SigLIP attention pooling
+    assert is_anchored_parameter("backbone.text_model.head.weight")  # SigLIP's text head, as published
     # Wrapper prefixes (training model, DDP, PEFT) keep the rule; heads outside the towers are excluded.
     assert is_anchored_parameter("backbone.text_model.encoder.layers.0.mlp.fc1.weight")
     assert is_anchored_parameter("module.base_model.model.vision_model.embeddings.patch_embedding.weight")

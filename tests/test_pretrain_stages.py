@@ -162,7 +162,7 @@ def test_stage2_end_to_end_heads_and_group_learning_rates(ws, stage1_final, tmp_
     groups = torch.load(tmp_path / "checkpoint-1" / "trainer_state" / "optimizer.bin", weights_only=False)["param_groups"]
     by_name = {g["name"]: g for g in groups}
     expected_lr = {"vision": config.optim.lr_vision, "text": config.optim.lr_text, "logit_scale": config.optim.lr_logit_scale,
-                   "heads": config.optim.lr_heads}
+                   "heads": config.optim.lr_heads, "default": config.optim.lr}  # default: the projections, as published
     assert {n.removesuffix("_no_decay") for n in by_name} == set(expected_lr)
     for name, group in by_name.items():
         assert group["initial_lr"] == expected_lr[name.removesuffix("_no_decay")]
@@ -180,7 +180,7 @@ def test_param_groups_cover_every_parameter_once(ws):
     by_group = {g["name"]: {names[id(p)] for p in g["params"]} for g in groups}
     assert "backbone.logit_scale" in by_group["logit_scale_no_decay"]
     assert "recon_projector.weight" in by_group["heads"] and "category_heads.text_head.bias" in by_group["heads_no_decay"]
-    assert "backbone.visual_projection.weight" in by_group["vision"]
+    assert "backbone.visual_projection.weight" in by_group["default"]  # the authors' default group, not the tower's
     assert "backbone.vision_model.pre_layrnorm.weight" in by_group["vision_no_decay"]
     assert "backbone.text_model.encoder.layers.0.self_attn.q_proj.bias" in by_group["text_no_decay"]
 

@@ -1,6 +1,6 @@
 """Batch collation: stack images, tokenize every text field, drop skipped samples.
 
-``ReasonCollator(tokenizer, max_length=77, t5_tokenizer=None, padding="longest")`` turns a list of
+``ReasonCollator(tokenizer, max_length=77, t5_tokenizer=None, padding="longest", lowercase=False)`` turns a list of
 samples (dicts from the datasets, ``None`` for a skipped image) into a batch. Fields, B = kept samples:
 
 =========================================  ===============================================================
@@ -49,6 +49,7 @@ class ReasonCollator:
         t5_tokenizer: Any | None = None,
         padding: str = "longest",
         recon_max_length: int = 77,
+        lowercase: bool = False,
     ):
         if padding not in ("longest", "max_length"):
             raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
@@ -57,6 +58,7 @@ class ReasonCollator:
         self.t5_tokenizer = t5_tokenizer
         self.padding = padding
         self.recon_max_length = recon_max_length
+        self.lowercase = lowercase  # SigLIP 2: captions lowercased before tokenizing, as the authors train it
 
     def __call__(self, samples: Sequence[dict | None]) -> dict[str, Any]:
         kept = [s for s in samples if s is not None]
@@ -102,7 +104,7 @@ class ReasonCollator:
         if not texts:
             return {}
         encoded = self.tokenizer(
-            texts,
+            [t.lower() for t in texts] if self.lowercase else texts,
             padding=self.padding,
             truncation=True,
             max_length=self.max_length,

@@ -203,6 +203,7 @@ class ReadDataset(ImageTextDataset):
     def __init__(self, source: str | Path, image_root: str | Path | None = None,
                  image_processor: Callable | None = None, seed: int = 0,
                  caption_columns: Sequence[str] = ("captions",), k: int = 3,
-                 negative_generator: Callable[[str, object], list[str]] | None = None, samples: str = "per_image"):
-        schema = ReadSchema(caption_columns, k=k, negative_generator=negative_generator, seed=seed)
+                 negative_generator: Callable[[str, object], list[str]] | None = None, samples: str = "per_image",
+                 recon_target: str = "any"):
+        schema = ReadSchema(caption_columns, k=k, negative_generator=negative_generator, seed=seed, recon_target=recon_target)
         super().__init__(source, schema, image_root, image_processor, seed, samples)

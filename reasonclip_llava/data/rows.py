@@ -205,9 +205,10 @@ class ReadSchema:
 
     Captions are pooled from `caption_columns` (each a string or a list of strings). Per epoch one
     caption is the anchor (cycling like LiteSchema), or caption ``pair`` of the pool when given (each
-    caption its own sample: stage 0's published samples); the paraphrase and the reconstruction target are
-    two other captions of the image (different from each other when there are >= 3; with a single
-    caption both are the caption itself). Negatives come from a `neg` / `negatives` column when present
+    caption its own sample: stage 0's published samples); the paraphrase is another caption of the image
+    (the caption itself when it has only one). The reconstruction target is, with `recon_target="any"`
+    (READ's collator, the default), a caption drawn from all of the image's, the anchor included; with
+    "other", a caption other than the anchor and the paraphrase when there are >= 3. Negatives come from a `neg` / `negatives` column when present
     (a list per caption aligned with the pooled captions, or one flat list when there is one caption),
     topped up to k by `HardNegativeGenerator` (salted with the epoch).
     """
@@ -221,9 +222,13 @@ class ReadSchema:
         k: int = 3,
         negative_generator: Callable[[str, object], list[str]] | None = None,
         seed: int = 0,
+        recon_target: str = "any",
     ):
+        if recon_target not in ("any", "other"):
+            raise ValueError(f"recon_target must be 'any' or 'other', got {recon_target!r}")
         self.fields = tuple(caption_columns)
         self.k = k
+        self.recon_target = recon_target
         # 2k candidates so that precomputed negatives overlapping with generated ones still leave k.
         self.negative_generator = negative_generator or (HardNegativeGenerator(k=2 * k, seed=seed) if k else None)
 
@@ -236,6 +241,8 @@ class ReadSchema:
         others = [i for i in range(len(captions)) if i != anchor] or [anchor]
         rng = random.Random(stable_seed(seed, key, epoch, "read"))
         paraphrase, recon = (rng.sample(others, 2) if len(others) >= 2 else others * 2)
+        if self.recon_target == "any":
+            recon = rng.randrange(len(captions))
         caption = captions[anchor]
         return {
             "caption": caption,

@@ -41,10 +41,13 @@ How the 5 ReasonPro categories are realised (each caption <= 30 words, true of i
 
 S, A, P apply to every image, H only with a triangle, T only with a trail. An image's 3 annotated
 categories (``trp_cls_ls``) are H and T where present, topped up at random from S, A, P; ``trp`` is a
-caption of one of those 3. RCLIP-Bench negatives (and the ``trl``-style reasoning captions they are
-built from) come from re-rendering the same template on a perturbed scene (colours or shapes
-exchanged, relation flipped or changed, sizes, fill, pointing or motion changed), keeping only
-perturbed scenes whose facts differ from the true one, so every negative is false for the image.
+caption of one of those 3. RCLIP-Bench negatives re-render the true caption's template on scenes that
+vary the true one along one or two facts (`AXES`: colours or shapes exchanged, the first object's
+colour, the relation, sizes, fills, pointing, motion), keeping only captions whose facts differ from the
+true one, so every negative is false for the image. The five options are drawn alike from that small
+grid of scenes, so the true caption is no centre of its options and a scorer that sees no image picks
+it 1 time in 5 (`false_captions`; tests/test_data_synthetic.py checks word-overlap, length and
+blank-image CLIP scorers).
 """
 
 from __future__ import annotations
@@ -289,60 +292,97 @@ def _swap_field(s: Scene, name: str) -> Scene:
     return replace(s, objects=(a, b))
 
 
-def _perturbations(s: Scene, rng: random.Random) -> list[Scene]:
-    a, b = s.objects
-    out = [
-        _swap_field(s, "colour"),
-        _swap_field(s, "shape"),
-        replace(s, relation=OPPOSITE[s.relation]),
-        replace(s, relation=rng.choice([r for r in RELATIONS if r not in (s.relation, OPPOSITE[s.relation])])),
-        _swap_field(s, "size"),
-        _swap_field(s, "fill"),
-        replace(s, objects=(replace(a, size="large" if a.size == "small" else "small"), b)),
-        replace(s, objects=(a, replace(b, fill="filled" if b.fill == "outlined" else "outlined"))),
-        replace(s, objects=(replace(a, colour=rng.choice([c for c in PALETTE if c not in (a.colour, b.colour)])), b)),
-    ]
-    for i, obj in enumerate(s.objects):
-        if obj.points is not None:
-            for direction in DIRECTIONS:
-                if direction != obj.points:
-                    objects = list(s.objects)
-                    objects[i] = replace(obj, points=direction)
-                    out.append(replace(s, objects=tuple(objects)))
-    if s.mover is not None:
-        out += [replace(s, motion=d) for d in DIRECTIONS if d != s.motion]
-        out.append(replace(s, mover=1 - s.mover))
-    return out
-
-
 def _reversed(s: Scene) -> Scene:
     """The same scene with the objects listed the other way round."""
     mover = None if s.mover is None else 1 - s.mover
     return Scene((s.objects[1], s.objects[0]), OPPOSITE[s.relation], mover, s.motion)
 
 
+def _with_relation(s: Scene, relation: str) -> Scene:
+    """s in another relation; a mover keeps moving toward (or away from) the other object, on the new axis."""
+    if s.mover is None:
+        return replace(s, relation=relation)
+    same_way = s.motion == RELATIONS[s.relation]
+    return replace(s, relation=relation, motion=RELATIONS[relation] if same_way else OPPOSITE[RELATIONS[relation]])
+
+
+def _first_colours(s: Scene) -> list[Scene]:
+    a, b = s.objects
+    palette = PALETTE if a.colour in PALETTE and b.colour in PALETTE else COLOURS
+    return [replace(s, objects=(replace(a, colour=c), b)) for c in palette if c != b.colour]
+
+
+def _pointings(s: Scene) -> list[Scene]:
+    if not any(o.points for o in s.objects):
+        return [s]
+    return [replace(s, objects=tuple(replace(o, points=d) if o.points else o for o in s.objects)) for d in DIRECTIONS]
+
+
+def _motions(s: Scene) -> list[Scene]:
+    if s.mover is None:
+        return [s]
+    axis = RELATIONS[s.relation]
+    return [replace(s, mover=m, motion=d) for m in (0, 1) for d in (axis, OPPOSITE[axis])]
+
+
+# Ways to vary one fact of a scene: scene -> every value of that fact (the scene itself included), each a
+# scene the sampler could have drawn. The options of a 5-way item vary the true scene along one or two of
+# these; every value along them is equally likely a priori, so the true caption is one of five captions
+# drawn alike from one small grid of scenes, and nothing but the image tells it apart.
+AXES: dict[str, Callable[[Scene], list[Scene]]] = {
+    "colour order": lambda s: [s, _swap_field(s, "colour")],
+    "shape order": lambda s: [s, _swap_field(s, "shape")],
+    "first colour": _first_colours,
+    "relation": lambda s: [_with_relation(s, r) for r in RELATIONS],
+    "sizes": lambda s: [replace(s, objects=(replace(s.objects[0], size=x), replace(s.objects[1], size=y)))
+                        for x in SIZE_RADIUS for y in SIZE_RADIUS],
+    "fills": lambda s: [replace(s, objects=(replace(s.objects[0], fill=x), replace(s.objects[1], fill=y)))
+                        for x in FILLS for y in FILLS],
+    "pointing": _pointings,
+    "motion": _motions,
+}
+# Pairs span a product grid, except "colour order" with "first colour": after the swap the first object
+# may take every colour but the true first one, so the true pair of colours would be the grid's centre.
+AXIS_GROUPS: tuple[tuple[str, ...], ...] = tuple((a,) for a in AXES) + tuple(
+    (a, b) for i, a in enumerate(AXES) for b in list(AXES)[i + 1:] if {a, b} != {"colour order", "first colour"})
+
+
+def _render(template: Callable[[Scene], str], scene: Scene) -> str | None:
+    try:
+        return template(scene)
+    except (StopIteration, TypeError, KeyError):  # the template does not apply to this scene
+        return None
+
+
 def false_captions(s: Scene, template: Callable[[Scene], str], n: int, rng: random.Random) -> list[str]:
-    """Up to n distinct captions from `template` on perturbed scenes that are not equivalent to `s`."""
-    # A caption is true of `s` when it renders from s listed in either object order.
-    truths = {template(view) for view in (s, _reversed(s))}
-    facts = s.canonical()
-    singles = _perturbations(s, rng)
-    rng.shuffle(singles)
-    doubles = [q for p in singles for q in _perturbations(p, rng)]
-    rng.shuffle(doubles)
-    out: list[str] = []
-    for scene in singles + doubles:
-        if scene.canonical() == facts:
+    """n distinct captions from `template` that are false for `s`, drawn alike with its true caption.
+
+    One or two axes (AXES) are picked at random among those along which `template` renders at least n
+    captions that differ from the truth; the negatives are n of those captions at random. The truth is
+    thus no centre of its options (a negative differs from it as much as from another negative), which
+    makes any scorer that sees no image pick it 1 time in n + 1. `[]` when no axis group gives n.
+    """
+    truths = {_render(template, view) for view in (s, _reversed(s))}
+    groups = list(AXIS_GROUPS)
+    rng.shuffle(groups)
+    for group in groups:
+        grid = [s]
+        for axis in group:
+            grid = [varied for scene in grid for varied in AXES[axis](scene)]
+        claims: dict[str, set[str | None]] = {}  # false caption -> its phrasings (either object order)
+        for scene in grid:
+            text = _render(template, scene)
+            if text is not None and text not in truths and text not in claims:
+                claims[text] = {text, _render(template, _reversed(scene))}
+        if len(claims) < n:
             continue
-        try:
-            text = template(scene)
-        except (StopIteration, TypeError, KeyError):  # template does not apply to the perturbed scene
-            continue
-        if text not in truths and text not in out:
-            out.append(text)
-            if len(out) == n:
-                break
-    return out
+        chosen: list[str] = []
+        for text in rng.sample(sorted(claims), len(claims)):
+            if not claims[text] & set(chosen):  # never two phrasings of one false claim
+                chosen.append(text)
+                if len(chosen) == n:
+                    return chosen
+    return []
 
 
 # ---------------------------------------------------------------- scene sampling and drawing

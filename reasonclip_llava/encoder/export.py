@@ -2,7 +2,8 @@
 
 The result is what a user of transformers, open_clip or LLaVA expects from a CLIP: config.json with the
 stock model_type, model.safetensors with exactly the base architecture's weights, the preprocessor and
-tokenizer files and a README model card. Training-only heads are left out; provenance is kept as extra
+tokenizer files and a README model card. Training-only heads are left out (heads.safetensors, and the
+authors' text_classifier.* / image_classifier.* inside a released stage-2 checkpoint); provenance is kept as extra
 `reasonclip_*` config fields, which transformers carries through save/load untouched.
 """
 
@@ -16,7 +17,7 @@ from transformers import AutoModel
 
 from .. import __version__
 from ..io_utils import atomic_directory, load_pretrained_strict, refuse_existing
-from .modeling import HEADS_FILE, SUPPORTED_MODEL_TYPES, TRAINING_FILE, TrainingInfo, copy_sidecar_files, load_dual_encoder_config
+from .modeling import HEADS_FILE, SUPPORTED_MODEL_TYPES, TRAINING_FILE, TrainingInfo, copy_sidecar_files, load_dual_encoder_config, training_only_keys
 
 PROVENANCE_KEYS = ("reasonclip_base_model", "reasonclip_stage", "reasonclip_recipe", "reasonclip_version")
 WEIGHTS_FILE = "model.safetensors"
@@ -56,7 +57,8 @@ def export_encoder(
         raise FileNotFoundError(f"training checkpoint directory not found: {train_ckpt}")
     config = load_dual_encoder_config(train_ckpt)
     refuse_existing(out_dir, overwrite)  # before the (slow) load
-    model = load_pretrained_strict(AutoModel, train_ckpt, f"training checkpoint ({config.model_type})", dtype=torch.float32)
+    model = load_pretrained_strict(AutoModel, train_ckpt, f"training checkpoint ({config.model_type})", dtype=torch.float32,
+                                  tolerated=training_only_keys)  # a released stage-2 checkpoint's heads: stripped
 
     info = TrainingInfo.load(train_ckpt) or TrainingInfo()
     provenance = {

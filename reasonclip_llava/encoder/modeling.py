@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,17 @@ UNSUPPORTED_MODEL_TYPES = {
     "siglip2": "NaFlex SigLIP 2 ('siglip2') needs variable-resolution inputs (pixel_attention_mask, spatial_shapes); "
     "use a fixed-resolution SigLIP / SigLIP 2 checkpoint of model_type 'siglip'",
 }
+# The authors' stage-2 code attaches its heads to the CLIPModel / SiglipModel itself, so a checkpoint
+# they release may carry them inside model.safetensors (often in bf16): ReasonCLIPForPretraining takes
+# them as its category heads, export strips them, verify names them.
+PUBLISHED_HEADS = {"text_classifier.fc.": "category_heads.text_head.", "image_classifier.fc.": "category_heads.image_head."}
+
+
+def training_only_keys(names: Iterable[str]) -> list[str]:
+    """The names among `names` that are the authors' training heads (text_classifier.*, image_classifier.*)."""
+    return sorted(n for n in names if n.split(".", 1)[0] in {p.split(".", 1)[0] for p in PUBLISHED_HEADS})
+
+
 # Files that travel with a checkpoint so that it stays usable on its own.
 SIDECAR_FILES = (
     "preprocessor_config.json",
@@ -198,8 +210,10 @@ class ReasonCLIPForPretraining(nn.Module):
     ) -> "ReasonCLIPForPretraining":
         """Load a plain CLIP/SigLIP checkpoint (Hub id or path) or a ReasonCLIP training checkpoint.
 
-        Heads saved in a training checkpoint are restored when the requested heads include them; a
-        requested head that the checkpoint lacks starts freshly initialised.
+        Heads saved in a training checkpoint are restored when the requested heads include them (also the
+        authors' `text_classifier.*` / `image_classifier.*` inside a released stage-2 checkpoint); a
+        requested head that the checkpoint lacks starts freshly initialised. Weights load as float32
+        (a bf16 release included) unless `torch_dtype` says otherwise.
         """
         load_dual_encoder_config(name_or_path)
         # Missing weights would start random and pass as trained; extra ones (published heads) are read below.
@@ -209,9 +223,10 @@ class ReasonCLIPForPretraining(nn.Module):
         info = saved_info or TrainingInfo(base_model=str(name_or_path))
         model = cls(backbone, heads if heads is not None else info.heads, info)
         heads_path = directory / HEADS_FILE
-        if heads_path.is_file():
+        saved = load_file(str(heads_path)) if heads_path.is_file() else published_heads(directory)
+        if saved:
             wanted = model.head_state_dict()
-            saved = {k: v for k, v in load_file(str(heads_path)).items() if k in wanted}
+            saved = {k: v.to(wanted[k].dtype) for k, v in saved.items() if k in wanted}
             for key, tensor in saved.items():
                 if tensor.shape != wanted[key].shape:
                     raise ValueError(f"{heads_path}: head '{key}' has shape {tuple(tensor.shape)}, expected {tuple(wanted[key].shape)}")
@@ -230,6 +245,19 @@ class ReasonCLIPForPretraining(nn.Module):
         if source is not None:
             copy_sidecar_files(source, out_dir)
         return out_dir
+
+
+def published_heads(directory: Path) -> dict[str, torch.Tensor]:
+    """The authors' stage-2 heads stored inside model.safetensors, renamed to ours ({} when there are none)."""
+    from safetensors import safe_open
+
+    out = {}
+    for path in sorted(directory.glob("*.safetensors")) if directory.is_dir() else ():
+        with safe_open(str(path), framework="pt") as handle:
+            for key in training_only_keys(handle.keys()):
+                prefix = next(p for p in PUBLISHED_HEADS if key.startswith(p))
+                out[PUBLISHED_HEADS[prefix] + key[len(prefix):]] = handle.get_tensor(key)
+    return out
 
 
 def copy_sidecar_files(source: str | Path, out_dir: str | Path) -> list[str]:

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
-from transformers import PreTrainedModel, ProcessorMixin, Trainer, TrainingArguments
+from transformers import PreTrainedModel, ProcessorMixin, ProgressCallback, Trainer, TrainingArguments
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from ..config_utils import LAUNCHER_KEYS, coerce, parse_overrides, read_yaml_mapping
@@ -288,6 +288,14 @@ def uses_cpu_offload(deepspeed_config: str | None) -> bool:
 
 # ---- trainer --------------------------------------------------------------------------------------------
 
+class LossInProgressBar(ProgressCallback):
+    """Trainer's tqdm bar with the latest loss beside it, instead of one printed dict per logging step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:  # noqa: ANN001
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
+
+
 class LlavaTrainer(Trainer):
     """Trainer + per-part learning rates, modality-grouped batches, LoRA side weights in every save."""
 
@@ -425,6 +433,7 @@ def training_arguments(config: LlavaTrainConfig) -> TrainingArguments:
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         logging_steps=config.logging_steps,
+        disable_tqdm=False,  # a bar per stage (LossInProgressBar) whatever the log level; else a printed dict per log step
         report_to=config.report_to,
         dataloader_num_workers=config.dataloader_num_workers,
         remove_unused_columns=False,  # the collator needs pixel_values / image_sizes
@@ -465,7 +474,7 @@ def build_trainer(config: LlavaTrainConfig) -> LlavaTrainer:
         config.data_path, config.image_folder, processor, config.template,
         config.model_max_length, image_aspect_ratio=config.image_flags()[0], label_masking=config.label_masking,
     )
-    return LlavaTrainer(
+    trainer = LlavaTrainer(
         model=model,
         args=training_arguments(config),
         train_dataset=dataset,
@@ -473,6 +482,9 @@ def build_trainer(config: LlavaTrainConfig) -> LlavaTrainer:
         processing_class=processor,
         llava_config=config,
     )
+    trainer.pop_callback(ProgressCallback)
+    trainer.add_callback(LossInProgressBar)
+    return trainer
 
 
 def train_llava(config: LlavaTrainConfig) -> Path:
@@ -482,7 +494,10 @@ def train_llava(config: LlavaTrainConfig) -> Path:
     tower check (tower_check.TOWER_CHECK_NAME); a saved tower that is not the trained one raises.
     """
     trainer = build_trainer(config)
-    trainer.train(resume_from_checkpoint=resume_argument(config))
+    result = trainer.train(resume_from_checkpoint=resume_argument(config))
+    if trainer.is_world_process_zero():
+        print(f"{config.output_dir}: {result.global_step} steps, mean loss {result.training_loss:.4f}, "
+              f"{result.metrics.get('train_runtime', 0.0):.0f} s")
     model = trainer.model
     (model.get_base_model() if is_peft(model) else model).config.use_cache = True
     trainer.save_model(config.output_dir)

@@ -56,6 +56,9 @@ class ModelConfig:
     # checkpoints unchanged; the frozen T5 decoder's too). step: the whole forward + loss (+ its backward).
     torch_compile: str | bool = "none"
     attention: str = "sdpa"  # SDPA backend: sdpa (PyTorch's choice) | cudnn | flash | auto (see pretrain/speed.py)
+    # Lowercase every caption before tokenizing. null: only for SigLIP 2 (the authors lowercase when
+    # "siglip2" is in the model name; SigLIP 2's Gemma tokenizer is case-sensitive and was trained so).
+    lowercase_text: bool | None = None
 
 
 @dataclass
@@ -66,6 +69,9 @@ class DataConfig:
     format: str = "auto"  # auto | parquet | jsonl | webdataset
     image_root: str = ""  # where relative image_path values point; default: beside the data
     batch_size: int = 32  # per device
+    # When set, the batch of one optimizer step over all devices (READ: 256): batch_size becomes
+    # global_batch_size / (world size x gradient accumulation), which must divide evenly.
+    global_batch_size: int | None = None
     num_workers: int = 0
     max_length: int = 77
     # Caption columns pooled per image by READ (default ["captions"]) and by stage 0 when given (default:
@@ -102,23 +108,72 @@ class StageConfig:
     hard_negatives: int = 0  # k swap negatives per caption (read: 3); also usable in stage 0
     recon_weight: float = 0.1  # read: T5 reconstruction (0 disables it and skips loading T5)
     align_weight: float = 0.5  # read: paraphrase alignment (0 disables it)
-    t5_model: str = "google/t5-v1_1-large"  # frozen decoder + its tokenizer (id or path)
+    t5_model: str = "google/t5-v1_1-large"  # the frozen decoder (id or path)
+    # The reconstruction target's tokenizer (default: t5_model's). READ's collator uses google/flan-t5-xl,
+    # the same SentencePiece vocabulary as T5-v1.1.
+    t5_tokenizer: str | None = None
+    # The frozen T5 decoder with its dropout active, as in the READ run (its Trainer puts the whole model,
+    # decoder included, in train mode); false: eval mode, a deterministic reconstruction loss.
+    t5_dropout: bool = False
+    # read: the reconstruction target. any: a caption of the image drawn from all of them, the anchor
+    # included (READ's collator); other: a caption other than the anchor.
+    recon_target: str = "any"
+
+
+@dataclass
+class ParamGroupConfig:
+    """One AdamW parameter group, selected by name as the authors' code selects it.
+
+    A parameter joins the first group of `optim.groups` one of whose `match` substrings its name
+    contains (e.g. "vision_model."); lr / weight_decay null take optim.lr / optim.weight_decay.
+    """
+
+    name: str = ""
+    match: list[str] = field(default_factory=list)
+    lr: float | None = None
+    weight_decay: float | None = None
+
+
+NO_DECAY_RULES = ("none", "bias_and_norm", "1d")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4  # every parameter not covered by a group LR below
+    # AdamW. The defaults are the published ReasonCLIP values (ft_clip_r_*.py): betas (0.9, 0.999),
+    # eps 1e-8, gradient clipping 1.0; see pretrain/optim.py for how groups are built.
+    lr: float = 1e-4  # the main lr: the default group (every parameter no group matches)
+    weight_decay: float = 0.05  # the default group's weight decay (and a group's whose weight_decay is null)
+    # The recipe's groups, first match wins. null: vision_model. / text_model. / logit_scale / heads
+    # groups at the lr_* values below (each null: optim.lr).
+    groups: list[ParamGroupConfig] | None = None
     lr_vision: float | None = None
     lr_text: float | None = None
     lr_logit_scale: float | None = None
     lr_heads: float | None = None
-    weight_decay: float = 0.05  # not applied to biases, norms, logit_scale, logit_bias (any 1-d tensor)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-6
-    max_grad_norm: float | None = None
-    # log-temperature clamp after every step and inside the loss (ln 50); null for SigLIP, whose
-    # released checkpoints sit above it
+    # Which parameters skip their group's weight decay: none (ReasonCLIP), bias_and_norm (READ / the HF
+    # Trainer: biases and LayerNorm), 1d (open_clip: every tensor of fewer than 2 dimensions).
+    no_decay: str = "none"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    # log-temperature clamp after every step and inside the loss; the published runs clamp at ln 50 for
+    # CLIP and SigLIP alike (null: no clamp)
     logit_scale_max: float | None = LOGIT_SCALE_MAX
+
+
+LEGACY_GROUP_KEYS = ("lr_vision", "lr_text", "lr_logit_scale", "lr_heads")
+
+
+def resolved_param_groups(optim: OptimConfig) -> list[ParamGroupConfig]:
+    """optim.groups, or (when null) the named groups of the per-group lr keys, in the authors' order."""
+    if optim.groups is not None:
+        return optim.groups
+    return [
+        ParamGroupConfig("vision", ["vision_model."], optim.lr_vision),
+        ParamGroupConfig("text", ["text_model."], optim.lr_text),
+        ParamGroupConfig("logit_scale", ["logit_scale"], optim.lr_logit_scale, 0.0),
+        ParamGroupConfig("heads", ["category_heads.", "recon_projector."], optim.lr_heads),
+    ]
 
 
 @dataclass
@@ -186,6 +241,7 @@ class PretrainConfig:
             ("stage.captions", self.stage.captions in CAPTION_STREAMS, f"must be one of {CAPTION_STREAMS}"),
             ("stage.contrastive", self.stage.contrastive in ("auto", "clip", "siglip"), "must be auto, clip or siglip"),
             ("stage.hard_negatives", self.stage.hard_negatives >= 0, "must be >= 0"),
+            ("stage.recon_target", self.stage.recon_target in ("any", "other"), "must be any or other"),
             ("data.format", self.data.format in ("auto", "parquet", "jsonl", "webdataset"), "must be auto, parquet, jsonl or webdataset"),
             ("data.batch_size", self.data.batch_size > 0, "must be > 0"),
             ("data.samples", self.data.samples in SAMPLE_MODES, f"must be one of {SAMPLE_MODES}"),
@@ -194,6 +250,7 @@ class PretrainConfig:
             ("data.eval_every", self.data.eval_every > 0 and (self.data.eval_every < 1 or float(self.data.eval_every).is_integer()),
              "must be a fraction of the run in (0, 1) or a whole number of steps"),
             ("optim.betas", len(self.optim.betas) == 2, "must be two numbers"),
+            ("optim.no_decay", self.optim.no_decay in NO_DECAY_RULES, f"must be one of {NO_DECAY_RULES}"),
             ("schedule.scheduler", self.schedule.scheduler in ("cosine", "constant"), "must be cosine or constant"),
             ("runtime.mixed_precision", self.runtime.mixed_precision in MIXED_PRECISION, f"must be one of {MIXED_PRECISION}"),
             ("runtime.gradient_accumulation_steps", self.runtime.gradient_accumulation_steps >= 1, "must be >= 1"),
@@ -205,12 +262,37 @@ class PretrainConfig:
             if not ok:
                 raise ValueError(f"config key '{key}' {message} (got {_get(self, key)!r})")
         check_ranges({key: _get(self, key) for key, _ in VALUE_RANGES}, VALUE_RANGES)
+        if self.optim.groups is not None:
+            legacy = [f"optim.{k}" for k in LEGACY_GROUP_KEYS if getattr(self.optim, k) is not None]
+            if legacy:
+                raise ValueError(f"config keys {legacy} cannot be combined with 'optim.groups': set each group's lr there")
+            names = [g.name for g in self.optim.groups]
+            for index, group in enumerate(self.optim.groups):
+                if not group.name or not group.match or names.count(group.name) > 1:
+                    raise ValueError(f"config key 'optim.groups' entry {index} needs a unique name and a non-empty match list (got {dataclasses.asdict(group)})")
         if self.stage.name == "read" and self.stage.hard_negatives < 1:
             raise ValueError("config key 'stage.hard_negatives' must be >= 1 for stage 'read'")
         from .speed import check_speed_options  # torch-importing; config.py stays light
 
         check_speed_options(self)
         return self
+
+
+def apply_global_batch(config: PretrainConfig, world_size: int) -> None:
+    """Set data.batch_size from data.global_batch_size for this world size (no-op when it is null)."""
+    total = config.data.global_batch_size
+    if total is None:
+        return
+    share = world_size * config.runtime.gradient_accumulation_steps
+    if total < 1 or total % share:
+        raise ValueError(f"config key 'data.global_batch_size': {total} does not split into {world_size} device(s) x "
+                         f"{config.runtime.gradient_accumulation_steps} accumulation step(s)")
+    config.data.batch_size = total // share
+
+
+def global_batch(config: PretrainConfig, world_size: int) -> int:
+    """Samples per optimizer step over all devices."""
+    return config.data.batch_size * world_size * config.runtime.gradient_accumulation_steps
 
 
 # --------------------------------------------------------------------------- loading

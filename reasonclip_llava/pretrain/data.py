@@ -101,7 +101,8 @@ def source_schema(config: PretrainConfig, columns: Sequence[str] = ()) -> LiteSc
         return LiteSchema()
     if config.stage.name == "stage2":
         return ProSchema()
-    return ReadSchema(caption_columns(config, columns), k=config.stage.hard_negatives, seed=config.runtime.seed)
+    return ReadSchema(caption_columns(config, columns), k=config.stage.hard_negatives, seed=config.runtime.seed,
+                      recon_target=config.stage.recon_target)
 
 
 class _Concat(ConcatDataset):
@@ -158,6 +159,15 @@ def split_source(parts: list[ImageTextDataset], ratio: float, seed: int) -> tupl
 
 def _one(parts: list[ImageTextDataset]) -> Any:
     return parts[0] if len(parts) == 1 else _Concat(parts)
+
+
+def lowercases_text(config: PretrainConfig, encoder: ReasonCLIPForPretraining) -> bool:
+    """model.lowercase_text, or (null) whether the model is a SigLIP 2 one, by the authors' rule: "siglip2"
+    in the model's name (here also the tokenizer's and, for a training checkpoint, its base model's)."""
+    if config.model.lowercase_text is not None:
+        return config.model.lowercase_text
+    names = (config.model.name_or_path, config.model.tokenizer or "", encoder.info.base_model)
+    return encoder.family == "siglip" and any("siglip2" in str(name).lower() for name in names)
 
 
 class TrainData:
@@ -269,13 +279,19 @@ def build_train_data(config: PretrainConfig, encoder: ReasonCLIPForPretraining, 
         raise FileNotFoundError(f"config key 'model.tokenizer' / 'model.name_or_path': cannot load a tokenizer and image processor: {error}") from None
     t5_tokenizer = None
     if config.stage.name == "read" and config.stage.recon_weight > 0:
-        t5_tokenizer = AutoTokenizer.from_pretrained(config.stage.t5_model)
+        name = config.stage.t5_tokenizer or config.stage.t5_model
+        try:
+            t5_tokenizer = AutoTokenizer.from_pretrained(name)
+        except OSError:
+            key = "stage.t5_tokenizer" if config.stage.t5_tokenizer else "stage.t5_model"
+            raise FileNotFoundError(f"config key '{key}': cannot load a T5 tokenizer from '{name}'") from None
     collator = ReasonCollator(
         tokenizer,
         max_length=config.data.max_length,
         t5_tokenizer=t5_tokenizer,
         # SigLIP's text tower pools the last position: it was trained on max-length padding.
         padding="max_length" if encoder.family == "siglip" else "longest",
+        lowercase=lowercases_text(config, encoder),
     )
     stage = config.stage
     unused = (() if stage.name == "read" and stage.recon_weight > 0 else ("recon_target",)) + \

@@ -12,6 +12,7 @@ as overrides; the same recipe names work from any directory because their absolu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -98,3 +99,67 @@ def _run_stages(paths: dict[str, Path], work: Path, read: bool, max_steps: int |
         paths["read"] = pretrain_from_yaml(tiny_recipe("tiny_read"), [
             f"--model.name_or_path={paths['stage1']}", f"--data.train={paths['reasonlite']}",
             f"--stage.t5_model={paths['t5']}", f"--runtime.output_dir={work / 'runs' / 'read'}", *steps])
+
+
+# Steps per stage of the demo's learning story (`run_learning_stages`): enough for a 32-wide CLIP to learn.
+# With these, data and seed 0 the demo's runs are those of seed 0 in docs/LEARNING_STUDY.md.
+LEARNING_STEPS = {"base": 1000, "stage0 reasoning": 800, "stage1": 800, "stage2": 400}
+
+
+def run_learning_stages(work_dir: str | Path, quick: bool = False) -> dict[str, Any]:
+    """base -> stage 1 -> stage 2, and stage 0 reasoning from the same base, measured on held-out images.
+
+    base is a learnable tiny CLIP after stage 0 on descriptive captions (a CLIP that knows descriptions,
+    as the paper's starting CLIP does); the data is `study.write_study_data`'s. Returns {"data": paths,
+    "checkpoints": {name: final dir}, "scores": {name: study.measure(...)}}.
+    """
+    from ..tiny import save_learnable_tiny_clip
+    from .study import measure, study_overrides, study_paths, write_study_data
+
+    work = Path(work_dir)
+    data = study_paths(work / "study")
+    if not data["choice"].is_file():
+        data = write_study_data(work / "study", *((200, 40) if quick else (3000, 250)))
+    clip = work / "tiny_clip_init"
+    if not (clip / "model.safetensors").is_file():
+        save_learnable_tiny_clip(clip, logit_scale=50.0)
+    steps = {name: 5 if quick else n for name, n in LEARNING_STEPS.items()}
+    plan = {  # name: (recipe, start from, data, LR: from scratch, then continual pretraining at half of it, stage keys)
+        "base": ("tiny_stage1", clip, data["train"], "2e-3", ["--stage.name=stage0", "--stage.captions=descriptive"]),
+        "stage0 reasoning": ("tiny_stage1", "base", data["train"], "1e-3", ["--stage.name=stage0", "--stage.captions=reasoning"]),
+        "stage1": ("tiny_stage1", "base", data["train"], "1e-3", ["--stage.name=stage1"]),  # the recipe's published w(t), beta
+        "stage2": ("tiny_stage2", "stage1", data["pro"], "1e-3", ["--stage.name=stage2"]),
+    }
+    checkpoints: dict[str, Path] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 32-wide model gains nothing from intra-op threads and loses a lot on a busy machine
+    try:
+        for name, (recipe, start, train, lr, stage) in plan.items():
+            model = checkpoints.get(start, start)
+            overrides = study_overrides(model, train, work / "runs" / name.replace(" ", "_"), steps[name], lr, progress=True)
+            checkpoints[name] = pretrain_from_yaml(tiny_recipe(recipe), [*overrides, *stage])
+    finally:
+        torch.set_num_threads(threads)
+    scores = {name: measure(path, data) for name, path in checkpoints.items()}
+    return {"data": data, "checkpoints": checkpoints, "scores": scores}
+
+
+def learning_table(scores: dict[str, dict[str, float]], data: dict[str, Path]) -> str:
+    """Markdown table of the held-out scores with the chance level of each column, and a one-line reading."""
+    import pyarrow.parquet as pq
+
+    held_out = pq.read_table(data["eval"]).to_pylist()
+    chance = {"descriptive R@1": 1 / len({r["desc"] for r in held_out}), "reasoning R@1": 1 / len({r["reason"] for r in held_out}),
+              "reasoning 5-way": 0.2}
+    lines = ["| encoder | " + " | ".join(f"{k} (chance {v:.1%})" for k, v in chance.items()) + " |",
+             "|---|" + "---:|" * len(chance)]
+    lines += [f"| {name} | " + " | ".join(f"{values[k]:.1%}" for k in chance) + " |" for name, values in scores.items()]
+
+    def change(name: str, key: str, against: str = "base") -> str:
+        return f"{100 * (scores[name][key] - scores[against][key]):+.1f}"
+
+    reading = "; ".join(
+        f"{name} (vs {against}): reasoning 5-way {change(name, 'reasoning 5-way', against)}, reasoning R@1 "
+        f"{change(name, 'reasoning R@1', against)}, descriptive R@1 {change(name, 'descriptive R@1', against)} points"
+        for name, against in (("stage1", "base"), ("stage0 reasoning", "base"), ("stage2", "stage1")) if name in scores)
+    return "\n".join(lines) + "\n\nreading: " + reading

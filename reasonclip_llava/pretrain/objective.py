@@ -70,11 +70,19 @@ class StageObjective(nn.Module):
         return super()._apply(fn, recurse)
 
     # ------------------------------------------------------------------ pieces
-    def _text(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
-        # No padding mask, on purpose. CLIP: the causal mask already keeps every position up to the pooled
-        # EOS from seeing the padding after it, so the pooled output is identical, and attention takes its
-        # unmasked fast path. SigLIP: its released weights were trained on max-length padding without a mask.
-        return self.encoder.encode_text(input_ids, None)
+    def text_embeddings(self, batch: dict[str, Tensor], fields: list[str]) -> tuple[list[Tensor], Tensor]:
+        """One text pass over the fields' captions stacked in order -> (raw embeddings per field, pooled state).
+
+        SigLIP gets its attention mask, as the published runs pass it (text padded to max length). CLIP gets
+        none, on purpose: the causal mask already keeps every position up to the pooled EOS from seeing the
+        padding after it, so the pooled output is identical, and attention takes its unmasked fast path.
+        """
+        ids = [batch[f"{name}_input_ids"] for name in fields]
+        mask = None
+        if self.encoder.family == "siglip":
+            mask = torch.cat([batch.get(f"{name}_attention_mask", torch.ones_like(i)) for name, i in zip(fields, ids)])
+        embeds, pooled = self.encoder.encode_text(torch.cat(ids), mask)
+        return list(embeds.split([i.shape[0] for i in ids])), pooled
 
     def _contrastive(self, image: Tensor, text: Tensor) -> Tensor:
         if isinstance(self.contrastive, SigLipLoss):
@@ -94,15 +102,14 @@ class StageObjective(nn.Module):
         if stage.name == "stage1":
             w = self.stream_weight(step)
             # One text pass over [desc; reason]; the collator pads both streams to one length.
-            both = torch.cat([batch["desc_input_ids"], batch["reason_input_ids"]])
-            desc, reason = F.normalize(self._text(both)[0], dim=-1).chunk(2)
+            desc, reason = (F.normalize(e, dim=-1) for e in self.text_embeddings(batch, ["desc", "reason"])[0])
             parts["clip_descriptive"] = w * self._contrastive(image, desc)
             parts["clip_reasoning"] = (1.0 - w) * self._contrastive(image, reason)
             if "anchor" in self.frozen_terms:
                 parts["anchor"] = self.frozen_terms["anchor"]()
 
         elif stage.name == "stage2":
-            text_raw, _ = self._text(batch["reason_input_ids"])
+            text_raw = self.text_embeddings(batch, ["reason"])[0][0]
             parts["clip_reasoning"] = self._contrastive(image, F.normalize(text_raw, dim=-1))
             image_logits, text_logits = encoder.category_logits(image_raw, text_raw)
             parts["category"], _ = self.category(text_logits, batch["text_category"], image_logits, batch["image_categories"])
@@ -112,22 +119,21 @@ class StageObjective(nn.Module):
                 prefix = "caption"
             else:  # ReasonLite samples: the stream stage.captions names
                 prefix = "reason" if stage.captions == "reasoning" else "desc"
-            blocks = {"text": batch[f"{prefix}_input_ids"]}
+            blocks = {"text": prefix}
             if stage.hard_negatives:
-                blocks["negatives"] = batch["neg_input_ids"]
+                blocks["negatives"] = "neg"
             if stage.name == "read" and stage.align_weight > 0:
-                blocks["paraphrase"] = batch["paraphrase_input_ids"]
+                blocks["paraphrase"] = "paraphrase"
             # One text pass over [captions; negatives; paraphrases] (the collator pads them to one length).
-            sizes = [ids.shape[0] for ids in blocks.values()]
-            embeds, pooled = self._text(torch.cat(list(blocks.values())))
-            texts = dict(zip(blocks, F.normalize(embeds, dim=-1).split(sizes)))
+            embeds, pooled = self.text_embeddings(batch, list(blocks.values()))
+            texts = {block: F.normalize(e, dim=-1) for block, e in zip(blocks, embeds)}
             if stage.hard_negatives:
                 parts["clip_hard_negatives"] = self.hard_negative(image, texts["text"], texts["negatives"], encoder.logit_scale)
             else:
                 parts["clip"] = self._contrastive(image, texts["text"])
             if "reconstruction" in self.frozen_terms:
                 recon = self.frozen_terms["reconstruction"](
-                    pooled[: sizes[0]], encoder.recon_projector, batch["recon_labels"], batch.get("recon_attention_mask")
+                    pooled[: embeds[0].shape[0]], encoder.recon_projector, batch["recon_labels"], batch.get("recon_attention_mask")
                 )
                 parts["reconstruction"] = stage.recon_weight * recon
             if "paraphrase" in texts:

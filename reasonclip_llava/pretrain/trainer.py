@@ -3,7 +3,7 @@
 A stage is a config (see config.py); this file builds the pieces it names and runs one loop:
 
     model + stage terms -> StageObjective (objective.py), prepared by accelerate (DDP / DeepSpeed)
-    AdamW over named parameter groups (vision, text, logit_scale, heads), each with its own LR
+    AdamW over the recipe's parameter groups, selected by name (optim.py), each with its own LR and weight decay
     warmup + cosine schedule, stepped once per optimizer step
     checkpoints: output_dir/checkpoint-{step}/  = training checkpoint (model.save_pretrained, loadable by
                  ReasonCLIPForPretraining.from_pretrained / AutoModel) + trainer_state/ (accelerate
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +39,10 @@ from ..encoder.modeling import HeadsConfig, ReasonCLIPForPretraining
 from ..io_utils import replace_directory, write_errors_as_one_line
 from ..losses import clamp_logit_scale_
 from ..value_checks import check_max_length
-from .config import PretrainConfig
+from .config import PretrainConfig, apply_global_batch
 from .data import build_train_data
 from .objective import StageObjective
+from .optim import build_optimizer, build_param_groups  # noqa: F401  (build_param_groups: part of this module's API)
 from .run_dir import (
     check_output_dir, check_resume_config, clear_run_outputs, is_own_checkpoint, restore_newest_loadable, write_run_record,
 )
@@ -51,15 +54,6 @@ CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state"
 FINAL_DIR = "final"
 BEST_DIR = "best"
-
-# Parameter group -> name prefixes inside ReasonCLIPForPretraining (first match wins; the rest uses optim.lr).
-PARAM_GROUPS: dict[str, tuple[str, ...]] = {
-    "vision": ("backbone.vision_model.", "backbone.visual_projection."),
-    "text": ("backbone.text_model.", "backbone.text_projection."),
-    "logit_scale": ("backbone.logit_scale", "backbone.logit_bias"),
-    "heads": ("category_heads.", "recon_projector."),
-}
-
 
 # --------------------------------------------------------------------------- state that travels with checkpoints
 @dataclass
@@ -84,31 +78,6 @@ class TrainingProgress:
 def stage_heads(config: PretrainConfig, t5_width: int | None) -> HeadsConfig:
     """Training-only heads a stage needs: category heads (stage 2), the T5 projector (READ)."""
     return HeadsConfig(category_heads=config.stage.name == "stage2", recon_dim=t5_width)
-
-
-def build_param_groups(model: ReasonCLIPForPretraining, optim) -> list[dict[str, Any]]:  # noqa: ANN001
-    """AdamW groups named `<group>` / `<group>_no_decay`, each with its configured LR.
-
-    No weight decay on 1-d tensors and scalars (biases, norms, logit_scale, logit_bias, class
-    embedding), as in open_clip.
-    """
-    groups: dict[str, dict[str, Any]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        group = next((g for g, prefixes in PARAM_GROUPS.items() if name.startswith(prefixes)), "other")
-        lr = getattr(optim, f"lr_{group}", None)
-        decay = param.ndim >= 2
-        key = group if decay else f"{group}_no_decay"
-        entry = groups.setdefault(key, {"name": key, "params": [], "lr": optim.lr if lr is None else lr,
-                                        "weight_decay": optim.weight_decay if decay else 0.0})
-        entry["params"].append(param)
-    return list(groups.values())
-
-
-def build_optimizer(model: ReasonCLIPForPretraining, optim) -> torch.optim.AdamW:  # noqa: ANN001
-    """AdamW over the named groups; the fused kernel (one launch for all tensors, ~5x faster on CPU too)."""
-    return torch.optim.AdamW(build_param_groups(model, optim), betas=tuple(optim.betas), eps=optim.eps, fused=True)
 
 
 def build_accelerator(config: PretrainConfig) -> Accelerator:
@@ -137,6 +106,7 @@ def build_accelerator(config: PretrainConfig) -> Accelerator:
         # num_processes times per step, which assumes a schedule built in samples).
         step_scheduler_with_optimizer=False,
     )
+    apply_global_batch(config, accelerator.num_processes)  # before anything reads data.batch_size
     if plugin is not None:
         # The micro batch is ours (the dataloader is not prepared by accelerate), so "auto" cannot be resolved.
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
@@ -163,7 +133,8 @@ def load_t5_decoder(config: PretrainConfig) -> nn.Module | None:
         # in every forward and again in backward (frozen weights are not in autocast's cast cache), and
         # would take twice the memory. fp16 keeps fp32: T5 overflows in fp16.
         t5.to(torch.bfloat16)
-    return t5.requires_grad_(False).eval()
+    t5.requires_grad_(False)
+    return t5.train() if config.stage.t5_dropout else t5.eval()
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -316,7 +287,7 @@ def _pretrain(config: PretrainConfig) -> Path:
     data = build_train_data(config, encoder, accelerator.num_processes, accelerator.process_index)
     accum = runtime.gradient_accumulation_steps
     max_steps = resolve_max_steps(config, data.batches_per_epoch)
-    warmup = config.schedule.warmup_steps if config.schedule.warmup_steps is not None else round(config.schedule.warmup_ratio * max_steps)
+    warmup = resolve_warmup_steps(config, max_steps)
     eval_interval = resolve_eval_interval(config, max_steps)
 
     if accelerator.state.deepspeed_plugin is not None:
@@ -346,7 +317,8 @@ def _pretrain(config: PretrainConfig) -> Path:
         write_run_record(output_dir, config)
     if accelerator.log_with:
         accelerator.init_trackers("pretrain", config=_flat_hparams(config))
-    bar = _progress_bar(accelerator, runtime.progress_bar, progress.step, max_steps)
+    bar = _progress_bar(accelerator, runtime.progress_bar, progress.step, max_steps, stage.name)
+    first_step, loss = progress.step, None
 
     batches = data.batches(accelerator.device)
     for step in range(progress.step, max_steps):
@@ -385,6 +357,8 @@ def _pretrain(config: PretrainConfig) -> Path:
 
     _write_atomically(accelerator, objective, config, final, write_summary)
     accelerator.end_training()
+    if runtime.progress_bar and loss is not None:  # the bar's one summary line
+        accelerator.print(f"{stage.name}: steps {first_step}-{max_steps}, last loss {loss.item():.4f} -> {final}")
     return final
 
 
@@ -403,6 +377,13 @@ def resolve_max_steps(config: PretrainConfig, batches_per_epoch: int | None) -> 
             f"(epochs={config.schedule.epochs}, accumulation={config.runtime.gradient_accumulation_steps})"
         )
     return steps
+
+
+def resolve_warmup_steps(config: PretrainConfig, max_steps: int) -> int:
+    """schedule.warmup_steps, else ceil(warmup_ratio * max_steps) as transformers' Trainer (the published runs) counts it."""
+    if config.schedule.warmup_steps is not None:
+        return config.schedule.warmup_steps
+    return math.ceil(config.schedule.warmup_ratio * max_steps)
 
 
 # --------------------------------------------------------------------------- held-out loss
@@ -474,10 +455,10 @@ def _log(accelerator, loss, parts, optimizer, objective, step, bar) -> None:  # 
     bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
 
 
-def _progress_bar(accelerator: Accelerator, enabled: bool, start: int, total: int):  # noqa: ANN202
+def _progress_bar(accelerator: Accelerator, enabled: bool, start: int, total: int, desc: str = "pretrain"):  # noqa: ANN202
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=start, desc="pretrain", disable=not (enabled and accelerator.is_main_process), dynamic_ncols=True)
+    return tqdm(total=total, initial=start, desc=desc, disable=not (enabled and accelerator.is_main_process), dynamic_ncols=True)
 
 
 def _flat_hparams(config: PretrainConfig) -> dict[str, Any]:
