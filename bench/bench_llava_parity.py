@@ -1,17 +1,18 @@
-"""Inference parity of LLaVA-NeXT with the stock CLIP tower vs a ReasonCLIP tower (same architecture).
+"""Inference parity of a LLaVA with the stock CLIP tower vs a ReasonCLIP tower (same architecture), for both
+architectures: LLaVA-NeXT (anyres) and the LLaVA-1.5 format ReasonCLIP published (one tile, 576 tokens).
 
-A ReasonCLIP encoder only changes weights, so a LLaVA-NeXT built on it must cost exactly what the stock
-one costs: same parameter count, same FLOPs, latency ratio 1.00 +- 2%. Two parts:
+A ReasonCLIP encoder only changes weights, so a LLaVA built on it must cost exactly what the stock
+one costs: same parameter count, same FLOPs, latency ratio 1.00 +- 2%. Two parts, per architecture:
 
   tiny  -- two real models (stock = tiny CLIP seed 0, ReasonCLIP = the same LLaVA with a seed-1 tower swapped
            in), parameter count, FLOPs of one forward (FlopCounterMode), forward and generate latency
            (medians of interleaved repeats, so machine drift hits both sides alike);
   real  -- meta-device models at published size: CLIP ViT-L/14-336 tower + a Qwen3-1.7B-shaped LM; the stock
            side uses transformers' default LlavaNext vision config, the ReasonCLIP side the vision config
-           `build_llava_next` derives from a CLIPModel (ReasonCLIP export) config. Parameter counts and
-           vision-tower FLOPs for a 5-tile anyres image.
+           `build_llava` derives from a CLIPModel (ReasonCLIP export) config. Parameter counts and
+           vision-tower FLOPs for one image (5 anyres tiles for llava_next, one 336 px tile for llava).
 
-    python bench/bench_llava_parity.py [--repeats 200] [--generate-repeats 40] [--new-tokens 8] [--device cpu]
+    python bench/bench_llava_parity.py [--arch llava_next llava] [--repeats 200] [--generate-repeats 40] [--device cpu]
     python bench/bench_llava_parity.py --device cuda --real-size-latency   # + real-size bf16 forward latency
 """
 
@@ -26,16 +27,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import (
-    CLIPConfig,
-    LlavaNextConfig,
-    LlavaNextForConditionalGeneration,
-    LlavaNextProcessor,
-    Qwen3Config,
-)
+from transformers import CLIPConfig, PretrainedConfig, Qwen3Config
 
 from reasonclip_llava.encoder.tower import load_vision_config
-from reasonclip_llava.llava_next.build import build_llava_next, save_llava_next
+from reasonclip_llava.llava_next.architectures import ARCHITECTURES, get_architecture, load_llava
+from reasonclip_llava.llava_next.build import build_llava, save_llava
 from reasonclip_llava.llava_next.swap import swap_vision_tower
 from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
 from reasonclip_llava.tiny import save_tiny_clip
@@ -81,35 +77,50 @@ def interleaved_medians(fn_a, fn_b, repeats: int, device: str) -> tuple[float, f
     return statistics.median(times[fn_a]), statistics.median(times[fn_b])
 
 
-def tiny_pair(workdir: Path, device: str):
+def tiny_pair(workdir: Path, device: str, arch: str):
     lm = build_tiny_lm(workdir / "lm", family="qwen2")
     stock_encoder = save_tiny_clip(workdir / "clip")
     reasonclip_encoder = save_tiny_clip(workdir / "reasonclip", seed=1)
-    model, processor = build_llava_next(lm, stock_encoder)
-    stock_dir = save_llava_next(model, processor, workdir / "llava-clip")
-    reasonclip_dir = swap_vision_tower(stock_dir, reasonclip_encoder, workdir / "llava-reasonclip")
-    load = lambda d: LlavaNextForConditionalGeneration.from_pretrained(d).to(device).eval()  # noqa: E731
-    return load(stock_dir), load(reasonclip_dir), LlavaNextProcessor.from_pretrained(stock_dir)
+    model, processor = build_llava(lm, stock_encoder, arch=arch)
+    stock_dir = save_llava(model, processor, workdir / f"{arch}-clip")
+    reasonclip_dir = swap_vision_tower(stock_dir, reasonclip_encoder, workdir / f"{arch}-reasonclip")
+    (stock, processor), (reasonclip, _) = load_llava(stock_dir), load_llava(reasonclip_dir)
+    return stock.to(device).eval(), reasonclip.to(device).eval(), processor
 
 
-def real_size_configs() -> dict[str, LlavaNextConfig]:
+# One image at real size: LLaVA-NeXT's base + 2x2 anyres grid (672 x 672), or LLaVA-1.5's single 336 px tile.
+REAL_SIZE_IMAGE = {"llava_next": dict(tiles=5, image_size=672), "llava": dict(tiles=1, image_size=336)}
+
+
+def real_size_configs(arch: str) -> dict[str, PretrainedConfig]:
+    config_class = get_architecture(arch).config_class
     text_config = Qwen3Config(**QWEN3_1_7B)
     with tempfile.TemporaryDirectory() as directory:
         CLIPConfig(text_config=CLIP_L14_TEXT, vision_config=CLIP_L14_336_VISION, projection_dim=768).save_pretrained(directory)
-        reasonclip_vision = load_vision_config(directory)  # what build_llava_next reads from a ReasonCLIP export
+        reasonclip_vision = load_vision_config(directory)  # what build_llava reads from a ReasonCLIP export
     return {
-        "stock CLIP-L/14-336": LlavaNextConfig(text_config=text_config, image_token_index=151936, tie_word_embeddings=True),
-        "ReasonCLIP-L/14-336": LlavaNextConfig(vision_config=reasonclip_vision, text_config=text_config,
-                                               image_token_index=151936, tie_word_embeddings=True),
+        "stock CLIP-L/14-336": config_class(text_config=text_config, image_token_index=151936, tie_word_embeddings=True),
+        "ReasonCLIP-L/14-336": config_class(vision_config=reasonclip_vision, text_config=text_config,
+                                            image_token_index=151936, tie_word_embeddings=True),
     }
 
 
-def real_size_meta() -> dict[str, dict[str, int]]:
+def pixel_inputs(arch: str, device: str | torch.device, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Model image inputs for the real-size image (LlavaNext takes image_sizes, Llava none)."""
+    tiles = REAL_SIZE_IMAGE[arch]["tiles"]
+    if get_architecture(arch).has_image_newline:
+        size = REAL_SIZE_IMAGE[arch]["image_size"]
+        return dict(pixel_values=torch.randn(1, tiles, 3, 336, 336, device=device, dtype=dtype),
+                    image_sizes=torch.tensor([[size, size]], device=device))
+    return dict(pixel_values=torch.randn(1, 3, 336, 336, device=device, dtype=dtype))
+
+
+def real_size_meta(arch: str) -> dict[str, dict[str, int]]:
     results = {}
-    for name, config in real_size_configs().items():
+    for name, config in real_size_configs(arch).items():
         with torch.device("meta"):
-            model = LlavaNextForConditionalGeneration(config)
-            tiles = torch.empty(5, 3, 336, 336)  # anyres: base image + 2x2 grid
+            model = get_architecture(arch).model_class(config)
+            tiles = torch.empty(REAL_SIZE_IMAGE[arch]["tiles"], 3, 336, 336)
             tower_flops = forward_flops(lambda: model.model.vision_tower(tiles, output_hidden_states=True))
         results[name] = dict(
             total=count_parameters(model),
@@ -121,48 +132,34 @@ def real_size_meta() -> dict[str, dict[str, int]]:
     return results
 
 
-def real_size_latency(device: str, repeats: int, prompt_tokens: int = 64) -> dict[str, float]:
-    """Forward latency (ms) of both real-size models, random bf16 weights, one 672x672 image (5 anyres tiles)."""
+def real_size_latency(arch: str, device: str, repeats: int, prompt_tokens: int = 64) -> dict[str, float]:
+    """Forward latency (ms) of both real-size models, random bf16 weights, one image (see REAL_SIZE_IMAGE)."""
     results, models = {}, {}
-    for name, config in real_size_configs().items():
+    for name, config in real_size_configs(arch).items():
         # The image token must index a real embedding row (llava-hf checkpoints add it to the vocabulary);
         # the meta configs keep the LM's own vocabulary so the parameter counts are the published ones.
         config.image_token_index = config.text_config.vocab_size - 1
         torch.manual_seed(0)
         with torch.device(device):
-            models[name] = LlavaNextForConditionalGeneration(config).to(torch.bfloat16).eval()
+            models[name] = get_architecture(arch).model_class(config).to(torch.bfloat16).eval()
     config = next(iter(models.values())).config
-    pixel_values = torch.randn(1, 5, 3, 336, 336, device=device, dtype=torch.bfloat16)
-    image_sizes = torch.tensor([[672, 672]], device=device)
-    with torch.inference_mode():  # how many image tokens the anyres packing makes (base + 2x2 grid + row newlines)
-        features = next(iter(models.values())).model.get_image_features(pixel_values, image_sizes)
+    images = pixel_inputs(arch, device, torch.bfloat16)
+    with torch.inference_mode():  # how many image tokens the model makes of it (anyres: + row newlines)
+        features = next(iter(models.values())).model.get_image_features(**images)
     features = getattr(features, "pooler_output", features)
-    image_tokens = sum(f.shape[0] for f in features)
+    image_tokens = sum(f.shape[0] for f in features) if isinstance(features, (list, tuple)) else features.shape[0] * features.shape[1]
     input_ids = torch.randint(0, config.image_token_index, (1, image_tokens + prompt_tokens), device=device)
     input_ids[0, 8 : 8 + image_tokens] = config.image_token_index
-    fns = {name: (lambda m=m: m(input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes, use_cache=False))
-           for name, m in models.items()}
+    fns = {name: (lambda m=m: m(input_ids=input_ids, use_cache=False, **images)) for name, m in models.items()}
     names = list(fns)
     a, b = interleaved_medians(fns[names[0]], fns[names[1]], repeats, device)
     results = {names[0]: a * 1e3, names[1]: b * 1e3, "tokens": image_tokens + prompt_tokens}
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=200)
-    parser.add_argument("--generate-repeats", type=int, default=40)
-    parser.add_argument("--new-tokens", type=int, default=8)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads; 1 keeps shared machines steady")
-    parser.add_argument("--real-size-latency", action="store_true",
-                        help="also time both real-size models (bf16, random weights; needs a GPU with ~16 GB)")
-    parser.add_argument("--real-size-repeats", type=int, default=40)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
+def bench_tiny(arch: str, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as directory:
-        stock, reasonclip, processor = tiny_pair(Path(directory), args.device)
+        stock, reasonclip, processor = tiny_pair(Path(directory), args.device, arch)
     image = Image.new("RGB", (90, 50), (220, 30, 30))
     inputs = processor(images=image, text="<image>\nWhat colour is the square?", return_tensors="pt").to(args.device)
 
@@ -174,8 +171,7 @@ def main() -> None:
     fwd_stock, fwd_reason = interleaved_medians(forward["stock"], forward["reasonclip"], args.repeats, args.device)
     gen_stock, gen_reason = interleaved_medians(generate["stock"], generate["reasonclip"], args.generate_repeats, args.device)
 
-    threads = torch.get_num_threads()
-    print(f"LLaVA-NeXT parity, tiny models, device={args.device} threads={threads} "
+    print(f"\n[{arch}] {type(stock).__name__} parity, tiny models, device={args.device} threads={torch.get_num_threads()} "
           f"tokens={inputs['input_ids'].shape[1]} repeats={args.repeats}/{args.generate_repeats}")
     print(f"{'':28}{'stock CLIP':>16}{'ReasonCLIP':>16}{'ratio':>10}")
     rows = [
@@ -187,8 +183,11 @@ def main() -> None:
     for label, a, b, fmt in rows:
         print(f"{label:28}" + fmt.format(a) + fmt.format(b) + f"{b / a:>10.4f}")
 
-    print("\nReal size on the meta device (Qwen3-1.7B-shaped LM, tied embeddings; tower FLOPs for 5 anyres tiles)")
-    results = real_size_meta()
+
+def bench_real_size(arch: str, args: argparse.Namespace) -> None:
+    tiles = REAL_SIZE_IMAGE[arch]["tiles"]
+    print(f"\n[{arch}] real size on the meta device (Qwen3-1.7B-shaped LM, tied embeddings; tower FLOPs for {tiles} tile(s))")
+    results = real_size_meta(arch)
     names = list(results)
     print(f"{'':28}{names[0]:>22}{names[1]:>22}{'equal':>8}")
     for key, label in (("total", "parameters, total"), ("tower", "  vision tower"), ("projector", "  projector"),
@@ -196,13 +195,31 @@ def main() -> None:
         a, b = results[names[0]][key], results[names[1]][key]
         fmt = "{:>22,.1f}" if key == "tower_gflops" else "{:>22,}"
         print(f"{label:28}" + fmt.format(a) + fmt.format(b) + f"{str(a == b):>8}")
-
     if args.real_size_latency:
-        latency = real_size_latency(args.device, args.real_size_repeats)
+        latency = real_size_latency(arch, args.device, args.real_size_repeats)
         device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-        print(f"\nReal size, bf16 random weights, {device_name}: one forward over {latency.pop('tokens')} tokens (5 anyres tiles)")
-        (name_a, a), (name_b, b) = latency.items()
+        print(f"[{arch}] real size, bf16 random weights, {device_name}: one forward over {latency.pop('tokens')} tokens")
+        (_, a), (_, b) = latency.items()
         print(f"{'forward median (ms)':28}{a:>22.2f}{b:>22.2f}{b / a:>8.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arch", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--generate-repeats", type=int, default=40)
+    parser.add_argument("--new-tokens", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads; 1 keeps shared machines steady")
+    parser.add_argument("--real-size-latency", action="store_true",
+                        help="also time both real-size models (bf16, random weights; needs a GPU with ~16 GB)")
+    parser.add_argument("--real-size-repeats", type=int, default=40)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for arch in args.arch:
+        bench_tiny(arch, args)
+    for arch in args.arch:
+        bench_real_size(arch, args)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,16 @@ def _convert_open_clip(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .encoder import verify_export
+    if (args.base is None) == (args.encoder is None):
+        raise ValueError("give --base (an encoder export against its base) or --encoder (a LLaVA checkpoint's tower against an encoder)")
+    if args.encoder is not None:
+        from .llava_next.tower_check import verify_llava_tower
 
-    report = verify_export(args.out_dir, args.base, select_layer=args.layer)
+        report = verify_llava_tower(args.out_dir, args.encoder, require_equal=args.require_equal)
+    else:
+        from .encoder import verify_export
+
+        report = verify_export(args.out_dir, args.base, select_layer=args.layer)
     print(json.dumps(report, indent=2))
     for name in report["failed"]:
         print(f"verify: check failed: {name}", file=sys.stderr)
@@ -92,7 +99,7 @@ def _llava_build(args: argparse.Namespace) -> int:
     from .llava_next.build import build_and_save
 
     pinpoints = json.loads(args.grid_pinpoints) if args.grid_pinpoints else None
-    print(build_and_save(args.lm, args.encoder, args.out, image_grid_pinpoints=pinpoints, vision_feature_layer=args.select_layer, vision_feature_select_strategy=args.strategy, torch_dtype=args.dtype, overwrite=args.overwrite))
+    print(build_and_save(args.lm, args.encoder, args.out, arch=args.arch, image_aspect_ratio=args.image_aspect_ratio, image_grid_pinpoints=pinpoints, vision_feature_layer=args.select_layer, vision_feature_select_strategy=args.strategy, torch_dtype=args.dtype, overwrite=args.overwrite))
     return 0
 
 
@@ -190,9 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.set_defaults(handler=_convert_open_clip)
 
-    p = commands.add_parser("verify", help="prove an export is a drop-in for its base model; prints a JSON report")
-    p.add_argument("out_dir")
-    p.add_argument("--base", required=True, help="base checkpoint id or path")
+    p = commands.add_parser("verify", help="prove an export is a drop-in for its base model, or compare a LLaVA checkpoint's tower with an encoder; prints a JSON report")
+    p.add_argument("out_dir", help="encoder export (with --base) or LLaVA checkpoint (with --encoder)")
+    p.add_argument("--base", default=None, help="base checkpoint id or path")
+    p.add_argument("--encoder", default=None, help="LLaVA mode: the encoder the checkpoint's tower is compared with (bitwise, or how far it moved)")
+    p.add_argument("--require-equal", action="store_true", help="LLaVA mode: fail unless the tower is bitwise the encoder's (frozen-tower runs)")
     p.add_argument("--layer", type=int, default=-2, help="vision feature layer compared bitwise (LLaVA's select layer)")
     p.set_defaults(handler=_verify)
 
@@ -203,10 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="NAME", help="with --dry-run: also show this parameter's group, lr and weight decay (repeatable)")
     p.set_defaults(handler=_pretrain, takes_overrides=True)
 
-    p = commands.add_parser("llava-build", help="build a LLaVA-NeXT (transformers LlavaNext) from a causal LM and an encoder")
+    p = commands.add_parser("llava-build", help="build a LLaVA-NeXT (transformers LlavaNext) or LLaVA-1.5 (transformers Llava) from a causal LM and an encoder")
     p.add_argument("--lm", required=True, help="causal LM id or path (Llama / Qwen / Mistral family)")
     p.add_argument("--encoder", required=True, help="CLIP/SigLIP (e.g. ReasonCLIP export) id or path")
     p.add_argument("--out", required=True)
+    p.add_argument("--arch", default="llava_next", choices=["llava_next", "llava"], help="llava_next: anyres LlavaNext; llava: one-tile LLaVA-1.5 format (ReasonCLIP's published MLLM)")
+    p.add_argument("--image-aspect-ratio", default=None, choices=["anyres", "pad", "square"], help="processor setting; default: anyres (llava_next), pad (llava)")
     p.add_argument("--grid-pinpoints", default=None, help="JSON list of [h, w]; default: LLaVA-NeXT's, scaled to the tower")
     p.add_argument("--select-layer", type=int, default=-2)
     p.add_argument("--strategy", default=None, choices=["default", "full"], help="default: 'default' for CLIP, 'full' for SigLIP")

@@ -138,3 +138,79 @@ def test_export_plugs_into_transformers_llava_next(exported):
     with torch.no_grad():
         logits = model(input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes).logits
     assert logits.shape == (1, n_features + 3, 64) and torch.isfinite(logits).all()
+
+
+# ---- SigLIP exports: the installed llava-torch, and LLaVA-NeXT's builder rule ------------------------
+
+
+def test_local_siglip_export_builds_our_tower_in_installed_llava(tiny_siglip_dir, caplog):
+    from transformers import SiglipVisionModel
+
+    from reasonclip_llava.encoder.llava_compat import llava_siglip_tower, register_with_llava
+
+    assert llava_siglip_tower() is None  # llava-torch 1.2.2 (original LLaVA) ships a CLIP tower only
+    register_with_llava()
+    with caplog.at_level("WARNING", logger="reasonclip_llava.encoder.llava_compat"):
+        tower = llava_builder.build_vision_tower(_llava_args(str(tiny_siglip_dir)))
+    assert isinstance(tower, ReasonCLIPVisionTower) and not caplog.records
+    images = torch.randn(1, 3, 32, 32)
+    reference = SiglipVisionModel.from_pretrained(tiny_siglip_dir)(pixel_values=images, output_hidden_states=True)
+    assert torch.equal(tower(images), reference.hidden_states[-2])  # no CLS: every patch kept
+
+
+class _LlavaNextSiglipConfig:
+    """LLaVA-NeXT's SigLipVisionConfig defaults (siglip_encoder.py): So400M/14 at 384 px."""
+
+    def __init__(self, hidden_size=1152, image_size=384, patch_size=14, num_hidden_layers=27):
+        self.hidden_size, self.image_size, self.patch_size = hidden_size, image_size, patch_size
+        self.num_hidden_layers = num_hidden_layers
+
+
+class _LlavaNextSiglipTower(torch.nn.Module):
+    """LLaVA-NeXT's SigLipVisionTower constructor: (vision_tower, vision_tower_cfg, delay_load=False)."""
+
+    def __init__(self, vision_tower, vision_tower_cfg, delay_load=False):
+        super().__init__()
+        self.vision_tower_name, self.cfg, self.delay_load = vision_tower, vision_tower_cfg, delay_load
+
+
+@pytest.fixture
+def llava_next_siglip(monkeypatch):
+    """The installed `llava` as LLaVA-NeXT's: a multimodal_encoder.siglip_encoder module with its tower class."""
+    import sys
+    import types
+
+    module = types.ModuleType("llava.model.multimodal_encoder.siglip_encoder")
+    module.SigLipVisionConfig, module.SigLipVisionTower = _LlavaNextSiglipConfig, _LlavaNextSiglipTower
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return module
+
+
+def test_llava_next_siglip_rule(llava_next_siglip, tiny_siglip_dir, exported, tmp_path, caplog):
+    from transformers import SiglipVisionConfig
+
+    from reasonclip_llava.encoder.llava_compat import register_with_llava, tower_route
+
+    register_with_llava()
+    # a So400M/14-384 SigLIP export (config only: the route reads no weights) -> LLaVA-NeXT's own class
+    so400m = tmp_path / "ReasonSigLIP-So14-384"
+    SiglipVisionConfig(hidden_size=1152, image_size=384, patch_size=14, num_hidden_layers=27).save_pretrained(so400m)
+    assert tower_route(str(so400m)) == "llava_siglip"
+    tower = llava_builder.build_vision_tower(_llava_args(str(so400m)), delay_load=True)
+    assert isinstance(tower, _LlavaNextSiglipTower) and tower.vision_tower_name == str(so400m) and tower.delay_load
+
+    # a SigLIP that class cannot take -> our tower, and one line saying why
+    with caplog.at_level("WARNING", logger="reasonclip_llava.encoder.llava_compat"):
+        tower = llava_builder.build_vision_tower(_llava_args(str(tiny_siglip_dir)))
+    assert isinstance(tower, ReasonCLIPVisionTower) and tower.num_patches == 16
+    [record] = caplog.records
+    message = record.getMessage()
+    assert "\n" not in message and "hard-wired to So400M/14-384 (729 tokens)" in message
+    assert "hidden_size 32 vs 1152" in message and "image_size 32 vs 384" in message
+
+    # a local CLIP export still goes to LLaVA's own CLIP tower
+    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+
+    os.symlink(exported, tmp_path / "plain_clip")
+    assert tower_route(str(tmp_path / "plain_clip")) is None
+    assert isinstance(llava_builder.build_vision_tower(_llava_args(str(tmp_path / "plain_clip"))), CLIPVisionTower)

@@ -1,5 +1,6 @@
 """DeepSpeed ZeRO-2 (stage A) then ZeRO-3 (stage B full), both through the `deepspeed` launcher, and
-ZeRO-3 LoRA through torchrun, on CPU.
+ZeRO-3 LoRA through torchrun, on CPU; and the LLaVA-1.5 format ReasonCLIP published (pad + flat, tower
+unfrozen) under ZeRO-3 through the launcher.
 
 ZeRO-3 is where LLaVA loses weights: a tower or projector loaded into an already-partitioned model comes
 back with size-0 tensors or random values. Stage B here trains only the LM, so after a ZeRO-3 run the
@@ -20,10 +21,18 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import CLIPModel, LlavaNextForConditionalGeneration, LlavaNextProcessor
+from transformers import (
+    CLIPModel,
+    LlavaForConditionalGeneration,
+    LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
+    LlavaProcessor,
+)
 
+from reasonclip_llava.llava_next.build import build_llava, save_llava
 from reasonclip_llava.llava_next.merge import merge_and_export
 from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
+from reasonclip_llava.llava_next.tower_check import TOWER_CHECK_NAME
 from reasonclip_llava.llava_next.train import NON_LORA_TRAINABLES
 
 from llava_train_helpers import write_conversations  # tests/ helper module
@@ -146,3 +155,28 @@ def generates(model, processor) -> None:
     image = Image.new("RGB", (70, 40), (220, 30, 30))
     inputs = processor(images=image, text="<image>\nWhat colour is the square?", return_tensors="pt")
     assert model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 2
+
+
+def test_zero3_llava15_pad_flat_saves_the_trained_tower(tmp_path, tiny_clip_dir):
+    """ReasonCLIP's stage B (pad + flat, tower at its own lr) under ZeRO-3: the run itself gathers the
+    partitioned tower and checks the saved one against it; here the result reloads and the tower trained."""
+    lm = build_tiny_lm(tmp_path / "qwen2", family="qwen2")
+    start = save_llava(*build_llava(lm, tiny_clip_dir, arch="llava", image_aspect_ratio="square"), tmp_path / "start")
+    data_json, images = write_conversations(tmp_path / "instruct", n_images=4, n_text=2)
+    run_dir = tmp_path / "stage_b"
+    launch(dict(model_name_or_path=str(start), template="qwen_1_5", image_aspect_ratio="pad", mm_patch_merge_type="flat",
+                mm_tunable_parts="mm_vision_tower,mm_mlp_adapter,mm_language_model", learning_rate=1e-3,
+                mm_vision_tower_lr=1e-3, data_path=str(data_json), image_folder=str(images), output_dir=str(run_dir),
+                per_device_train_batch_size=2, max_steps=2, save_steps=100, logging_steps=1, report_to="none",
+                warmup_ratio=0.0, bf16=False),
+           tmp_path / "stage_b.yaml", f"--deepspeed={REPO / 'train/zero3.json'}", launcher="deepspeed")
+    check = json.loads((run_dir / TOWER_CHECK_NAME).read_text())
+    assert check["saved"] and check["bitwise_equal"] and check["nonfinite_values"] == 0
+    model = LlavaForConditionalGeneration.from_pretrained(run_dir)
+    assert_complete(model)
+    encoder = CLIPModel.from_pretrained(tiny_clip_dir).vision_model.state_dict()
+    tower = model.model.vision_tower.state_dict()
+    assert any(not torch.equal(tower[name], tensor) for name, tensor in encoder.items())  # the tower trained
+    processor = LlavaProcessor.from_pretrained(run_dir)
+    assert processor.image_processor.do_pad is True
+    generates(model, processor)

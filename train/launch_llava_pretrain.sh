@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# LLaVA-NeXT stage A (projector pretraining) on one node with the DeepSpeed launcher (ZeRO-2).
+# LLaVA stage A (projector pretraining) on one node with the DeepSpeed launcher (ZeRO-2).
 #
 #   ENCODER=checkpoints/reasonclip-vit-l14-336 LLM=Qwen/Qwen3-1.7B train/launch_llava_pretrain.sh [--key=value ...]
+#   RECIPE=train/llava_reasonclip_pretrain.yaml OUTPUT_DIR=checkpoints/llava-reasonclip-qwen3-1.7b-pretrain \
+#     train/launch_llava_pretrain.sh      # the LLaVA-1.5-format recipe ReasonCLIP published (square, 576 tokens)
 #
 # The published global batch (256) is kept whatever the GPU count: gradient_accumulation_steps =
 # GLOBAL_BATCH / (PER_DEVICE * NUM_GPUS). Extra --key=value arguments override the recipe.

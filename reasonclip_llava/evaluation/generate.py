@@ -1,4 +1,4 @@
-"""Batched greedy answering of VQA benchmarks with a LlavaNext checkpoint (`reasonclip eval vqa`).
+"""Batched greedy answering of VQA benchmarks with a LlavaNext or Llava checkpoint (`reasonclip eval vqa`).
 
 Answers are written in LLaVA's answer-file format, one JSON object per line:
     {"question_id": ..., "prompt": ..., "text": ..., "model_id": ...}
@@ -109,20 +109,12 @@ def run_vqa(
 def load_llava_next(
     model_dir: str | Path, *, device: str = "cpu", dtype: torch.dtype | str | None = None
 ) -> tuple[LlavaNextForConditionalGeneration, ProcessorMixin]:
-    """The LlavaNext model (eval mode, on `device`) and its processor from a local checkpoint."""
-    from transformers import AutoConfig, AutoProcessor, LlavaNextForConditionalGeneration
+    """The LlavaNext or Llava model (eval mode, on `device`) and its processor from a local checkpoint."""
+    from ..llava_next.architectures import load_llava
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"no LlavaNext checkpoint (config.json) in {model_dir}")
-    model_type = AutoConfig.from_pretrained(model_dir).model_type
-    if model_type != "llava_next":
-        raise ValueError(f"{model_dir}: model_type is {model_type!r}, expected 'llava_next'")
-    torch_dtype = _resolve_dtype(dtype, device)
-    from ..io_utils import load_pretrained_strict  # missing weights would be scored as random ones
-
-    model = load_pretrained_strict(LlavaNextForConditionalGeneration, model_dir, "model", dtype=torch_dtype).to(device).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
+    # Strict load: missing weights would be scored as random ones; the model_type picks the architecture.
+    model, processor = load_llava(model_dir, dtype=_resolve_dtype(dtype, device))
+    model = model.to(device).eval()
     if processor.tokenizer.pad_token is None:  # batches need a pad id; left-padded rows are masked anyway
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
     return model, processor

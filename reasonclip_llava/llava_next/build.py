@@ -1,7 +1,9 @@
-"""Build a transformers-native LLaVA-NeXT from a causal LM and a CLIP/SigLIP encoder (e.g. a ReasonCLIP export).
+"""Build a transformers-native LLaVA from a causal LM and a CLIP/SigLIP encoder (e.g. a ReasonCLIP export).
 
-The result is a plain `LlavaNextForConditionalGeneration` + `LlavaNextProcessor`: it saves and reloads with
-`from_pretrained` and needs nothing from this package at inference time.
+Two architectures (architectures.py decides everything that differs): `llava_next` gives a plain
+`LlavaNextForConditionalGeneration` + `LlavaNextProcessor` (anyres), `llava` a plain
+`LlavaForConditionalGeneration` + `LlavaProcessor` (LLaVA-1.5: one tile, square or pad). Either saves and
+reloads with `from_pretrained` and needs nothing from this package at inference time.
 
 Decisions (one place each):
   * tower: the encoder's vision transformer, loaded strictly by `encoder.tower.load_vision_model` (the
@@ -9,7 +11,8 @@ Decisions (one place each):
   * features: hidden state of layer -2; strategy 'default' (drop CLS) for CLIP, 'full' for SigLIP,
     which has no CLS token -- 'default' would silently drop a real image patch;
   * projector: mlp2x_gelu (linear_1 - GELU - linear_2), initialised like LLaVA's (nn.Linear defaults);
-  * anyres: LLaVA-NeXT's 336 px pinpoints scaled to the tower's image size, spatial_unpad + image_newline;
+  * llava_next: LLaVA-NeXT's 336 px pinpoints scaled to the tower's image size, spatial_unpad + image_newline;
+    llava: one tile of the tower's size, flat (576 tokens at 336 px / patch 14), processor square or pad;
   * new vocabulary rows ("<image>") start at the mean of the existing rows, so a rebuild is deterministic.
 """
 
@@ -24,24 +27,16 @@ from transformers import (
     AddedToken,
     AutoModelForCausalLM,
     AutoTokenizer,
-    LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextProcessor,
     PreTrainedModel,
+    ProcessorMixin,
 )
-from transformers.image_processing_base import ImageProcessingMixin
 
 from ..encoder.tower import VISION_MODELS, load_vision_model
 from ..io_utils import atomic_directory, load_pretrained_strict, refuse_existing, require_model_type
 from ..value_checks import check_select_layer
-from transformers.utils import is_torchvision_available
-
-# Same processor, two backends; both save as "LlavaNextImageProcessor". Picking the PIL one ourselves
-# when torchvision is absent avoids transformers' fallback warning on every import.
-if is_torchvision_available():
-    from transformers import LlavaNextImageProcessor
-else:
-    from transformers import LlavaNextImageProcessorPil as LlavaNextImageProcessor
+from .architectures import LlavaNextImageProcessor, architecture_of, get_architecture
 
 IMAGE_TOKEN = "<image>"
 
@@ -66,8 +61,8 @@ def resolve_dtype(torch_dtype: torch.dtype | str | None) -> torch.dtype:
     return dtype
 
 
-def reset_projector(model: LlavaNextForConditionalGeneration, seed: int | None = None) -> None:
-    """Fresh mlp2x_gelu projector (nn.Linear's own init, as LLaVA) and image_newline (N(0, 1/hidden))."""
+def reset_projector(model: PreTrainedModel, seed: int | None = None) -> None:
+    """Fresh mlp2x_gelu projector (nn.Linear's own init, as LLaVA) and image_newline (N(0, 1/hidden)) if any."""
     generator_state = torch.random.get_rng_state()
     if seed is not None:
         torch.manual_seed(seed)
@@ -75,8 +70,9 @@ def reset_projector(model: LlavaNextForConditionalGeneration, seed: int | None =
     with torch.no_grad():
         for linear in (projector.linear_1, projector.linear_2):
             linear.reset_parameters()
-        hidden_size = model.config.text_config.hidden_size
-        model.model.image_newline.normal_(0.0, 1.0 / math.sqrt(hidden_size))
+        if architecture_of(model).has_image_newline:
+            hidden_size = model.config.text_config.hidden_size
+            model.model.image_newline.normal_(0.0, 1.0 / math.sqrt(hidden_size))
     if seed is not None:
         torch.random.set_rng_state(generator_state)
 
@@ -85,19 +81,8 @@ def image_processor_from_encoder(
     encoder: str | Path, grid_pinpoints: list[list[int]], image_size: int
 ) -> LlavaNextImageProcessor:
     """The encoder's own preprocessing (size, crop, mean/std, resample) as a LlavaNextImageProcessor with anyres."""
-    try:
-        settings, _ = ImageProcessingMixin.get_image_processor_dict(str(encoder))
-    except OSError as error:
-        raise FileNotFoundError(f"encoder {encoder}: no preprocessor_config.json ({error})") from error
-    keep = ("size", "crop_size", "do_center_crop", "do_resize", "do_rescale", "rescale_factor",
-            "do_normalize", "image_mean", "image_std", "resample", "do_convert_rgb")
-    kwargs = {key: settings[key] for key in keep if key in settings}
-    kwargs.setdefault("size", {"shortest_edge": image_size})
-    if "crop_size" not in kwargs:
-        kwargs["do_center_crop"] = False  # SigLIP resizes straight to height x width
-    # LlavaNext cuts anyres tiles of crop_size, even without center crop: it must be the tower's size.
-    kwargs["crop_size"] = {"height": image_size, "width": image_size}
-    return LlavaNextImageProcessor(image_grid_pinpoints=grid_pinpoints, do_pad=True, **kwargs)
+    return get_architecture("llava_next").image_processor(
+        encoder, image_size, image_aspect_ratio="anyres", image_grid_pinpoints=grid_pinpoints)
 
 
 # Prepended to the LM's own chat template so that the processor also accepts transformers' multimodal
@@ -145,22 +130,29 @@ def resize_embeddings_to_mean(lm: PreTrainedModel, vocab_size: int) -> None:
             embedding.weight[old_size:] = embedding.weight[:old_size].mean(dim=0, keepdim=True)
 
 
-def build_llava_next(
+def build_llava(
     language_model: str | Path,
     encoder: str | Path,
     *,
+    arch: str | None = None,
+    image_aspect_ratio: str | None = None,
+    mm_patch_merge_type: str | None = None,
     image_grid_pinpoints: list[list[int]] | None = None,
     vision_feature_layer: int = -2,
     vision_feature_select_strategy: str | None = None,
     projector_hidden_act: str = "gelu",
     torch_dtype: torch.dtype | str | None = None,
     seed: int = 0,
-) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
-    """Assemble LLaVA-NeXT = encoder's vision tower + fresh mlp2x_gelu projector + the causal LM.
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Assemble a LLaVA = encoder's vision tower + fresh mlp2x_gelu projector + the causal LM.
 
+    `arch` 'llava_next' (default) or 'llava'; `image_aspect_ratio` / `mm_patch_merge_type` are LLaVA's flags
+    (None = the architecture's default: anyres + spatial_unpad, or pad + flat), checked against it.
     `vision_feature_select_strategy` None picks 'default' (drop CLS) for CLIP and 'full' for SigLIP.
     The tower and LM tensors are the loaded ones (no copy, no random init of the big parts).
     """
+    architecture = get_architecture(arch)
+    aspect, _ = architecture.resolve_image_flags(image_aspect_ratio, mm_patch_merge_type)
     dtype = resolve_dtype(torch_dtype)
     tower = load_vision_model(encoder, dtype=dtype)
     vision_config = tower.config
@@ -171,7 +163,11 @@ def build_llava_next(
         raise ValueError(f"vision_feature_select_strategy {strategy!r}: expected 'default' or 'full'")
     if strategy == "default" and not has_cls_token:
         raise ValueError(f"encoder {encoder}: {vision_config.model_type} has no CLS token; use strategy 'full'")
-    grid_pinpoints = image_grid_pinpoints or default_grid_pinpoints(vision_config.image_size)
+    grid_pinpoints = None
+    if architecture.has_image_newline:  # anyres
+        grid_pinpoints = image_grid_pinpoints or default_grid_pinpoints(vision_config.image_size)
+    elif image_grid_pinpoints:
+        raise ValueError(f"image_grid_pinpoints: architecture {architecture.name!r} takes one tile, not an anyres grid")
 
     lm_config = require_model_type(language_model, causal_lm_types(), "language model", "a causal LM (Llama / Qwen / Mistral family)")
     tokenizer = AutoTokenizer.from_pretrained(language_model)
@@ -179,9 +175,8 @@ def build_llava_next(
     lm = load_pretrained_strict(AutoModelForCausalLM, language_model, f"language model ({lm_config.model_type})", dtype=dtype)
     resize_embeddings_to_mean(lm, len(tokenizer))
 
-    config = LlavaNextConfig(
-        vision_config=vision_config,
-        text_config=lm.config,
+    config = architecture.build_config(
+        vision_config, lm.config,
         image_token_index=image_token_id,
         projector_hidden_act=projector_hidden_act,
         vision_feature_select_strategy=strategy,
@@ -191,20 +186,21 @@ def build_llava_next(
     )
     config.reasonclip_encoder = str(encoder)
     config.reasonclip_language_model = str(language_model)
-    # Skeleton on the meta device, then plug in the loaded tower and LM; only projector + newline are new.
+    # Skeleton on the meta device, then plug in the loaded tower and LM; only projector (+ newline) are new.
     with torch.device("meta"):
-        model = LlavaNextForConditionalGeneration(config)
+        model = architecture.model_class(config)
     decoder = getattr(lm, lm.base_model_prefix)
     if type(decoder) is not type(model.model.language_model):
         raise ValueError(
             f"language model {language_model}: {type(decoder).__name__} is not the AutoModel class "
-            f"{type(model.model.language_model).__name__} LlavaNext builds for {lm.config.model_type}"
+            f"{type(model.model.language_model).__name__} {architecture.model_class.__name__} builds for {lm.config.model_type}"
         )
     model.model.vision_tower = tower
     model.model.language_model = decoder
     model.lm_head = lm.get_output_embeddings()
     model.model.multi_modal_projector.to_empty(device="cpu")
-    model.model.image_newline = nn.Parameter(torch.empty(lm.config.hidden_size))
+    if architecture.has_image_newline:
+        model.model.image_newline = nn.Parameter(torch.empty(lm.config.hidden_size))
     reset_projector(model, seed=seed)
     model.to(dtype)
     model.generation_config = lm.generation_config
@@ -214,8 +210,9 @@ def build_llava_next(
         model.tie_weights()
     model.eval()
 
-    image_processor = image_processor_from_encoder(encoder, grid_pinpoints, vision_config.image_size)
-    processor = LlavaNextProcessor(
+    image_processor = architecture.image_processor(
+        encoder, vision_config.image_size, image_aspect_ratio=aspect, image_grid_pinpoints=grid_pinpoints)
+    processor = architecture.processor_class(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=vision_config.patch_size,
@@ -227,17 +224,24 @@ def build_llava_next(
     return model, processor
 
 
+def build_llava_next(
+    language_model: str | Path, encoder: str | Path, **kwargs
+) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
+    """`build_llava(..., arch='llava_next')`: the anyres LLaVA-NeXT."""
+    return build_llava(language_model, encoder, arch="llava_next", **kwargs)
+
+
 def causal_lm_types() -> set[str]:
-    """model_types AutoModelForCausalLM builds (a CLIP or a LlavaNext dir is not a language model)."""
+    """model_types AutoModelForCausalLM builds (a CLIP or a LLaVA dir is not a language model)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 
 
-def save_llava_next(
-    model: LlavaNextForConditionalGeneration, processor: LlavaNextProcessor, out_dir: str | Path, overwrite: bool = False
-) -> Path:
-    """save_pretrained both (safetensors) into a temp dir renamed to out_dir; a non-empty out_dir needs `overwrite`."""
+def save_llava(model: PreTrainedModel, processor: ProcessorMixin, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """save_pretrained both (safetensors) into a temp dir renamed to out_dir; a non-empty out_dir needs `overwrite`.
+
+    Reload with the plain transformers classes."""
     out_dir = Path(out_dir)
     with atomic_directory(out_dir, overwrite) as staging:
         model.save_pretrained(staging)
@@ -245,24 +249,12 @@ def save_llava_next(
     return out_dir
 
 
-def build_and_save(
-    language_model: str | Path,
-    encoder: str | Path,
-    out_dir: str | Path,
-    *,
-    image_grid_pinpoints: list[list[int]] | None = None,
-    vision_feature_layer: int = -2,
-    vision_feature_select_strategy: str | None = None,
-    torch_dtype: torch.dtype | str | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """CLI entry (`reasonclip llava-build`): build_llava_next(...) then save_llava_next(..., out_dir)."""
+save_llava_next = save_llava
+
+
+def build_and_save(language_model: str | Path, encoder: str | Path, out_dir: str | Path, *,
+                   overwrite: bool = False, **kwargs) -> Path:
+    """CLI entry (`reasonclip llava-build`): build_llava(..., **kwargs) then save_llava(..., out_dir)."""
     refuse_existing(out_dir, overwrite)  # before the (slow) build
-    model, processor = build_llava_next(
-        language_model, encoder,
-        image_grid_pinpoints=image_grid_pinpoints,
-        vision_feature_layer=vision_feature_layer,
-        vision_feature_select_strategy=vision_feature_select_strategy,
-        torch_dtype=torch_dtype,
-    )
-    return save_llava_next(model, processor, out_dir, overwrite=overwrite)
+    model, processor = build_llava(language_model, encoder, **kwargs)
+    return save_llava(model, processor, out_dir, overwrite=overwrite)

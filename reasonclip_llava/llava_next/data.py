@@ -1,4 +1,4 @@
-"""LLaVA conversation data for LlavaNextForConditionalGeneration: dataset, length-grouped sampler, collator.
+"""LLaVA conversation data for LlavaNext / Llava ForConditionalGeneration: dataset, length-grouped sampler, collator.
 
 Rows follow LLaVA's JSON (or JSONL) format::
 
@@ -7,8 +7,9 @@ Rows follow LLaVA's JSON (or JSONL) format::
 
 Each sample is rendered by a conversation template (templates.py), tokenized, and its ``<image>``
 placeholder expanded to exactly the number of image tokens the model consumes for that image size: the
-LlavaNextProcessor's own count (anyres tiles + spatial_unpad + image_newline). Labels are -100 everywhere
-except on assistant answers and their end-of-turn token.
+processor's own count (LlavaNextProcessor: anyres tiles + spatial_unpad + image_newline; LlavaProcessor:
+one tile, e.g. 576). Labels are -100 everywhere except on assistant answers and their end-of-turn token
+(`label_masking="llava_next"`: LLaVA-NeXT's preprocess_qwen labels, see templates.published_qwen_masking).
 
 Long samples: a sample longer than `model_max_length` is truncated at the right, unless its image tokens
 would be cut; then `__getitem__` raises ValueError naming the sample id (filter such rows beforehand; a
@@ -25,15 +26,23 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from ..data.datasets import open_image_or_raise
 from ..io_utils import read_utf8
-from .templates import IMAGE_PLACEHOLDER, ConversationTemplate, TokenizerChatTemplate, get_template
+from .architectures import IMAGE_ASPECT_RATIOS, architecture_of, expand2square  # noqa: F401 (re-exported)
+from .templates import (
+    IMAGE_PLACEHOLDER,
+    LABEL_MASKINGS,
+    ConversationTemplate,
+    TokenizerChatTemplate,
+    get_template,
+    published_qwen_masking,
+    supervised_token_ids,
+)
 
 IGNORE_INDEX = -100
-IMAGE_ASPECT_RATIOS = ("anyres", "pad", "square")
 
 
 def load_rows(data_path: str | Path) -> list[dict[str, Any]]:
@@ -143,25 +152,18 @@ def _tokenize_by_prefixes(segments: list, tokenizer: Any, sample_id: str, templa
     return input_ids, labels
 
 
-def expand2square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """LLaVA's 'pad' preprocessing: paste the image centred on a square of the mean colour."""
-    width, height = image.size
-    side = max(width, height)
-    canvas = Image.new(image.mode, (side, side), background)
-    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
-    return canvas
-
-
 class LlavaConversationDataset(Dataset):
     """LLaVA conversation rows -> dict(input_ids, labels, pixel_values, image_sizes, id).
 
-    processor: a transformers LlavaNextProcessor whose tokenizer has the image token and whose
-        `patch_size`, `vision_feature_select_strategy` and `num_additional_image_tokens` match the model.
+    processor: a transformers LlavaNextProcessor or LlavaProcessor whose tokenizer has the image token and
+        whose `patch_size`, `vision_feature_select_strategy` and `num_additional_image_tokens` match the model.
     template: a name from templates.get_template ('plain', 'vicuna_v1', 'llama_3', 'qwen_1_5', 'auto', ...)
         or a ConversationTemplate.
     image_aspect_ratio: 'anyres' (LLaVA-NeXT tiles from the processor's image_grid_pinpoints: pixel_values
         [1 + tiles, 3, H, W]) or 'pad' / 'square' (one tile [1, 3, H, W]: the image padded to a square
         with the mean colour, or centre-cropped; the LLaVA-1.5 format of LlavaForConditionalGeneration).
+        A LlavaProcessor takes 'pad' / 'square' only (its own do_pad rule), and items carry no image_sizes.
+    label_masking: 'answers' (ours) or 'llava_next' (LLaVA-NeXT's preprocess_qwen, ChatML templates).
     """
 
     def __init__(
@@ -172,14 +174,26 @@ class LlavaConversationDataset(Dataset):
         template: str | ConversationTemplate | TokenizerChatTemplate,
         model_max_length: int,
         image_aspect_ratio: str = "anyres",
+        label_masking: str = "answers",
     ) -> None:
         if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
             raise ValueError(f"unknown image_aspect_ratio {image_aspect_ratio!r}; valid: {', '.join(IMAGE_ASPECT_RATIOS)}")
+        if label_masking not in LABEL_MASKINGS:
+            raise ValueError(f"unknown label_masking {label_masking!r}; valid: {', '.join(LABEL_MASKINGS)}")
+        self.architecture = architecture_of(processor)
+        if image_aspect_ratio not in self.architecture.processor_aspect_ratios:
+            raise ValueError(
+                f"image_aspect_ratio {image_aspect_ratio!r}: a {type(processor).__name__} prepares "
+                f"{'/'.join(self.architecture.processor_aspect_ratios)} images"
+            )
         self.rows = load_rows(data_path)
         self.image_folder = Path(image_folder) if image_folder is not None else None
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.template = get_template(template) if isinstance(template, str) else template
+        if label_masking == "llava_next":
+            self.template = published_qwen_masking(self.template)
+        self.always_supervised = supervised_token_ids(self.template, processor.tokenizer)
         self.model_max_length = int(model_max_length)
         self.image_aspect_ratio = image_aspect_ratio
         self.image_token = processor.image_token
@@ -213,41 +227,10 @@ class LlavaConversationDataset(Dataset):
         path = (self.image_folder / relative) if self.image_folder is not None else Path(relative)
         return open_image_or_raise(path, owner=f"sample {row_id!r}")
 
-    def _tile_size(self) -> tuple[int, int]:
-        crop, size = self.processor.image_processor.crop_size, self.processor.image_processor.size
-        for spec in (crop, size):
-            spec = dict(spec or {})
-            if spec.get("height") and spec.get("width"):
-                return int(spec["height"]), int(spec["width"])
-        return int(size["shortest_edge"]), int(size["shortest_edge"])
-
-    def _preprocess_image(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(pixel_values [tiles, 3, H, W], image_sizes [2] = original (height, width), number of image tokens)."""
-        image_processor = self.processor.image_processor
-        original_size = torch.tensor([image.height, image.width], dtype=torch.long)
-        if self.image_aspect_ratio == "anyres":
-            out = image_processor(images=[image], return_tensors="pt")
-            pixel_values = out["pixel_values"][0]
-            tile_height, tile_width = pixel_values.shape[-2:]
-            # The processor's own expansion rule (LlavaNextProcessor.replace_image_token).
-            num_tokens = self.processor._get_number_of_features(image.height, image.width, tile_height, tile_width)
-        else:
-            tile_height, tile_width = self._tile_size()
-            if self.image_aspect_ratio == "pad":
-                background = tuple(int(round(255 * m)) for m in image_processor.image_mean)
-                image = expand2square(image, background)
-            else:
-                image = ImageOps.fit(image, (tile_width, tile_height), method=Image.Resampling.BICUBIC)
-            # The base tile of a one-pinpoint anyres pass is the image resized to the tile: reuse the
-            # processor's resize/rescale/normalize rather than re-implementing them.
-            out = image_processor(images=[image], image_grid_pinpoints=[[tile_height, tile_width]], return_tensors="pt")
-            pixel_values = out["pixel_values"][0][:1]
-            # LlavaProcessor's rule for one tile: patches (+ CLS etc.).
-            patch = self.processor.patch_size
-            num_tokens = (tile_height // patch) * (tile_width // patch) + self.processor.num_additional_image_tokens
-        if self.processor.vision_feature_select_strategy == "default":
-            num_tokens -= 1
-        return pixel_values.float(), original_size, int(num_tokens)
+    def _preprocess_image(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """(pixel_values [tiles, 3, H, W], image_sizes [2] or None, number of image tokens): the architecture's rule."""
+        pixel_values, image_sizes, num_tokens = self.architecture.prepare_image(self.processor, image, self.image_aspect_ratio)
+        return pixel_values.float(), image_sizes, num_tokens
 
     # -- text -----------------------------------------------------------------------------------------
     def _conversations(self, row_id: str, row: dict[str, Any], has_image: bool) -> list[dict[str, Any]]:
@@ -293,6 +276,8 @@ class LlavaConversationDataset(Dataset):
             segments, self.tokenizer, row_id, self.template.name, prepend_bos=self.prepend_bos,
             max_length=self.model_max_length,  # later tokens are truncated anyway: not tokenized at all
         )
+        if self.always_supervised:  # LLaVA-NeXT preprocess_qwen: structural tokens supervised in every turn
+            labels = [token if token in self.always_supervised else label for token, label in zip(input_ids, labels)]
 
         pixel_values = image_sizes = None
         if has_image:
@@ -472,5 +457,6 @@ class LlavaDataCollator:
             for row, t in enumerate(tiles):
                 pixel_values[row, : t.shape[0]] = t
             batch["pixel_values"] = pixel_values[:, 0] if most == 1 else pixel_values
-            batch["image_sizes"] = torch.stack([f["image_sizes"] for f in images])
+            if images[0].get("image_sizes") is not None:  # LlavaNext only; Llava takes none
+                batch["image_sizes"] = torch.stack([f["image_sizes"] for f in images])
         return batch

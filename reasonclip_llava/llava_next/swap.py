@@ -1,8 +1,9 @@
-"""Swap the vision tower of an existing LLaVA-NeXT checkpoint for an encoder of the same architecture.
+"""Swap the vision tower of an existing LLaVA checkpoint (LLaVA-NeXT or LLaVA-1.5) for an encoder of the same architecture.
 
-Typical use: a released LLaVA-NeXT built on CLIP ViT-L/14-336 gets the ReasonCLIP ViT-L/14-336 weights.
+Typical use: a released LLaVA built on CLIP ViT-L/14-336 gets the ReasonCLIP ViT-L/14-336 weights.
 Only tensors change: the parameter count, every shape and the config's architecture fields stay those of
-the original, so the result loads with plain `LlavaNextForConditionalGeneration.from_pretrained`.
+the original, so the result loads with the same plain transformers class
+(`LlavaNextForConditionalGeneration` / `LlavaForConditionalGeneration`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
 from transformers.image_processing_base import ImageProcessingMixin
 
 from ..encoder.tower import load_vision_config, load_vision_model
-from ..io_utils import atomic_directory, load_pretrained_strict, refuse_existing, require_model_type
+from ..io_utils import atomic_directory, refuse_existing
+from .architectures import require_llava
 from .build import reset_projector
 
 # Fields that decide the tower's tensors and its computation; anything else (dropout, names) may differ.
@@ -57,20 +58,17 @@ def swap_vision_tower(
     if out_dir.resolve() == llava_dir.resolve():
         raise ValueError(f"out_dir {out_dir} is the source checkpoint; write the swapped model elsewhere")
     refuse_existing(out_dir, overwrite)
-    # LlavaNextConfig.from_pretrained reads any config.json (a CLIP's too) and the load would then start
-    # every weight at random: check what the directory holds first.
-    require_model_type(llava_dir, {"llava_next"}, "--llava", "a LLaVA-NeXT checkpoint ('llava_next')")
-    llava_config = LlavaNextConfig.from_pretrained(llava_dir)
+    architecture = require_llava(llava_dir, "--llava")
+    llava_config = architecture.config_class.from_pretrained(llava_dir)
     encoder_config = load_vision_config(encoder_dir)
     mismatch = architecture_mismatch(llava_config.vision_config, encoder_config)
     if mismatch:
         raise ValueError(
             f"encoder {encoder_dir} does not match the vision tower of {llava_dir}: {mismatch} "
-            "(swap needs the same architecture; use build_llava_next for a different one)"
+            "(swap needs the same architecture; use build_llava for a different one)"
         )
 
-    model = load_pretrained_strict(LlavaNextForConditionalGeneration, llava_dir, "--llava")
-    processor = LlavaNextProcessor.from_pretrained(llava_dir)
+    model, processor = architecture.load(llava_dir, what="--llava")
     shapes_before = parameter_shapes(model)
     dtype = model.model.vision_tower.dtype
     tower = load_vision_model(encoder_dir, dtype=dtype)

@@ -3,8 +3,9 @@
 A template turns a LLaVA conversation (`[{"from": "human"|"gpt", "value": ...}, ...]`) into text segments,
 each marked supervised or not. Supervised = what the model must generate after the assistant header:
 the answer plus the end-of-turn token (`</s>`, `<|im_end|>`, `<|eot_id|>`), as in LLaVA's `preprocess_v1`
-/ `preprocess_llama_2` / LLaVA-NeXT's `preprocess_qwen` / `preprocess_llama3`. (LLaVA-NeXT additionally
-unmasks the structural tokens `<|im_start|>`, `\\n`, headers in every turn; here they stay masked.)
+/ `preprocess_llama_2` / LLaVA-NeXT's `preprocess_qwen` / `preprocess_llama3`. LLaVA-NeXT's preprocess_qwen
+additionally supervises the assistant header and the structural tokens of every turn; here they stay
+masked unless `published_qwen_masking` asks for that rule (the training option `label_masking: llava_next`).
 
 The strings reproduce LLaVA's `conversation.py` (haotian-liu/LLaVA, LLaVA-VL/LLaVA-NeXT):
 
@@ -22,7 +23,7 @@ Templates never write the tokenizer's BOS unless the official template writes it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -97,6 +98,8 @@ class ConversationTemplate:
     strip_content: bool = False  # Llama-3's chat template trims every message
     prefix_bos: bool = True  # prepend the tokenizer's BOS if its tokenizer(...) adds one
     plain: bool = False
+    supervise_assistant_header: bool = False  # assistant_prefix / assistant_suffix supervised too
+    supervised_tokens: tuple[str, ...] = ()  # tokens supervised wherever they occur (system and user turns too)
 
     def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None, max_length: int | None = None) -> list[Segment]:
         """Segments of the conversation (linear in its length; `max_length` is not needed here)."""
@@ -109,10 +112,11 @@ class ConversationTemplate:
         for role, text in turns:
             text = text.strip() if self.strip_content else text
             if role == "human":
-                segments.append(Segment(self.user_format.format(content=text) + self.assistant_prefix, False))
+                segments.append(Segment(self.user_format.format(content=text), False))
+                segments.append(Segment(self.assistant_prefix, self.supervise_assistant_header))
             else:
                 segments.append(Segment(self.assistant_format.format(content=text), True))
-                segments.append(Segment(self.assistant_suffix, False))
+                segments.append(Segment(self.assistant_suffix, self.supervise_assistant_header))
         return merge_segments(segments)
 
     def _render_plain(self, turns: list[tuple[str, str]]) -> list[Segment]:
@@ -227,6 +231,34 @@ TEMPLATES: dict[str, ConversationTemplate | TokenizerChatTemplate] = {
     "auto": TokenizerChatTemplate(),
 }
 ALIASES = {"v1": "vicuna_v1", "qwen": "qwen_1_5", "chatml": "qwen_1_5", "mistral": "mistral_instruct"}
+
+
+LABEL_MASKINGS = ("answers", "llava_next")
+# LLaVA-NeXT preprocess_qwen: `unmask_tokens_idx = [198, im_start, im_end]`, 198 being "\n" in Qwen's vocabulary.
+LLAVA_NEXT_QWEN_UNMASKED = ("\n", "<|im_start|>", "<|im_end|>")
+
+
+def published_qwen_masking(template: ConversationTemplate | TokenizerChatTemplate) -> ConversationTemplate:
+    """LLaVA-NeXT's preprocess_qwen labels on a ChatML template: the whole assistant turn is supervised
+    (header `<|im_start|>assistant\\n`, answer, `<|im_end|>`, the `\\n` after it), and so is every `\\n`,
+    `<|im_start|>` and `<|im_end|>` token anywhere, system and user turns included."""
+    if not isinstance(template, ConversationTemplate) or "<|im_start|>" not in template.user_format:
+        raise ValueError(
+            f"label_masking 'llava_next' is LLaVA-NeXT's preprocess_qwen rule for ChatML templates (qwen_1_5); "
+            f"template {template.name!r} is not one"
+        )
+    return replace(template, supervise_assistant_header=True, supervised_tokens=LLAVA_NEXT_QWEN_UNMASKED)
+
+
+def supervised_token_ids(template: ConversationTemplate | TokenizerChatTemplate, tokenizer: Any) -> set[int]:
+    """Ids of the template's `supervised_tokens`; each must be one token of this tokenizer."""
+    ids = set()
+    for text in getattr(template, "supervised_tokens", ()):
+        encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(encoded) != 1:
+            raise ValueError(f"template {template.name!r}: {text!r} is {len(encoded)} tokens for this tokenizer, expected 1")
+        ids.add(encoded[0])
+    return ids
 
 
 def template_names() -> list[str]:

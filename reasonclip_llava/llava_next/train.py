@@ -1,6 +1,9 @@
-"""LLaVA-NeXT training on transformers' Trainer: projector pretraining and instruction tuning (full or LoRA).
+"""LLaVA training on transformers' Trainer: projector pretraining and instruction tuning (full or LoRA).
 
-One trainer, two stages as configs (train/llava_next_*.yaml):
+Two architectures (architectures.py): `llava_next` (anyres + spatial_unpad, train/llava_next_*.yaml) and
+`llava` (LLaVA-1.5: one tile, square/pad + flat; the recipe ReasonCLIP published,
+train/llava_reasonclip_*.yaml). `arch` picks one when building; a checkpoint brings its own.
+One trainer, two stages as configs:
   stage A  mm_tunable_parts=mm_mlp_adapter, template plain, lr 1e-3   (tower and LM frozen)
   stage B  mm_tunable_parts=mm_mlp_adapter,mm_language_model[,mm_vision_tower], a chat template,
            LM lr 1e-5..2e-5 (or LoRA, lr 2e-4), mm_projector_lr, mm_vision_tower_lr.
@@ -9,8 +12,9 @@ Option names follow LLaVA / LLaVA-NeXT's train.py so their scripts translate lin
 the Trainer's own integration (`deepspeed: train/zero3.json`). The model is loaded in full *before* the
 TrainingArguments exist, so ZeRO-3 partitions complete tensors at engine start (LLaVA's size-0 tower
 and lost-projector problems cannot happen). The output loads with plain
-`LlavaNextForConditionalGeneration.from_pretrained`, vision tower included; LoRA runs write the adapter +
-`non_lora_trainables.safetensors`, which `merge.py` folds into such a checkpoint.
+`LlavaNextForConditionalGeneration` / `LlavaForConditionalGeneration.from_pretrained`, vision tower
+included, and the saved tower is checked against the trained one (tower_check.py); LoRA runs write the
+adapter + `non_lora_trainables.safetensors`, which `merge.py` folds into such a checkpoint.
 
 Launch: `deepspeed --num_gpus 8 --module reasonclip_llava.llava_next.train CONFIG.yaml --key=value ...`
 (or `reasonclip llava-train ...`, or `torchrun -m ...`).
@@ -29,21 +33,23 @@ from typing import Any, Sequence
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
-from transformers import (
-    LlavaNextForConditionalGeneration,
-    LlavaNextProcessor,
-    ProgressCallback,
-    Trainer,
-    TrainingArguments,
-)
+from transformers import PreTrainedModel, ProcessorMixin, ProgressCallback, Trainer, TrainingArguments
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from ..config_utils import LAUNCHER_KEYS, coerce, parse_overrides, read_yaml_mapping
-from ..io_utils import load_pretrained_strict
 from ..value_checks import check_max_length, check_ranges
-from .build import build_llava_next
+from .architectures import LlavaArchitecture, architecture_of, get_architecture
+from .build import build_llava
 from .checkpoints import check_checkpoint, latest_checkpoint, write_checkpoint_atomically
 from .data import LengthGroupedSampler, LlavaConversationDataset, LlavaDataCollator
+from .templates import LABEL_MASKINGS
+from .tower_check import (
+    require_saved_tower,
+    saved_tower_state,
+    side_file_tower_state,
+    vision_tower_state,
+    write_tower_check,
+)
 
 TUNABLE_PARTS = ("mm_mlp_adapter", "mm_vision_tower", "mm_language_model")
 NON_LORA_TRAINABLES = "non_lora_trainables.safetensors"
@@ -63,10 +69,11 @@ VALUE_RANGES: tuple[tuple[str, str], ...] = (
 
 @dataclass
 class LlavaTrainConfig:
-    """Everything a LLaVA-NeXT run needs. YAML keys and `--key=value` overrides use these names."""
+    """Everything a LLaVA run needs. YAML keys and `--key=value` overrides use these names."""
 
-    # model: an existing LlavaNext checkpoint, or build one from a causal LM and a CLIP/SigLIP encoder
+    # model: an existing LlavaNext / Llava checkpoint, or build one from a causal LM and a CLIP/SigLIP encoder
     model_name_or_path: str | None = None
+    arch: str | None = None  # llava_next (default) | llava; a model_name_or_path checkpoint brings its own
     language_model: str | None = None
     vision_tower: str | None = None
     mm_vision_select_layer: int = -2
@@ -76,7 +83,9 @@ class LlavaTrainConfig:
     data_path: str | None = None
     image_folder: str | None = None
     template: str = "plain"  # LLaVA's --version: plain, vicuna_v1, llama_3, qwen_1_5, mistral_instruct, auto
-    image_aspect_ratio: str = "anyres"
+    label_masking: str = "answers"  # answers (ours) | llava_next (LLaVA-NeXT preprocess_qwen, see templates.py)
+    image_aspect_ratio: str | None = None  # anyres (llava_next) | pad | square (llava); None = the arch's default
+    mm_patch_merge_type: str | None = None  # spatial_unpad (llava_next) | flat (llava); None = the arch's default
     model_max_length: int = 2048
     group_by_modality_length: bool = False
     dataloader_num_workers: int = 0
@@ -115,6 +124,19 @@ class LlavaTrainConfig:
     def tunable_parts(self) -> list[str]:
         return [part.strip() for part in self.mm_tunable_parts.split(",") if part.strip()]
 
+    def architecture(self) -> LlavaArchitecture:
+        """The checkpoint's own architecture for a local model_name_or_path, else `arch` (default llava_next)."""
+        if self.model_name_or_path and (Path(self.model_name_or_path) / "config.json").is_file():
+            found = architecture_of(self.model_name_or_path)
+            if self.arch and self.arch != found.name:
+                raise ValueError(f"arch {self.arch!r}: model_name_or_path {self.model_name_or_path} is a {found.name!r} checkpoint")
+            return found
+        return get_architecture(self.arch)
+
+    def image_flags(self) -> tuple[str, str]:
+        """(image_aspect_ratio, mm_patch_merge_type), defaults filled in; one-line error if the arch cannot do them."""
+        return self.architecture().resolve_image_flags(self.image_aspect_ratio, self.mm_patch_merge_type)
+
     def validate(self) -> None:
         """Raise ValueError / FileNotFoundError naming the offending option."""
         if self.model_name_or_path and (self.language_model or self.vision_tower):
@@ -122,18 +144,16 @@ class LlavaTrainConfig:
         if not self.model_name_or_path and not (self.language_model and self.vision_tower):
             raise ValueError("model_name_or_path, or both language_model and vision_tower, must be set")
         if self.mm_projector_type != "mlp2x_gelu":
-            raise ValueError(f"mm_projector_type {self.mm_projector_type!r}: LlavaNext supports mlp2x_gelu only")
+            raise ValueError(f"mm_projector_type {self.mm_projector_type!r}: LlavaNext / Llava support mlp2x_gelu only")
         parts = self.tunable_parts
         if not parts:
             raise ValueError("mm_tunable_parts is empty; name at least one of " + ", ".join(TUNABLE_PARTS))
         for part in parts:
             if part not in TUNABLE_PARTS:
                 raise ValueError(f"mm_tunable_parts: unknown part {part!r}; valid: {', '.join(TUNABLE_PARTS)}")
-        if self.image_aspect_ratio != "anyres":
-            raise ValueError(
-                f"image_aspect_ratio {self.image_aspect_ratio!r}: LlavaNext takes anyres tiles; "
-                "'pad'/'square' are LLaVA-1.5's one-tile format"
-            )
+        self.image_flags()
+        if self.label_masking not in LABEL_MASKINGS:
+            raise ValueError(f"label_masking {self.label_masking!r}: expected one of {', '.join(LABEL_MASKINGS)}")
         if self.lora_enable and "mm_language_model" not in parts:
             raise ValueError("lora_enable trains the language model through LoRA: add mm_language_model to mm_tunable_parts")
         for name in ("data_path", "deepspeed"):
@@ -184,20 +204,26 @@ def save_train_config(config: LlavaTrainConfig, out_dir: str | Path) -> Path:
 
 # ---- model: load/build, freeze, LoRA -------------------------------------------------------------------
 
-def load_model(config: LlavaTrainConfig) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
-    """The full, unpartitioned model (bf16 weights under DeepSpeed bf16, as LLaVA; else fp32 master weights)."""
+def load_model(config: LlavaTrainConfig) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """The full, unpartitioned model (bf16 weights under DeepSpeed bf16, as LLaVA; else fp32 master weights),
+    and its processor set for the run's image_aspect_ratio (so the saved processor serves as it trained)."""
     dtype = torch.bfloat16 if (config.bf16 and config.deepspeed) else torch.float32
+    architecture = config.architecture()
+    aspect, merge = config.image_flags()
     if config.model_name_or_path:
-        model = load_pretrained_strict(LlavaNextForConditionalGeneration, config.model_name_or_path, "model_name_or_path", dtype=dtype)
-        processor = LlavaNextProcessor.from_pretrained(config.model_name_or_path)
+        model, processor = architecture.load(config.model_name_or_path, dtype=dtype, what="model_name_or_path")
     else:
-        model, processor = build_llava_next(
+        model, processor = build_llava(
             config.language_model,
             config.vision_tower,
+            arch=architecture.name,
+            image_aspect_ratio=aspect,
+            mm_patch_merge_type=merge,
             image_grid_pinpoints=config.image_grid_pinpoints,
             vision_feature_layer=config.mm_vision_select_layer,
             torch_dtype=dtype,
         )
+    architecture.set_image_aspect_ratio(processor, aspect)
     return model, processor
 
 
@@ -220,14 +246,14 @@ def set_tunable_parts(model: torch.nn.Module, parts: Sequence[str], lora: bool =
             parameter.requires_grad_(part in parts)
 
 
-def lora_target_regex(model: LlavaNextForConditionalGeneration) -> str:
+def lora_target_regex(model: PreTrainedModel) -> str:
     """A regex (peft fullmatch) for every nn.Linear inside the LM; never the tower, projector or lm_head."""
     leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.model.language_model.named_modules()
                      if isinstance(module, torch.nn.Linear)})
     return rf".*language_model\..*\.({'|'.join(leaves)})"
 
 
-def add_lora(model: LlavaNextForConditionalGeneration, config: LlavaTrainConfig):
+def add_lora(model: PreTrainedModel, config: LlavaTrainConfig):
     from peft import LoraConfig, get_peft_model
 
     lora_config = LoraConfig(
@@ -446,7 +472,7 @@ def build_trainer(config: LlavaTrainConfig) -> LlavaTrainer:
 
     dataset = LlavaConversationDataset(
         config.data_path, config.image_folder, processor, config.template,
-        config.model_max_length, image_aspect_ratio=config.image_aspect_ratio,
+        config.model_max_length, image_aspect_ratio=config.image_flags()[0], label_masking=config.label_masking,
     )
     trainer = LlavaTrainer(
         model=model,
@@ -462,9 +488,10 @@ def build_trainer(config: LlavaTrainConfig) -> LlavaTrainer:
 
 
 def train_llava(config: LlavaTrainConfig) -> Path:
-    """Run one stage; return output_dir (a plain LlavaNext checkpoint, or LoRA adapter + side weights).
+    """Run one stage; return output_dir (a plain LlavaNext / Llava checkpoint, or LoRA adapter + side weights).
 
-    output_dir also gets trainer_state.json (loss history) and the resolved config (TRAIN_CONFIG_NAME).
+    output_dir also gets trainer_state.json (loss history), the resolved config (TRAIN_CONFIG_NAME) and the
+    tower check (tower_check.TOWER_CHECK_NAME); a saved tower that is not the trained one raises.
     """
     trainer = build_trainer(config)
     result = trainer.train(resume_from_checkpoint=resume_argument(config))
@@ -475,7 +502,32 @@ def train_llava(config: LlavaTrainConfig) -> Path:
     (model.get_base_model() if is_peft(model) else model).config.use_cache = True
     trainer.save_model(config.output_dir)
     trainer.save_state()
+    check_saved_tower(trainer, config.output_dir)
     return Path(config.output_dir)
+
+
+def check_saved_tower(trainer: Trainer, output_dir: str | Path) -> dict | None:
+    """Read the tower back from output_dir and require it to be, bitwise, the trained one, and finite.
+
+    LoRA runs save the tower only when it trained (in non_lora_trainables); a frozen one comes from the
+    base at merge time and is checked there. Every rank gathers (ZeRO-3); the main process compares.
+    """
+    trained = vision_tower_state(trainer.model)  # collective under ZeRO-3
+    if not trainer.args.should_save:
+        return None
+    output_dir = Path(output_dir)
+    if is_peft(trainer.model):
+        side = output_dir / NON_LORA_TRAINABLES
+        saved = side_file_tower_state(load_file(str(side))) if side.is_file() else {}
+        if not saved:
+            report = {"saved": False, "reason": "frozen tower: not in the LoRA output; checked at merge"}
+            write_tower_check(report, output_dir)
+            return report
+    else:
+        saved = saved_tower_state(output_dir, dtype=next(iter(trained.values())).dtype)
+    report = {"saved": True, **require_saved_tower(trained, saved, output_dir)}
+    write_tower_check(report, output_dir)
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

@@ -1,0 +1,289 @@
+"""The two LLaVA architectures, decided in one place (as LLaVA's tower builder decides towers).
+
+  llava_next  transformers `LlavaNextForConditionalGeneration`: anyres tiles + spatial_unpad + image_newline
+              (LLaVA-NeXT / LLaVA-1.6).
+  llava       transformers `LlavaForConditionalGeneration`: one tile, flat patch features (LLaVA-1.5), e.g.
+              576 image tokens for a 336 px / patch-14 CLIP tower with strategy 'default'. This is the format
+              of the MLLM ReasonCLIP published (`image_aspect_ratio` square for the projector, pad + flat
+              for instruction tuning).
+
+Everything that differs between the two lives here: config, model and processor classes, the image
+processor (anyres grid, or LLaVA's pad-to-square via `do_pad`), and which of LLaVA's
+`image_aspect_ratio` / `mm_patch_merge_type` flags each can honour. Build, swap, train, merge, eval and
+the bench ask this module; none of them branches on the architecture itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps
+from transformers import (
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
+    LlavaProcessor,
+    PretrainedConfig,
+    PreTrainedModel,
+    ProcessorMixin,
+)
+from transformers.image_processing_base import ImageProcessingMixin
+from transformers.utils import is_torchvision_available
+
+# Same processors, two backends; both save under the torchvision name. Picking the PIL one ourselves
+# when torchvision is absent avoids transformers' fallback warning on every construction.
+if is_torchvision_available():
+    from transformers import LlavaImageProcessor, LlavaNextImageProcessor
+else:
+    from transformers import LlavaImageProcessorPil as LlavaImageProcessor
+    from transformers import LlavaNextImageProcessorPil as LlavaNextImageProcessor
+
+from ..io_utils import load_pretrained_strict, require_model_type
+
+DEFAULT_ARCHITECTURE = "llava_next"
+IMAGE_ASPECT_RATIOS = ("anyres", "pad", "square")
+PATCH_MERGE_TYPES = ("spatial_unpad", "flat")
+# Preprocessing settings of the encoder's own image processor carried into the LLaVA one.
+ENCODER_IMAGE_SETTINGS = ("size", "crop_size", "do_center_crop", "do_resize", "do_rescale", "rescale_factor",
+                          "do_normalize", "image_mean", "image_std", "resample", "do_convert_rgb")
+
+
+def encoder_image_settings(encoder: str | Path, image_size: int) -> dict[str, Any]:
+    """The encoder's preprocessing (size, crop, mean/std, resample), with the crop at the tower's size."""
+    try:
+        settings, _ = ImageProcessingMixin.get_image_processor_dict(str(encoder))
+    except OSError as error:
+        raise FileNotFoundError(f"encoder {encoder}: no preprocessor_config.json ({error})") from error
+    kwargs = {key: settings[key] for key in ENCODER_IMAGE_SETTINGS if key in settings}
+    kwargs.setdefault("size", {"shortest_edge": image_size})
+    if "crop_size" not in kwargs:
+        kwargs["do_center_crop"] = False  # SigLIP resizes straight to height x width
+    # The tile the tower sees must be its own size (LlavaNext also cuts anyres tiles of crop_size).
+    kwargs["crop_size"] = {"height": image_size, "width": image_size}
+    return kwargs
+
+
+@dataclass(frozen=True)
+class LlavaArchitecture:
+    """One LLaVA format: its transformers classes and the image flags it can train and serve."""
+
+    name: str
+    model_type: str
+    config_class: type[PretrainedConfig]
+    model_class: type[PreTrainedModel]
+    processor_class: type[ProcessorMixin]
+    image_aspect_ratios: tuple[str, ...]  # what the model trains and serves; the first one is the default
+    patch_merge_types: tuple[str, ...]
+    has_image_newline: bool
+    processor_aspect_ratios: tuple[str, ...]  # what its processor can prepare (dataset input)
+    title: str  # the name in messages: 'LLaVA-NeXT', 'LLaVA-1.5'
+
+    def resolve_image_flags(self, image_aspect_ratio: str | None, mm_patch_merge_type: str | None) -> tuple[str, str]:
+        """(aspect ratio, merge type) with None -> this architecture's default; one-line error if it cannot do them."""
+        aspect = image_aspect_ratio or self.image_aspect_ratios[0]
+        merge = mm_patch_merge_type or self.patch_merge_types[0]
+        if aspect not in IMAGE_ASPECT_RATIOS:
+            raise ValueError(f"image_aspect_ratio {aspect!r}: expected one of {', '.join(IMAGE_ASPECT_RATIOS)}")
+        if merge not in PATCH_MERGE_TYPES:
+            raise ValueError(f"mm_patch_merge_type {merge!r}: expected one of {', '.join(PATCH_MERGE_TYPES)}")
+        other = next(arch for arch in ARCHITECTURES.values() if arch is not self)
+        if aspect not in self.image_aspect_ratios or merge not in self.patch_merge_types:
+            raise ValueError(
+                f"image_aspect_ratio {aspect!r} + mm_patch_merge_type {merge!r}: architecture {self.name!r} "
+                f"({self.model_class.__name__}) takes {'/'.join(self.image_aspect_ratios)} + "
+                f"{'/'.join(self.patch_merge_types)}; use arch {other.name!r} for "
+                f"{'/'.join(other.image_aspect_ratios)} + {'/'.join(other.patch_merge_types)}"
+            )
+        return aspect, merge
+
+    def build_config(self, vision_config: PretrainedConfig, text_config: PretrainedConfig, **fields: Any) -> PretrainedConfig:
+        """The model config; `fields` are LlavaConfig / LlavaNextConfig keyword arguments."""
+        raise NotImplementedError
+
+    def image_processor(self, encoder: str | Path, image_size: int, *, image_aspect_ratio: str,
+                        image_grid_pinpoints: list[list[int]] | None = None):
+        """The encoder's preprocessing as this architecture's image processor, set for the aspect flag."""
+        raise NotImplementedError
+
+    def set_image_aspect_ratio(self, processor: ProcessorMixin, image_aspect_ratio: str) -> None:
+        """Make a loaded processor preprocess as the run trains, so the saved processor serves the same way."""
+
+    def prepare_image(self, processor: ProcessorMixin, image: Image.Image,
+                      image_aspect_ratio: str) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """(pixel_values [tiles, 3, H, W], image_sizes [2] = original (height, width) or None when the model
+        takes none, number of image tokens the model consumes for this image: the processor's own count)."""
+        raise NotImplementedError
+
+    def load(self, path: str | Path, dtype: torch.dtype | None = None,
+             what: str = "model") -> tuple[PreTrainedModel, ProcessorMixin]:
+        """Model (in `dtype`, else transformers' default) + processor, with the plain transformers classes.
+
+        Strict: a weight missing from the checkpoint is an error naming `what`, never a random init."""
+        kwargs = {} if dtype is None else {"dtype": dtype}
+        model = load_pretrained_strict(self.model_class, path, what, **kwargs)
+        return model, self.processor_class.from_pretrained(path)
+
+
+def tokens_per_tile(vision_config: PretrainedConfig, strategy: str) -> int:
+    """Image tokens of one tile: patches (+ CLS with strategy 'full' for a CLIP tower), e.g. 576 at 336/14."""
+    patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    has_cls = vision_config.model_type == "clip_vision_model"
+    return patches + int(has_cls and strategy == "full")
+
+
+def expand2square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """LLaVA's 'pad' preprocessing: paste the image centred on a square of the mean colour."""
+    width, height = image.size
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), background)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def mean_colour(image_processor: Any) -> tuple[int, ...]:
+    """LLaVA's pad background, `tuple(int(x * 255) for x in image_mean)` (truncated, as LLaVA and transformers)."""
+    return tuple(int(x * 255) for x in image_processor.image_mean)
+
+
+def tile_size(image_processor: Any) -> tuple[int, int]:
+    for spec in (image_processor.crop_size, image_processor.size):
+        spec = dict(spec or {})
+        if spec.get("height") and spec.get("width"):
+            return int(spec["height"]), int(spec["width"])
+    edge = int(image_processor.size["shortest_edge"])
+    return edge, edge
+
+
+class LlavaNextArchitecture(LlavaArchitecture):
+    def build_config(self, vision_config, text_config, *, image_grid_pinpoints=None, **fields):
+        return LlavaNextConfig(vision_config=vision_config, text_config=text_config,
+                               image_grid_pinpoints=image_grid_pinpoints, **fields)
+
+    def image_processor(self, encoder, image_size, *, image_aspect_ratio, image_grid_pinpoints=None):
+        settings = encoder_image_settings(encoder, image_size)
+        return LlavaNextImageProcessor(image_grid_pinpoints=image_grid_pinpoints, do_pad=True, **settings)
+
+    def prepare_image(self, processor, image, image_aspect_ratio):
+        image_processor = processor.image_processor
+        original_size = torch.tensor([image.height, image.width], dtype=torch.long)
+        if image_aspect_ratio == "anyres":
+            pixel_values = image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+            tile_height, tile_width = pixel_values.shape[-2:]
+            # The processor's own expansion rule (LlavaNextProcessor.replace_image_token).
+            num_tokens = processor._get_number_of_features(image.height, image.width, tile_height, tile_width)
+        else:
+            # One tile from a LlavaNext processor (data prepared for LlavaForConditionalGeneration by hand).
+            tile_height, tile_width = tile_size(image_processor)
+            if image_aspect_ratio == "pad":
+                image = expand2square(image, mean_colour(image_processor))
+            else:
+                image = ImageOps.fit(image, (tile_width, tile_height), method=Image.Resampling.BICUBIC)
+            # The base tile of a one-pinpoint anyres pass is the image resized to the tile: reuse the
+            # processor's resize/rescale/normalize rather than re-implementing them.
+            out = image_processor(images=[image], image_grid_pinpoints=[[tile_height, tile_width]], return_tensors="pt")
+            pixel_values = out["pixel_values"][0][:1]
+            patch = processor.patch_size
+            num_tokens = (tile_height // patch) * (tile_width // patch) + processor.num_additional_image_tokens
+        if processor.vision_feature_select_strategy == "default":
+            num_tokens -= 1
+        return pixel_values, original_size, int(num_tokens)
+
+
+class LlavaOneTileArchitecture(LlavaArchitecture):
+    def build_config(self, vision_config, text_config, *, image_grid_pinpoints=None, **fields):
+        strategy = fields.get("vision_feature_select_strategy", "default")
+        return LlavaConfig(vision_config=vision_config, text_config=text_config,
+                           image_seq_length=tokens_per_tile(vision_config, strategy), **fields)
+
+    def image_processor(self, encoder, image_size, *, image_aspect_ratio, image_grid_pinpoints=None):
+        # transformers' LlavaImageProcessor(do_pad=True) is LLaVA's expand2square (background = mean colour).
+        return LlavaImageProcessor(do_pad=image_aspect_ratio == "pad", **encoder_image_settings(encoder, image_size))
+
+    def set_image_aspect_ratio(self, processor, image_aspect_ratio):
+        processor.image_processor.do_pad = image_aspect_ratio == "pad"
+
+    def prepare_image(self, processor, image, image_aspect_ratio):
+        # square: resize the short side + centre crop; pad: expand2square first (do_pad), as LLaVA-1.5.
+        pixel_values = processor.image_processor(
+            images=[image], do_pad=image_aspect_ratio == "pad", return_tensors="pt")["pixel_values"]
+        height, width = pixel_values.shape[-2:]
+        # LlavaProcessor's own count for one tile (patches + CLS - 1 with strategy 'default').
+        num_tokens = processor._get_num_multimodal_tokens(
+            image_sizes=[[height, width]], crop_size={"height": height, "width": width})["num_image_tokens"][0]
+        # No image_sizes: LlavaForConditionalGeneration would split the features by them (Pixtral's rule).
+        return pixel_values, None, int(num_tokens)
+
+
+ARCHITECTURES: dict[str, LlavaArchitecture] = {
+    "llava_next": LlavaNextArchitecture(
+        name="llava_next", model_type="llava_next", config_class=LlavaNextConfig,
+        model_class=LlavaNextForConditionalGeneration, processor_class=LlavaNextProcessor,
+        image_aspect_ratios=("anyres",), patch_merge_types=("spatial_unpad",), has_image_newline=True,
+        processor_aspect_ratios=IMAGE_ASPECT_RATIOS, title="LLaVA-NeXT",
+    ),
+    "llava": LlavaOneTileArchitecture(
+        name="llava", model_type="llava", config_class=LlavaConfig,
+        model_class=LlavaForConditionalGeneration, processor_class=LlavaProcessor,
+        image_aspect_ratios=("pad", "square"), patch_merge_types=("flat",), has_image_newline=False,
+        processor_aspect_ratios=("pad", "square"), title="LLaVA-1.5",
+    ),
+}
+
+
+def get_architecture(name: str | None) -> LlavaArchitecture:
+    """'llava_next' / 'llava' (None -> llava_next) -> its LlavaArchitecture; one-line error otherwise."""
+    key = name or DEFAULT_ARCHITECTURE
+    if key not in ARCHITECTURES:
+        raise ValueError(f"unknown LLaVA architecture {key!r}; valid: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[key]
+
+
+def model_types() -> tuple[str, ...]:
+    """The config model_types of the LLaVA architectures ('llava_next', 'llava')."""
+    return tuple(arch.model_type for arch in ARCHITECTURES.values())
+
+
+def require_llava(path: str | Path, what: str) -> LlavaArchitecture:
+    """The architecture of the LLaVA checkpoint at `path`; one line naming `what` if it holds something else.
+
+    A LLaVA config class reads any config.json (a CLIP's too) and the load would then start every weight
+    at random: the model_type is checked first."""
+    config = require_model_type(path, set(model_types()), what,
+                                " or ".join(f"a {arch.title} checkpoint ({arch.model_type!r})"
+                                            for arch in ARCHITECTURES.values()))
+    return architecture_of(config)
+
+
+def architecture_of(source: str | Path | PretrainedConfig | PreTrainedModel | ProcessorMixin) -> LlavaArchitecture:
+    """The architecture of a checkpoint dir, a config, a model or a processor (by model_type / class)."""
+    if isinstance(source, (str, Path)):
+        config_file = Path(source) / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"no LLaVA checkpoint (config.json) in {source}")
+        try:
+            model_type = json.loads(config_file.read_text()).get("model_type")
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config_file}: not valid JSON ({error.msg})") from None
+        origin = str(source)
+    elif isinstance(source, ProcessorMixin):
+        for arch in ARCHITECTURES.values():
+            if isinstance(source, arch.processor_class):
+                return arch
+        raise ValueError(f"{type(source).__name__} is neither a LlavaNextProcessor nor a LlavaProcessor")
+    else:
+        model_type, origin = getattr(source, "model_type", None) or source.config.model_type, type(source).__name__
+    for arch in ARCHITECTURES.values():
+        if arch.model_type == model_type:
+            return arch
+    raise ValueError(f"{origin}: model_type {model_type!r} is not a LLaVA architecture ({', '.join(a.model_type for a in ARCHITECTURES.values())})")
+
+
+def load_llava(path: str | Path, dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Model + processor of a LLaVA checkpoint of either architecture, with plain transformers classes."""
+    return architecture_of(path).load(path, dtype)
