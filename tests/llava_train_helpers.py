@@ -33,3 +33,15 @@ def write_conversations(root: Path, n_images: int, n_text: int) -> tuple[Path, P
     path = root / "data.json"
     path.write_text(json.dumps(rows))
     return path, images
+
+
+def tiny_llava_stages(root: Path, encoder: str | Path, n_instruct_images: int = 4) -> dict:
+    """A tiny Qwen2 LM, the encoder, and the data of both stages (A: images only; B: images + 2 text rows)."""
+    from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
+
+    lm = build_tiny_lm(root / "qwen2", family="qwen2")
+    pretrain_json, pretrain_images = write_conversations(root / "pretrain", n_images=4, n_text=0)
+    instruct_json, instruct_images = write_conversations(root / "instruct", n_images=n_instruct_images, n_text=2)
+    return dict(root=root, lm=str(lm), encoder=str(encoder),
+                pretrain=dict(data_path=str(pretrain_json), image_folder=str(pretrain_images)),
+                instruct=dict(data_path=str(instruct_json), image_folder=str(instruct_images)))

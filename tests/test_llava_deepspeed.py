@@ -35,7 +35,7 @@ from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
 from reasonclip_llava.llava_next.tower_check import TOWER_CHECK_NAME
 from reasonclip_llava.llava_next.train import NON_LORA_TRAINABLES
 
-from llava_train_helpers import write_conversations  # tests/ helper module
+from llava_train_helpers import tiny_llava_stages, write_conversations  # tests/ helper module
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -76,10 +76,10 @@ def assert_complete(model: torch.nn.Module) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_clip_dir):
-    root = tmp_path_factory.mktemp("llava_deepspeed")
-    lm = build_tiny_lm(root / "qwen2", family="qwen2")
-    pretrain_json, pretrain_images = write_conversations(root / "pretrain", n_images=4, n_text=0)
-    instruct_json, instruct_images = write_conversations(root / "instruct", n_images=4, n_text=2)
+    data = tiny_llava_stages(tmp_path_factory.mktemp("llava_deepspeed"), tiny_clip_dir)
+    root, lm = data["root"], data["lm"]
+    pretrain_json, pretrain_images = data["pretrain"]["data_path"], data["pretrain"]["image_folder"]
+    instruct_json, instruct_images = data["instruct"]["data_path"], data["instruct"]["image_folder"]
     common = dict(per_device_train_batch_size=2, max_steps=2, save_steps=2, logging_steps=1, report_to="none",
                   warmup_ratio=0.0, bf16=False)
     stage_a = root / "stage_a"

@@ -28,12 +28,11 @@ from reasonclip_llava.llava_next.build import build_llava, save_llava
 from reasonclip_llava.llava_next.data import IGNORE_INDEX, LlavaConversationDataset
 from reasonclip_llava.llava_next.merge import merge_and_export
 from reasonclip_llava.llava_next.swap import swap_vision_tower
-from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
 from reasonclip_llava.llava_next.tower_check import TOWER_CHECK_NAME, compare_towers, require_saved_tower
 from reasonclip_llava.llava_next.train import NON_LORA_TRAINABLES, LlavaTrainConfig, load_train_config, train_llava
 from reasonclip_llava.tiny import save_tiny_clip
 
-from llava_train_helpers import write_conversations  # tests/ helper module
+from llava_train_helpers import tiny_llava_stages  # tests/ helper module
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = dict(per_device_train_batch_size=2, logging_steps=1, report_to="none", warmup_ratio=0.0, save_steps=100)
@@ -42,13 +41,7 @@ PROMPT = "<|im_start|>user\n<image>\nWhat colour is the square?<|im_end|>\n<|im_
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_clip_dir):
-    root = tmp_path_factory.mktemp("llava15")
-    lm = build_tiny_lm(root / "qwen2", family="qwen2")
-    pretrain_json, pretrain_images = write_conversations(root / "pretrain", n_images=4, n_text=0)
-    instruct_json, instruct_images = write_conversations(root / "instruct", n_images=4, n_text=2)
-    return dict(root=root, lm=str(lm), encoder=str(tiny_clip_dir),
-                pretrain=dict(data_path=str(pretrain_json), image_folder=str(pretrain_images)),
-                instruct=dict(data_path=str(instruct_json), image_folder=str(instruct_images)))
+    return tiny_llava_stages(tmp_path_factory.mktemp("llava15"), tiny_clip_dir, n_instruct_images=4)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from transformers import CLIPModel, LlavaNextForConditionalGeneration, LlavaNext
 from reasonclip_llava.llava_next.build import build_llava_next
 from reasonclip_llava.llava_next.data import LengthGroupedSampler
 from reasonclip_llava.llava_next.merge import merge_and_export
-from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
 from reasonclip_llava.llava_next.train import (
     NON_LORA_TRAINABLES,
     LlavaTrainConfig,
@@ -24,20 +23,14 @@ from reasonclip_llava.llava_next.train import (
     train_llava,
 )
 
-from llava_train_helpers import write_conversations  # tests/ helper module
+from llava_train_helpers import tiny_llava_stages  # tests/ helper module
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_clip_dir):
-    root = tmp_path_factory.mktemp("llava_train")
-    lm = build_tiny_lm(root / "qwen2", family="qwen2")
-    pretrain_json, pretrain_images = write_conversations(root / "pretrain", n_images=4, n_text=0)
-    instruct_json, instruct_images = write_conversations(root / "instruct", n_images=6, n_text=2)
-    return dict(root=root, lm=str(lm), encoder=str(tiny_clip_dir),
-                pretrain=dict(data_path=str(pretrain_json), image_folder=str(pretrain_images)),
-                instruct=dict(data_path=str(instruct_json), image_folder=str(instruct_images)))
+    return tiny_llava_stages(tmp_path_factory.mktemp("llava_train"), tiny_clip_dir, n_instruct_images=6)
 
 
 COMMON = dict(per_device_train_batch_size=2, logging_steps=1, report_to="none", warmup_ratio=0.0)

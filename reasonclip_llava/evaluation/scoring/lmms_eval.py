@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..benchmarks import LETTERS, MME_PERCEPTION, read_items
 from .common import ScoreResult, mean_percent, percent, select_ids
+from .pope import yes_precision_recall_f1
 from .vqa_accuracy import evalai_normalize, process_digit_article, process_punctuation
 
 
@@ -251,12 +252,7 @@ def _mean(rows: list[dict]) -> dict:
 def _pope(rows: list[dict]) -> dict:
     predictions = [(r["prediction"] or "").lower().strip() for r in rows]
     truths = [r["doc"]["answer"].lower().strip() for r in rows]
-    tp = sum(p == "yes" and t == "yes" for p, t in zip(predictions, truths))
-    fp = sum(p == "yes" and t == "no" for p, t in zip(predictions, truths))
-    fn = sum(p == "no" and t == "yes" for p, t in zip(predictions, truths))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    precision, recall, f1 = yes_precision_recall_f1(predictions, truths)
     yes = sum(t == "yes" for t in truths)  # lmms-eval's yes_ratio counts the ground truth
     return {"accuracy": mean_percent([r["score"] for r in rows]), "precision": 100 * precision, "recall": 100 * recall,
             "f1": 100 * f1, "yes_ratio": percent(yes, sum(t in ("yes", "no") for t in truths))}

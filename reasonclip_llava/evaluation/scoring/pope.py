@@ -23,15 +23,24 @@ def pope_yes_no(text: str) -> str:
     return "no" if ("No" in words or "no" in words or "not" in words) else "yes"
 
 
+def yes_precision_recall_f1(predictions: Sequence[str | None], labels: Sequence[str]) -> tuple[float, float, float]:
+    """Precision, recall and F1 (fractions) with "yes" as the positive class."""
+    tp = sum(p == "yes" and y == "yes" for p, y in zip(predictions, labels))
+    fp = sum(p == "yes" and y == "no" for p, y in zip(predictions, labels))
+    fn = sum(p == "no" and y == "yes" for p, y in zip(predictions, labels))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
 def pope_metrics(predictions: Sequence[str | None], labels: Sequence[str]) -> dict[str, float]:
     """Accuracy, precision, recall, F1, yes-ratio (percent) and the confusion counts."""
     tp = sum(p == "yes" and y == "yes" for p, y in zip(predictions, labels))
     fp = sum(p == "yes" and y == "no" for p, y in zip(predictions, labels))
     tn = sum(p == "no" and y == "no" for p, y in zip(predictions, labels))
     fn = sum(p == "no" and y == "yes" for p, y in zip(predictions, labels))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    precision, recall, f1 = yes_precision_recall_f1(predictions, labels)
     return {"accuracy": percent(tp + tn, len(labels)), "precision": 100 * precision, "recall": 100 * recall,
             "f1": 100 * f1, "yes_ratio": percent(sum(p == "yes" for p in predictions), len(labels)),
             "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": len(labels)}
