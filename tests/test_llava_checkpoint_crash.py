@@ -6,16 +6,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from crash_helpers import sigkill_when
 from llava_train_helpers import write_conversations
 from pretrain_helpers import single_thread
 from reasonclip_llava.cli import main
@@ -52,14 +51,7 @@ def test_sigkill_during_a_checkpoint_write_then_latest_resumes_the_previous_one(
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     process = subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "config.json"), str(HANG_AT), str(ready)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while not ready.exists():
-        assert process.poll() is None, f"worker exited early: {process.stderr.read().decode()[-2000:]}"
-        assert time.time() < deadline, "the worker did not reach the checkpoint write within 300 s"
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
+    sigkill_when(process, ready.exists, 300, "the worker did not reach the checkpoint write")
     # half of checkpoint-3 is on disk, but only in the staging dir: checkpoint-2 is the newest complete one
     assert (crashed / STAGING_DIR / "checkpoint-3" / "model.safetensors").is_file()
     assert not (crashed / "checkpoint-3").exists()

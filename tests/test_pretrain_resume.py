@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from crash_helpers import sigkill_when
 from pretrain_crash_worker import logging_forward
 from pretrain_helpers import REPO, checkpoint_tensors, make_workspace, recipe, single_thread, stage_args
 from reasonclip_llava.pretrain.objective import StageObjective
@@ -45,14 +44,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     process = subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "crash.jsonl"), "0.25", str(recipe("stage1")),
                                 *_args(ws, crash_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 180
-    while not (crash_dir / "checkpoint-6").is_dir():
-        assert process.poll() is None, f"worker exited early: {process.stderr.read().decode()[-2000:]}"
-        assert time.time() < deadline, "no mid-run checkpoint within 180 s"
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
+    sigkill_when(process, (crash_dir / "checkpoint-6").is_dir, 180, "no mid-run checkpoint")
     assert not (crash_dir / "final").exists()
     latest = list_checkpoints(crash_dir)[-1]
     resumed_at = int(latest.name.split("-")[1])
