@@ -1,4 +1,4 @@
-"""SIGKILL a worker process at a chosen moment (the crash/resume tests of both trainers)."""
+"""Test helpers for failures: SIGKILL a worker at a chosen moment; the one error line a command prints."""
 
 from __future__ import annotations
 
@@ -19,3 +19,12 @@ def sigkill_when(process: subprocess.Popen, ready: Callable[[], bool], timeout: 
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
+
+
+def one_error_line(capsys) -> str:
+    """The single 'error:' line a command wrote to stderr, with no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error:" in line]  # (transformers' progress bars share stderr)
+    assert len(lines) == 1, err
+    return lines[0]

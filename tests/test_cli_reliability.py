@@ -17,6 +17,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
 
+from crash_helpers import one_error_line
 from reasonclip_llava.cli import main
 from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
 
@@ -33,14 +34,6 @@ def llava_dir(tmp_path_factory, lm_dir, tiny_clip_dir):
     return out
 
 
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if "error:" in line]  # (transformers' progress bars share stderr)
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 def snapshot(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
@@ -49,9 +42,9 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 def test_swap_and_build_check_what_they_are_given(tiny_clip_dir, lm_dir, tmp_path, capsys):
     # `swap --llava <a CLIP dir>` used to write a LLaVA-NeXT with every weight random, exit 0
     assert main(["swap", "--llava", str(tiny_clip_dir), "--encoder", str(tiny_clip_dir), "--out", str(tmp_path / "x")]) == 2
-    assert "is a 'clip' checkpoint; expected a LLaVA-NeXT checkpoint" in error_line(capsys)
+    assert "is a 'clip' checkpoint; expected a LLaVA-NeXT checkpoint" in one_error_line(capsys)
     assert main(["llava-build", "--lm", str(tiny_clip_dir), "--encoder", str(tiny_clip_dir), "--out", str(tmp_path / "y")]) == 2
-    assert "language model" in error_line(capsys)
+    assert "language model" in one_error_line(capsys)
     # an LM directory whose weights lack a tensor: named, not initialised at random
     broken = tmp_path / "broken_lm"
     shutil.copytree(lm_dir, broken)
@@ -59,7 +52,7 @@ def test_swap_and_build_check_what_they_are_given(tiny_clip_dir, lm_dir, tmp_pat
     del tensors["model.norm.weight"]
     save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
     assert main(["llava-build", "--lm", str(broken), "--encoder", str(tiny_clip_dir), "--out", str(tmp_path / "z")]) == 2
-    assert "missing_keys=1 ['model.norm.weight']" in error_line(capsys)
+    assert "missing_keys=1 ['model.norm.weight']" in one_error_line(capsys)
     assert not any((tmp_path / name).exists() for name in "xyz")
 
 
@@ -70,7 +63,7 @@ def test_swap_refuses_a_llava_checkpoint_with_unexpected_weights(llava_dir, tiny
     tensors["model.extra_adapter.weight"] = tensors[next(iter(tensors))].clone()
     save_file(tensors, odd / "model.safetensors", metadata={"format": "pt"})
     assert main(["swap", "--llava", str(odd), "--encoder", str(tiny_clip_dir), "--out", str(tmp_path / "out")]) == 2
-    assert "unexpected_keys=1" in error_line(capsys)
+    assert "unexpected_keys=1" in one_error_line(capsys)
 
 
 # ---- 2: an existing --out, a crash mid-write, a full disk ----------------------------------------------
@@ -89,7 +82,7 @@ def test_model_writers_refuse_a_non_empty_out_unless_overwrite(llava_dir, lm_dir
     }
     for name, command in commands.items():
         assert main(command) == 2, name
-        assert "is not empty; pass --overwrite" in error_line(capsys), name
+        assert "is not empty; pass --overwrite" in one_error_line(capsys), name
         assert snapshot(trained) == before, name
     # --overwrite replaces the directory as a whole: no stale checkpoint or trainer state is left beside it
     assert main([*build, "--overwrite"]) == 0
@@ -110,7 +103,7 @@ def test_a_crash_or_full_disk_mid_write_leaves_the_old_out(llava_dir, tiny_clip_
 
     monkeypatch.setattr(LlavaNextProcessor, "save_pretrained", full_disk)
     assert main(swap) == 2
-    line = error_line(capsys)
+    line = one_error_line(capsys)
     assert f"writing {out} failed: No space left on device" in line and "partial copy was removed" in line
     assert snapshot(out) == before and not list(tmp_path.glob(".swapped.tmp-*"))
 
@@ -128,7 +121,7 @@ def test_card_keeps_a_foreign_readme_and_replaces_it_only_with_overwrite(llava_d
     (model / "README.md").write_text("hand-written")
     (model / "README.previous.md").write_text("older")
     assert main(["card", str(model)]) == 2
-    assert "--overwrite" in error_line(capsys)
+    assert "--overwrite" in one_error_line(capsys)
     assert (model / "README.md").read_text() == "hand-written"
     assert main(["card", str(model), "--overwrite"]) == 0
     assert "hand-written" not in (model / "README.md").read_text() and (model / "README.previous.md").read_text() == "older"
@@ -168,7 +161,7 @@ def test_unreadable_weights_are_one_line_naming_the_file(tiny_clip_dir, lm_dir, 
         ["verify", str(encoder), "--base", str(tiny_clip_dir)],
     ):
         assert main(command) == 2, command
-        assert expected in error_line(capsys), command
+        assert expected in one_error_line(capsys), command
     assert not marker.exists()  # never unpickled
     assert not (tmp_path / "export").exists() and not (tmp_path / "llava").exists()
 
@@ -185,7 +178,7 @@ def test_unreadable_weights_are_one_line_naming_the_file(tiny_clip_dir, lm_dir, 
 def test_pretrain_values_out_of_range_name_the_key(tmp_path, capsys, override, message):
     args = ["pretrain", "train/tiny_stage1.yaml", "--model.name_or_path=x", f"--data.train={tmp_path}", f"--runtime.output_dir={tmp_path}"]
     assert main([*args, override]) == 2
-    assert message in error_line(capsys)
+    assert message in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("override,message", [
@@ -198,19 +191,19 @@ def test_llava_train_values_out_of_range_name_the_key(tmp_path, capsys, override
     data = tmp_path / "data.json"
     data.write_text("[]")
     assert main(["llava-train", "--model_name_or_path=x", f"--data_path={data}", override]) == 2
-    assert message in error_line(capsys)
+    assert message in one_error_line(capsys)
 
 
 def test_select_layer_and_max_length_are_checked_against_the_model(lm_dir, llava_dir, tiny_clip_dir, tmp_path, capsys):
     assert main(["llava-build", "--lm", str(lm_dir), "--encoder", str(tiny_clip_dir), "--out", str(tmp_path / "o"), "--select-layer", "99"]) == 2
     layers = json.loads((tiny_clip_dir / "config.json").read_text())["vision_config"]["num_hidden_layers"]
-    assert f"99 is outside the tower's hidden states: it has {layers} layers" in error_line(capsys)
+    assert f"99 is outside the tower's hidden states: it has {layers} layers" in one_error_line(capsys)
     positions = json.loads((llava_dir / "config.json").read_text())["text_config"]["max_position_embeddings"]
     data = tmp_path / "data.json"
     data.write_text("[]")
     assert main(["llava-train", f"--model_name_or_path={llava_dir}", f"--data_path={data}", f"--model_max_length={positions + 1}",
                  f"--output_dir={tmp_path / 'run'}"]) == 2
-    assert f"config key 'model_max_length' must be <= {positions}" in error_line(capsys)
+    assert f"config key 'model_max_length' must be <= {positions}" in one_error_line(capsys)
 
 
 # ---- 8: non-UTF-8 data, missing paths --------------------------------------------------------------------
@@ -229,5 +222,5 @@ def test_non_utf8_jsonl_names_file_and_line(tmp_path):
 def test_verify_on_a_missing_dir_says_so(tiny_clip_dir, tmp_path, capsys):
     missing = tmp_path / "no_such_export"
     assert main(["verify", str(missing), "--base", str(tiny_clip_dir)]) == 2
-    line = error_line(capsys)
+    line = one_error_line(capsys)
     assert f"{missing}: path does not exist" in line and "Repo id" not in line

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from crash_helpers import one_error_line
 from pretrain_helpers import checkpoint_tensors, make_workspace, recipe, single_thread, stage_args
 from reasonclip_llava.cli import main
 from reasonclip_llava.encoder.modeling import ReasonCLIPForPretraining
@@ -31,14 +32,6 @@ def pretrain(ws, out: Path, *extra: str) -> int:
     """`reasonclip pretrain train/tiny_stage1.yaml --model.name_or_path=... --runtime.output_dir=OUT ...`."""
     return main(["pretrain", str(recipe("stage1")), *stage_args(ws, "stage1", out, "--schedule.max_steps=4", "--runtime.save_every=1",
                                                                  "--runtime.keep_last=null", "--runtime.progress_bar=false", *extra)])
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if "error:" in line]  # (transformers' progress bars share stderr)
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def test_fresh_run_into_another_runs_dir_is_refused_unless_overwrite(ws, tmp_path, capsys):
