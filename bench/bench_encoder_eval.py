@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from reasonclip_llava.evaluation.encoder import EncoderEmbedder, evaluate_encoder
-from reasonclip_llava.tiny import save_tiny_clip
+from reasonclip_llava.testing.tiny import save_tiny_clip
 
 SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 

@@ -30,11 +30,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPConfig, PretrainedConfig, Qwen3Config
 
 from reasonclip_llava.encoder.tower import load_vision_config
-from reasonclip_llava.llava_next.architectures import ARCHITECTURES, get_architecture, load_llava
-from reasonclip_llava.llava_next.build import build_llava, save_llava
-from reasonclip_llava.llava_next.swap import swap_vision_tower
-from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
-from reasonclip_llava.tiny import save_tiny_clip
+from reasonclip_llava.vlm.architectures import ARCHITECTURES, get_architecture, load_llava
+from reasonclip_llava.vlm.build import build_llava, save_llava
+from reasonclip_llava.vlm.swap import swap_vision_tower
+from reasonclip_llava.testing.tiny_lm import build_tiny_lm
+from reasonclip_llava.testing.tiny import save_tiny_clip
 
 # Qwen3-1.7B's published shape (tied embeddings).
 QWEN3_1_7B = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,

@@ -31,7 +31,7 @@ from PIL import Image
 
 from reasonclip_llava.evaluation.benchmarks import VQAQuestion
 from reasonclip_llava.evaluation.generate import answer_questions, load_llava_next, prepare_inputs
-from reasonclip_llava.evaluation.tiny_llava import save_tiny_llava_next
+from reasonclip_llava.testing.tiny_llava import save_tiny_llava_next
 
 IMAGE_SIZES = [(40, 90), (100, 30), (64, 64), (20, 20), (33, 70), (80, 50), (50, 120), (32, 32), (120, 40),
                (48, 48), (70, 33), (96, 128)]

@@ -24,7 +24,7 @@ import torch
 from reasonclip_llava.pretrain.demo import tiny_recipe
 from reasonclip_llava.pretrain.study import measure, measure_heads, study_overrides, study_paths, write_study_data
 from reasonclip_llava.pretrain.trainer import pretrain_from_yaml
-from reasonclip_llava.tiny import save_learnable_tiny_clip
+from reasonclip_llava.testing.tiny import save_learnable_tiny_clip
 
 
 def run_seed(out: Path, seed: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:

@@ -30,7 +30,7 @@ def _verify(args: argparse.Namespace) -> int:
     if (args.base is None) == (args.encoder is None):
         raise ValueError("give --base (an encoder export against its base) or --encoder (a LLaVA checkpoint's tower against an encoder)")
     if args.encoder is not None:
-        from .llava_next.tower_check import verify_llava_tower
+        from .vlm.tower_check import verify_llava_tower
 
         report = verify_llava_tower(args.out_dir, args.encoder, require_equal=args.require_equal)
     else:
@@ -96,7 +96,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _llava_build(args: argparse.Namespace) -> int:
-    from .llava_next.build import build_and_save
+    from .vlm.build import build_and_save
 
     pinpoints = json.loads(args.grid_pinpoints) if args.grid_pinpoints else None
     print(build_and_save(args.lm, args.encoder, args.out, arch=args.arch, image_aspect_ratio=args.image_aspect_ratio, image_grid_pinpoints=pinpoints, vision_feature_layer=args.select_layer, vision_feature_select_strategy=args.strategy, torch_dtype=args.dtype, overwrite=args.overwrite))
@@ -104,21 +104,21 @@ def _llava_build(args: argparse.Namespace) -> int:
 
 
 def _swap(args: argparse.Namespace) -> int:
-    from .llava_next.swap import swap_vision_tower
+    from .vlm.swap import swap_vision_tower
 
     print(swap_vision_tower(args.llava, args.encoder, args.out, reinit_projector=args.reinit_projector, seed=args.seed, overwrite=args.overwrite))
     return 0
 
 
 def _llava_train(args: argparse.Namespace) -> int:
-    from .llava_next.train import load_train_config, train_llava
+    from .mllm_train.train import load_train_config, train_llava
 
     print(train_llava(load_train_config(args.config, args.overrides)))
     return 0
 
 
 def _llava_merge(args: argparse.Namespace) -> int:
-    from .llava_next.merge import merge_and_export
+    from .mllm_train.merge import merge_and_export
 
     print(merge_and_export(args.ckpt, args.out, base=args.base, overwrite=args.overwrite))
     return 0

@@ -99,10 +99,10 @@ def _load_in_original_llava(encoder_dir: Path) -> None:
 
 
 def _train_llava_next(out: Path, encoder: Path, vqa: dict[str, Path], image_folder: Path, quick: bool, lora: bool = False) -> Path:
-    from .llava_next.build import build_and_save
-    from .llava_next.merge import merge_and_export
-    from .llava_next.tiny_lm import build_tiny_lm
-    from .llava_next.train import load_train_config, train_llava
+    from .vlm.build import build_and_save
+    from .mllm_train.merge import merge_and_export
+    from .testing.tiny_lm import build_tiny_lm
+    from .mllm_train.train import load_train_config, train_llava
 
     lm = build_tiny_lm(out / "tiny_lm", family="qwen2")
     built = build_and_save(lm, encoder, out / "built", overwrite=True)  # a re-run replaces the demo's own outputs

@@ -23,7 +23,7 @@ def clip_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     """A random tiny CLIPModel checkpoint (real CLIP BPE tokenizer, CLIP image processor)."""
-    from reasonclip_llava.tiny import save_tiny_clip
+    from reasonclip_llava.testing.tiny import save_tiny_clip
 
     return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
@@ -31,6 +31,6 @@ def tiny_clip_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_siglip_dir(tmp_path_factory):
     """A random tiny SiglipModel checkpoint (no CLS token)."""
-    from reasonclip_llava.tiny import save_tiny_siglip
+    from reasonclip_llava.testing.tiny import save_tiny_siglip
 
     return save_tiny_siglip(tmp_path_factory.mktemp("tiny_siglip"))

@@ -21,7 +21,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)  # the same as the in-process runs it is compared with
     from transformers import Trainer
 
-    from reasonclip_llava.llava_next.train import LlavaTrainConfig, train_llava
+    from reasonclip_llava.mllm_train.train import LlavaTrainConfig, train_llava
 
     config_path, hang_at, ready = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     original = Trainer._save_rng_state

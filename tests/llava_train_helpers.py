@@ -37,7 +37,7 @@ def write_conversations(root: Path, n_images: int, n_text: int) -> tuple[Path, P
 
 def tiny_llava_stages(root: Path, encoder: str | Path, n_instruct_images: int = 4) -> dict:
     """A tiny Qwen2 LM, the encoder, and the data of both stages (A: images only; B: images + 2 text rows)."""
-    from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
+    from reasonclip_llava.testing.tiny_lm import build_tiny_lm
 
     lm = build_tiny_lm(root / "qwen2", family="qwen2")
     pretrain_json, pretrain_images = write_conversations(root / "pretrain", n_images=4, n_text=0)

@@ -14,7 +14,7 @@ from transformers import AutoImageProcessor, AutoTokenizer
 
 from reasonclip_llava.encoder.modeling import ReasonCLIPForPretraining
 from reasonclip_llava.pretrain.demo import prepare_tiny_workspace, tiny_recipe
-from reasonclip_llava.tiny import save_learnable_tiny_clip
+from reasonclip_llava.testing.tiny import save_learnable_tiny_clip
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from reasonclip_llava.encoder import ReasonCLIPForPretraining
 
 @pytest.mark.slow
 def test_pretrain_export_verify_build_swap(tmp_path, capsys):
-    from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
+    from reasonclip_llava.testing.tiny_lm import build_tiny_lm
     from reasonclip_llava.pretrain.demo import prepare_tiny_workspace, tiny_recipe
 
     work = prepare_tiny_workspace(tmp_path / "work", num_images=24)

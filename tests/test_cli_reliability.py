@@ -19,7 +19,7 @@ from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
 
 from crash_helpers import one_error_line
 from reasonclip_llava.cli import main
-from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
+from reasonclip_llava.testing.tiny_lm import build_tiny_lm
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,7 @@ def test_select_layer_and_max_length_are_checked_against_the_model(lm_dir, llava
 # ---- 8: non-UTF-8 data, missing paths --------------------------------------------------------------------
 def test_non_utf8_jsonl_names_file_and_line(tmp_path):
     from reasonclip_llava.data.rows import RowTable
-    from reasonclip_llava.llava_next.data import load_rows
+    from reasonclip_llava.mllm_train.data import load_rows
 
     path = tmp_path / "rows.jsonl"
     path.write_bytes(b'{"image_path": "a.png", "captions": ["ok"]}\n{"image_path": "b.png", "captions": ["caf\xe9"]}\n')

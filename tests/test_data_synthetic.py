@@ -273,7 +273,7 @@ def test_rclip_bench_is_at_chance_for_a_random_tiny_clip_on_a_blank_image(tmp_pa
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    from reasonclip_llava.tiny import save_tiny_clip
+    from reasonclip_llava.testing.tiny import save_tiny_clip
 
     items = _bench_items(300)
     for seed in (0,):

@@ -131,7 +131,7 @@ def test_verify_names_the_failing_check(trained_clip, tmp_path):
     _, ckpt = trained_clip
     out = export_encoder(ckpt, tmp_path / "export")
     other_base = tmp_path / "wider_base"
-    from reasonclip_llava.tiny import save_tiny_clip
+    from reasonclip_llava.testing.tiny import save_tiny_clip
 
     save_tiny_clip(other_base, intermediate_size=96)
     report = verify_export(out, other_base)

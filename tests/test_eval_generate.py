@@ -19,8 +19,8 @@ from reasonclip_llava.evaluation.generate import (
     prepare_inputs,
     read_answered_ids,
 )
-from reasonclip_llava.evaluation.tiny_llava import save_tiny_llava_next
-from reasonclip_llava.llava_next.tiny_lm import QWEN2_CHAT_TEMPLATE
+from reasonclip_llava.testing.tiny_llava import save_tiny_llava_next
+from reasonclip_llava.testing.tiny_lm import QWEN2_CHAT_TEMPLATE
 
 # (height, width): under the pinpoints [[32,64],[64,32],[64,64]] these pick different grids and unpad
 # to different token counts, so the rows of a batch differ in length before padding.

@@ -210,7 +210,7 @@ def test_synthetic_writer_output_is_read_by_the_benchmark(tiny_clip_dir, tmp_pat
 @pytest.fixture(scope="module")
 def sentencepiece_tokenizer(tmp_path_factory):
     """Case-sensitive like SigLIP's own (SentencePiece) tokenizers, unlike CLIP's BPE which lowercases itself."""
-    from reasonclip_llava.data.tiny_t5 import build_tiny_t5_tokenizer
+    from reasonclip_llava.testing.tiny_t5 import build_tiny_t5_tokenizer
 
     return build_tiny_t5_tokenizer(tmp_path_factory.mktemp("spm"))
 

@@ -16,7 +16,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 @pytest.fixture(scope="module")
 def tiny_llava_dir(tmp_path_factory):
-    from reasonclip_llava.evaluation.tiny_llava import save_tiny_llava_next
+    from reasonclip_llava.testing.tiny_llava import save_tiny_llava_next
 
     return save_tiny_llava_next(tmp_path_factory.mktemp("llava"))
 

@@ -14,10 +14,10 @@ from transformers import (
     SiglipModel,
 )
 
-from reasonclip_llava.llava_next.build import build_llava_next, default_grid_pinpoints, save_llava_next
-from reasonclip_llava.llava_next.swap import swap_vision_tower
-from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
-from reasonclip_llava.tiny import save_tiny_clip
+from reasonclip_llava.vlm.build import build_llava_next, default_grid_pinpoints, save_llava_next
+from reasonclip_llava.vlm.swap import swap_vision_tower
+from reasonclip_llava.testing.tiny_lm import build_tiny_lm
+from reasonclip_llava.testing.tiny import save_tiny_clip
 
 
 def photo(height: int = 40, width: int = 70, seed: int = 0) -> Image.Image:

@@ -18,9 +18,9 @@ from crash_helpers import sigkill_when
 from llava_train_helpers import write_conversations
 from pretrain_helpers import single_thread
 from reasonclip_llava.cli import main
-from reasonclip_llava.llava_next.checkpoints import STAGING_DIR, latest_checkpoint
-from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
-from reasonclip_llava.llava_next.train import LlavaTrainConfig, train_llava
+from reasonclip_llava.mllm_train.checkpoints import STAGING_DIR, latest_checkpoint
+from reasonclip_llava.testing.tiny_lm import build_tiny_lm
+from reasonclip_llava.mllm_train.train import LlavaTrainConfig, train_llava
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("llava_crash_worker.py")

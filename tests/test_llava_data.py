@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from reasonclip_llava.llava_next.data import (
+from reasonclip_llava.mllm_train.data import (
     IGNORE_INDEX,
     LengthGroupedSampler,
     LlavaConversationDataset,
     LlavaDataCollator,
 )
-from reasonclip_llava.llava_next.templates import ConversationTemplate
-from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
+from reasonclip_llava.mllm_train.templates import ConversationTemplate
+from reasonclip_llava.testing.tiny_lm import build_tiny_lm
 
 PINPOINTS = [[32, 64], [64, 32], [64, 64]]
 ROWS = [

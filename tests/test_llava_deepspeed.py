@@ -29,11 +29,11 @@ from transformers import (
     LlavaProcessor,
 )
 
-from reasonclip_llava.llava_next.build import build_llava, save_llava
-from reasonclip_llava.llava_next.merge import merge_and_export
-from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
-from reasonclip_llava.llava_next.tower_check import TOWER_CHECK_NAME
-from reasonclip_llava.llava_next.train import NON_LORA_TRAINABLES
+from reasonclip_llava.vlm.build import build_llava, save_llava
+from reasonclip_llava.mllm_train.merge import merge_and_export
+from reasonclip_llava.testing.tiny_lm import build_tiny_lm
+from reasonclip_llava.vlm.tower_check import TOWER_CHECK_NAME
+from reasonclip_llava.mllm_train.train import NON_LORA_TRAINABLES
 
 from llava_train_helpers import tiny_llava_stages, write_conversations  # tests/ helper module
 
@@ -54,10 +54,10 @@ def launch(recipe: dict, path: Path, *overrides: str, launcher: str = "torchrun"
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     if launcher == "deepspeed":
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus=1", f"--master_port={free_port()}",
-                   "--module", "reasonclip_llava.llava_next.train"]
+                   "--module", "reasonclip_llava.mllm_train.train"]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-                   "-m", "reasonclip_llava.llava_next.train"]
+                   "-m", "reasonclip_llava.mllm_train.train"]
     result = subprocess.run([*command, str(path), *overrides], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

@@ -23,14 +23,14 @@ from transformers import (
 from reasonclip_llava.cli import main
 from reasonclip_llava.evaluation.benchmarks import VQAQuestion
 from reasonclip_llava.evaluation.generate import generate_answers
-from reasonclip_llava.llava_next.architectures import LlavaImageProcessor, get_architecture, tokens_per_tile
-from reasonclip_llava.llava_next.build import build_llava, save_llava
-from reasonclip_llava.llava_next.data import IGNORE_INDEX, LlavaConversationDataset
-from reasonclip_llava.llava_next.merge import merge_and_export
-from reasonclip_llava.llava_next.swap import swap_vision_tower
-from reasonclip_llava.llava_next.tower_check import TOWER_CHECK_NAME, compare_towers, require_saved_tower
-from reasonclip_llava.llava_next.train import NON_LORA_TRAINABLES, LlavaTrainConfig, load_train_config, train_llava
-from reasonclip_llava.tiny import save_tiny_clip
+from reasonclip_llava.vlm.architectures import LlavaImageProcessor, get_architecture, tokens_per_tile
+from reasonclip_llava.vlm.build import build_llava, save_llava
+from reasonclip_llava.mllm_train.data import IGNORE_INDEX, LlavaConversationDataset
+from reasonclip_llava.mllm_train.merge import merge_and_export
+from reasonclip_llava.vlm.swap import swap_vision_tower
+from reasonclip_llava.vlm.tower_check import TOWER_CHECK_NAME, compare_towers, require_saved_tower
+from reasonclip_llava.mllm_train.train import NON_LORA_TRAINABLES, LlavaTrainConfig, load_train_config, train_llava
+from reasonclip_llava.testing.tiny import save_tiny_clip
 
 from llava_train_helpers import tiny_llava_stages  # tests/ helper module
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from reasonclip_llava.llava_next.data import IGNORE_INDEX, tokenize_segments
-from reasonclip_llava.llava_next.templates import (
+from reasonclip_llava.mllm_train.data import IGNORE_INDEX, tokenize_segments
+from reasonclip_llava.mllm_train.templates import (
     ConversationTemplate,
     get_template,
     template_names,
 )
-from reasonclip_llava.llava_next.tiny_lm import TINY_LM_FAMILIES, build_tiny_lm, build_tiny_tokenizer
+from reasonclip_llava.testing.tiny_lm import TINY_LM_FAMILIES, build_tiny_lm, build_tiny_tokenizer
 
 CONVERSATION = [
     {"from": "human", "value": "<image>\nWhat colour is the cat?"},
@@ -225,7 +225,7 @@ def test_sentencepiece_style_tokenizer_is_not_a_false_mismatch():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from reasonclip_llava.llava_next.tiny_lm import CORPUS
+    from reasonclip_llava.testing.tiny_lm import CORPUS
 
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
@@ -261,7 +261,7 @@ LONG_CONVERSATION = [{"from": "human", "value": "<image>\nWhat colour is the cat
 def test_offsets_give_the_prefix_rule_and_truncation_keeps_a_prefix(tokenizers, name, family):
     """One tokenization with offsets labels every token as the prefix rule does (each prefix tokenized
     again, the quadratic reference), and stopping at max_length keeps exactly the first max_length."""
-    from reasonclip_llava.llava_next.data import _tokenize_by_prefixes
+    from reasonclip_llava.mllm_train.data import _tokenize_by_prefixes
 
     tokenizer = tokenizers[family]
     template = get_template(name)

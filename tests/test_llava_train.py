@@ -12,10 +12,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPModel, LlavaNextForConditionalGeneration, LlavaNextProcessor
 
-from reasonclip_llava.llava_next.build import build_llava_next
-from reasonclip_llava.llava_next.data import LengthGroupedSampler
-from reasonclip_llava.llava_next.merge import merge_and_export
-from reasonclip_llava.llava_next.train import (
+from reasonclip_llava.vlm.build import build_llava_next
+from reasonclip_llava.mllm_train.data import LengthGroupedSampler
+from reasonclip_llava.mllm_train.merge import merge_and_export
+from reasonclip_llava.mllm_train.train import (
     NON_LORA_TRAINABLES,
     LlavaTrainConfig,
     build_trainer,

@@ -20,7 +20,7 @@ def test_llava_hf_loads_our_checkpoint_and_answers(tmp_path):
     from lmms_eval.models.simple.llava_hf import LlavaHf
     from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
-    from reasonclip_llava.evaluation.tiny_llava import save_tiny_llava_next
+    from reasonclip_llava.testing.tiny_llava import save_tiny_llava_next
 
     checkpoint = save_tiny_llava_next(tmp_path / "tiny_llava")
     model = LlavaHf(pretrained=str(checkpoint), device="cpu", device_map="cpu", dtype="float32")

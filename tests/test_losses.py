@@ -194,7 +194,7 @@ def test_logit_scale_is_clamped_at_ln50():
 def test_clamp_logit_scale_in_place():
     from transformers import CLIPModel
 
-    from reasonclip_llava.tiny import tiny_clip_config
+    from reasonclip_llava.testing.tiny import tiny_clip_config
 
     model = CLIPModel(tiny_clip_config())
     with torch.no_grad():
@@ -275,7 +275,7 @@ SIGLIP_NOT_ANCHORED = {"logit_scale", "logit_bias"}
 def _tiny_clip():
     from transformers import CLIPModel
 
-    from reasonclip_llava.tiny import tiny_clip_config
+    from reasonclip_llava.testing.tiny import tiny_clip_config
 
     torch.manual_seed(0)
     return CLIPModel(tiny_clip_config())
@@ -299,7 +299,7 @@ def _naive_anchor(model, theta0: dict[str, torch.Tensor], excluded: set[str], be
 def test_anchor_rule_on_clip_and_siglip_names():
     from transformers import SiglipModel
 
-    from reasonclip_llava.tiny import tiny_siglip_config
+    from reasonclip_llava.testing.tiny import tiny_siglip_config
 
     clip = _tiny_clip()
     clip_names = {n for n, _ in clip.named_parameters()}
@@ -504,7 +504,7 @@ def test_l2_anchor_follows_the_parameters_device():
     """The anchor moves next to the parameters on first use (meta stands in for an accelerator)."""
     from transformers import CLIPModel
 
-    from reasonclip_llava.tiny import tiny_clip_config
+    from reasonclip_llava.testing.tiny import tiny_clip_config
 
     with torch.device("meta"):
         model = CLIPModel(tiny_clip_config())

@@ -25,7 +25,7 @@ from reasonclip_llava.encoder.modeling import HeadsConfig, ReasonCLIPForPretrain
 from reasonclip_llava.pretrain.config import apply_global_batch, load_config
 from reasonclip_llava.pretrain.optim import build_param_groups
 from reasonclip_llava.pretrain.trainer import pretrain_from_yaml
-from reasonclip_llava.tiny import save_tiny_siglip, tiny_siglip_config
+from reasonclip_llava.testing.tiny import save_tiny_siglip, tiny_siglip_config
 
 LN50 = math.log(50.0)
 TRAIN = REPO / "train"
@@ -310,9 +310,9 @@ def test_released_stage2_checkpoint_exports_without_heads_and_verify_names_them(
 def test_released_stage2_checkpoint_builds_and_swaps_into_llava(ws, released_stage2, tmp_path):
     from transformers import LlavaNextForConditionalGeneration
 
-    from reasonclip_llava.llava_next.build import build_and_save
-    from reasonclip_llava.llava_next.swap import swap_vision_tower
-    from reasonclip_llava.llava_next.tiny_lm import build_tiny_lm
+    from reasonclip_llava.vlm.build import build_and_save
+    from reasonclip_llava.vlm.swap import swap_vision_tower
+    from reasonclip_llava.testing.tiny_lm import build_tiny_lm
 
     lm = build_tiny_lm(tmp_path / "lm")
     released = load_file(str(released_stage2 / "model.safetensors"))

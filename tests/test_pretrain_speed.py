@@ -183,7 +183,7 @@ def test_step_compile_has_no_graph_break_on_the_contrastive_path(tmp_path):
 
     from reasonclip_llava.pretrain.config import StageConfig
     from reasonclip_llava.pretrain.objective import StageObjective
-    from reasonclip_llava.tiny import tiny_clip_config
+    from reasonclip_llava.testing.tiny import tiny_clip_config
 
     torch._dynamo.reset()
     from torch._dynamo.utils import counters

@@ -39,7 +39,7 @@ def markdown_table(text: str) -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def encoder_runs(tmp_path_factory, tiny_clip_dir):
     """Two 'models' (the tiny CLIP and a differently seeded one) evaluated on SugarCrepe and Winoground."""
-    from reasonclip_llava.tiny import save_tiny_clip
+    from reasonclip_llava.testing.tiny import save_tiny_clip
 
     root = tmp_path_factory.mktemp("runs")
     other = save_tiny_clip(root / "stage1_model", seed=3)

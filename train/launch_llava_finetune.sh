@@ -36,7 +36,7 @@ GLOBAL_BATCH=${GLOBAL_BATCH:-128}
 DEVICES=$NUM_GPUS
 source "$(dirname "$0")/split_global_batch.sh"
 
-exec deepspeed --num_gpus "$NUM_GPUS" --module reasonclip_llava.llava_next.train "$RECIPE" \
+exec deepspeed --num_gpus "$NUM_GPUS" --module reasonclip_llava.mllm_train.train "$RECIPE" \
   --model_name_or_path="$PRETRAINED" \
   --data_path="$DATA_JSON" \
   --image_folder="$IMAGE_FOLDER" \

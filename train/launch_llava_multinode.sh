@@ -38,9 +38,9 @@ ARGS=("$RECIPE" --per_device_train_batch_size="$PER_DEVICE" --gradient_accumulat
 
 if [ -n "${HOSTFILE:-}" ]; then
   exec deepspeed --hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-    --module reasonclip_llava.llava_next.train "${ARGS[@]}"
+    --module reasonclip_llava.mllm_train.train "${ARGS[@]}"
 else
   exec torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-    -m reasonclip_llava.llava_next.train "${ARGS[@]}"
+    -m reasonclip_llava.mllm_train.train "${ARGS[@]}"
 fi

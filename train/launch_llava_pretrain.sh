@@ -21,7 +21,7 @@ PER_DEVICE=${PER_DEVICE:-32}
 DEVICES=$NUM_GPUS
 source "$(dirname "$0")/split_global_batch.sh"
 
-exec deepspeed --num_gpus "$NUM_GPUS" --module reasonclip_llava.llava_next.train "$RECIPE" \
+exec deepspeed --num_gpus "$NUM_GPUS" --module reasonclip_llava.mllm_train.train "$RECIPE" \
   --language_model="$LLM" \
   --vision_tower="$ENCODER" \
   --data_path="$DATA/blip_laion_cc_sbu_558k.json" \

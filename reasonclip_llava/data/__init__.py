@@ -21,7 +21,7 @@ from .hard_negatives import HardNegativeGenerator, RuleTagger, SpacyTagger, hard
 from .rows import LiteSchema, ProSchema, ReadSchema, RowTable
 from .sampler import DistinctImageSampler, ResumableDistributedSampler
 from .synthetic import generate_synthetic
-from .tiny_t5 import build_tiny_t5_tokenizer
+from ..testing.tiny_t5 import build_tiny_t5_tokenizer
 from .wds import WdsReasonDataset, write_wds_shards
 
 __all__ = [

@@ -110,7 +110,7 @@ def load_llava_next(
     model_dir: str | Path, *, device: str = "cpu", dtype: torch.dtype | str | None = None
 ) -> tuple[LlavaNextForConditionalGeneration, ProcessorMixin]:
     """The LlavaNext or Llava model (eval mode, on `device`) and its processor from a local checkpoint."""
-    from ..llava_next.architectures import load_llava
+    from ..vlm.architectures import load_llava
 
     # Strict load: missing weights would be scored as random ones; the model_type picks the architecture.
     model, processor = load_llava(model_dir, dtype=_resolve_dtype(dtype, device))

@@ -49,7 +49,7 @@ def prepare_tiny_workspace(work_dir: str | Path, num_images: int = 96, seed: int
     """Tiny CLIP + synthetic data + tiny T5 under work_dir (reused when already there)."""
     from ..data import generate_synthetic
     from ..data.synthetic import TRAIN_FILES
-    from ..tiny import save_tiny_clip
+    from ..testing.tiny import save_tiny_clip
 
     work = Path(work_dir)
     clip = work / "tiny_clip"
@@ -113,7 +113,7 @@ def run_learning_stages(work_dir: str | Path, quick: bool = False) -> dict[str, 
     as the paper's starting CLIP does); the data is `study.write_study_data`'s. Returns {"data": paths,
     "checkpoints": {name: final dir}, "scores": {name: study.measure(...)}}.
     """
-    from ..tiny import save_learnable_tiny_clip
+    from ..testing.tiny import save_learnable_tiny_clip
     from .study import measure, study_overrides, study_paths, write_study_data
 
     work = Path(work_dir)

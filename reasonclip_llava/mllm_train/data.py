@@ -31,7 +31,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..data.datasets import open_image_or_raise
 from ..io_utils import read_utf8
-from .architectures import IMAGE_ASPECT_RATIOS, architecture_of, expand2square  # noqa: F401 (re-exported)
+from ..vlm.architectures import IMAGE_ASPECT_RATIOS, architecture_of, expand2square  # noqa: F401 (re-exported)
 from .templates import (
     IMAGE_PLACEHOLDER,
     LABEL_MASKINGS,

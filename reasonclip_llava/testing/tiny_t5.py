@@ -16,7 +16,7 @@ from transformers import T5Tokenizer
 
 
 def _default_corpus() -> list[str]:
-    from .synthetic import make_item
+    from ..data.synthetic import make_item
 
     texts = []
     for index in range(40):

@@ -16,7 +16,7 @@ and lost-projector problems cannot happen). The output loads with plain
 included, and the saved tower is checked against the trained one (tower_check.py); LoRA runs write the
 adapter + `non_lora_trainables.safetensors`, which `merge.py` folds into such a checkpoint.
 
-Launch: `deepspeed --num_gpus 8 --module reasonclip_llava.llava_next.train CONFIG.yaml --key=value ...`
+Launch: `deepspeed --num_gpus 8 --module reasonclip_llava.mllm_train.train CONFIG.yaml --key=value ...`
 (or `reasonclip llava-train ...`, or `torchrun -m ...`).
 """
 
@@ -38,12 +38,12 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from ..config_utils import LAUNCHER_KEYS, coerce, parse_overrides, read_yaml_mapping
 from ..value_checks import check_max_length, check_ranges
-from .architectures import LlavaArchitecture, architecture_of, get_architecture
-from .build import build_llava
+from ..vlm.architectures import LlavaArchitecture, architecture_of, get_architecture
+from ..vlm.build import build_llava
 from .checkpoints import check_checkpoint, latest_checkpoint, write_checkpoint_atomically
 from .data import LengthGroupedSampler, LlavaConversationDataset, LlavaDataCollator
 from .templates import LABEL_MASKINGS
-from .tower_check import (
+from ..vlm.tower_check import (
     require_saved_tower,
     saved_tower_state,
     side_file_tower_state,
@@ -531,7 +531,7 @@ def check_saved_tower(trainer: Trainer, output_dir: str | Path) -> dict | None:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """`python -m reasonclip_llava.llava_next.train CONFIG.yaml [--key=value ...]`."""
+    """`python -m reasonclip_llava.mllm_train.train CONFIG.yaml [--key=value ...]`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # The deepspeed launcher puts --local_rank=N before the script's own arguments.
     while argv and argv[0].startswith("--local_rank"):

@@ -20,7 +20,7 @@ from transformers import (
     SiglipModel,
 )
 
-from .assets import clip_tokenizer
+from ..assets import clip_tokenizer
 
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8)
 TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77)

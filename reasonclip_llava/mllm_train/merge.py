@@ -16,9 +16,9 @@ import torch
 from transformers import PreTrainedModel
 
 from ..io_utils import atomic_directory, refuse_existing
-from .architectures import architecture_of
-from .build import build_llava
-from .tower_check import require_saved_tower, saved_tower_state, vision_tower_state, write_tower_check
+from ..vlm.architectures import architecture_of
+from ..vlm.build import build_llava
+from ..vlm.tower_check import require_saved_tower, saved_tower_state, vision_tower_state, write_tower_check
 from .train import NON_LORA_TRAINABLES, TRAIN_CONFIG_NAME, load_non_lora_trainables, load_train_config
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -1,7 +1,7 @@
 """A tiny random LlavaNext checkpoint (model + LlavaNextProcessor) for the evaluation tests and benches.
 
 CLIP-style vision tower (32 px, patch 8, CLS token), anyres pinpoints [[32, 64], [64, 32], [64, 64]],
-a Qwen2/Llama/Mistral text model and the offline BPE tokenizer of `llava_next.tiny_lm` with "<image>"
+a Qwen2/Llama/Mistral text model and the offline BPE tokenizer of `testing.tiny_lm` with "<image>"
 added. Weights are drawn with a wide init so that greedy answers depend visibly on the image and the
 question: with the usual 0.02 every prompt decodes to nearly the same tokens.
 """
@@ -14,8 +14,8 @@ import torch
 from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-from ..llava_next.build import add_image_token
-from ..llava_next.tiny_lm import FAMILY_CONFIG, build_tiny_tokenizer
+from ..vlm.build import add_image_token
+from .tiny_lm import FAMILY_CONFIG, build_tiny_tokenizer
 
 TINY_PINPOINTS = [[32, 64], [64, 32], [64, 64]]
 TINY_LLAVA_VISION = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

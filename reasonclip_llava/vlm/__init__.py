@@ -1,0 +1,9 @@
+"""VLMs that take a CLIP / SigLIP tower: the architectures, build from (LM, encoder), swap a tower in, and the
+saved-tower check (the saved tower equals the trained one, bitwise and finite).
+
+Submodules (import them directly; nothing heavy is imported here):
+  architectures -- the one place that knows each architecture: classes, processor, image flags, strict loading
+  build         -- `build_llava`: a LLaVA from a causal LM and an encoder
+  swap          -- `swap_vision_tower`: replace the tower of an existing checkpoint
+  tower_check   -- the saved tower read back with plain transformers; `verify --encoder`
+"""
