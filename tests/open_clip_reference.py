@@ -3,9 +3,10 @@
 Why this way: `open_clip/__init__.py` imports factory -> transform -> torchvision, and torchvision's
 PyPI wheels do not run with the CPU torch build this project pins (CI installs open-clip-torch with
 --no-deps and has no torchvision at all). The model classes themselves (open_clip/model.py,
-transformer.py) need only torch. So the package folder is mounted under another package name whose
-`__init__` is empty: `_open_clip_models.model` is open_clip's unmodified model.py with its relative
-imports resolved inside the same folder, and open_clip/__init__.py never runs.
+transformer.py) need only torch, its tokenizer (tokenizer.py) ftfy and regex. So the package folder is
+mounted under another package name whose `__init__` is empty (`reasonclip_llava.assets.open_clip_module`,
+which the converter uses for open_clip's pretrained table): the modules are open_clip's unmodified files
+with their relative imports resolved inside the same folder, and open_clip/__init__.py never runs.
 
 One stub, only while open_clip/utils.py executes its imports: utils.py does
 `from torchvision.ops.misc import FrozenBatchNorm2d` at module level for `freeze_batch_norm_2d`, which
@@ -17,7 +18,6 @@ imported, so transformers' torchvision checks never see it.
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import sys
 import types
@@ -25,9 +25,7 @@ from functools import lru_cache
 
 import torch
 
-from reasonclip_llava.assets import open_clip_package_dir
-
-PACKAGE = "_open_clip_models"
+from reasonclip_llava.assets import open_clip_module, open_clip_package_dir
 
 
 class _FrozenBatchNorm2dStub:
@@ -40,21 +38,23 @@ def open_clip_model_module() -> types.ModuleType:
     """open_clip/model.py (CLIP, CLIPVisionCfg, ...) loaded without open_clip/__init__.py."""
     import transformers.modeling_outputs  # noqa: F401  (imported before the stub window: hf_model.py uses it)
 
-    if PACKAGE not in sys.modules:
-        package = types.ModuleType(PACKAGE)
-        package.__path__ = [str(open_clip_package_dir())]
-        sys.modules[PACKAGE] = package
     stubs = {}
     if "torchvision" not in sys.modules:
         for name in ("torchvision", "torchvision.ops", "torchvision.ops.misc"):
             stubs[name] = sys.modules[name] = types.ModuleType(name)
         stubs["torchvision.ops.misc"].FrozenBatchNorm2d = _FrozenBatchNorm2dStub
     try:
-        importlib.import_module(f"{PACKAGE}.utils")
+        open_clip_module("utils")
     finally:
         for name in stubs:
             sys.modules.pop(name, None)
-    return importlib.import_module(f"{PACKAGE}.model")
+    return open_clip_module("model")
+
+
+def open_clip_tokenizer(context_length: int = 77):
+    """open_clip's own SimpleTokenizer (open_clip/tokenizer.py, unmodified), as open_clip.get_tokenizer gives it
+    for every CLIP text tower (clean='lower', truncation with EOT last)."""
+    return open_clip_module("tokenizer").SimpleTokenizer(context_length=context_length)
 
 
 def model_config(name: str) -> dict:
