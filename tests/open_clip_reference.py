@@ -18,12 +18,15 @@ imported, so transformers' torchvision checks never see it.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import sys
 import types
 from functools import lru_cache
 
+import numpy as np
 import torch
+from PIL import Image
 
 from reasonclip_llava.assets import open_clip_module, open_clip_package_dir
 
@@ -87,3 +90,30 @@ def build_open_clip(config: dict, seed: int = 0, device: str | None = None) -> t
             parameter.add_(torch.randn_like(parameter) * 0.05)
         model.logit_scale.fill_(2.3)
     return model
+
+
+OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # open_clip/constants.py
+TORCHVISION = importlib.util.find_spec("torchvision") is not None
+
+
+def open_clip_eval_transform(image: Image.Image, size: int, mean=OPENAI_MEAN, std=OPENAI_STD, resize_mode: str = "shortest",
+                             resample: int = 3) -> np.ndarray:
+    """open_clip's eval transform (open_clip/transform.py: Resize -> CenterCrop -> convert("RGB") -> ToTensor ->
+    Normalize). open_clip's own when torchvision imports; else restated from torchvision's documented rules:
+    Resize(size) on a PIL image = Pillow resize (in the image's own mode) of the shorter edge to `size`, the longer
+    to int(size * long / short); CenterCrop offset = int(round((side - crop) / 2.0)); squash = Resize((size, size))."""
+    if TORCHVISION:
+        interpolation = {3: "bicubic", 2: "bilinear"}[resample]
+        transform = open_clip_module("transform").image_transform(size, is_train=False, mean=mean, std=std,
+                                                                  resize_mode=resize_mode, interpolation=interpolation)
+        return transform(image).numpy()
+    if resize_mode == "shortest":
+        width, height = image.size
+        new = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+        image = image.resize(new, resample)
+        left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+        image = image.crop((left, top, left + size, top + size))
+    else:
+        image = image.resize((size, size), resample)
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return ((array - np.array(mean, dtype=np.float32)) / np.array(std, dtype=np.float32)).transpose(2, 0, 1)
