@@ -79,8 +79,7 @@ class TextRule:
         return cls(min(positions, CLIP_MAX_LENGTH), "longest", False, cleaning)
 
     def prepare(self, texts: Sequence[str]) -> list[str]:
-        if self.cleaning == OPEN_CLIP:
-            return [open_clip_clean(text) for text in texts]
+        """The texts as the tokenizer gets them (the open_clip rule cleans inside `open_clip_token_ids`)."""
         return [text.lower() for text in texts] if self.lowercase else list(texts)
 
 
@@ -134,8 +133,8 @@ def _body_ids(tokenizer: Any, cleaned: str) -> list[int]:
 
 
 def _bpe(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    # split_special_tokens: "<|endoftext|>" in a caption is text, as open_clip reads it
-    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    # split_special_tokens: "<|endoftext|>" in a caption is text, as open_clip reads it; long texts are cut afterwards
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
 
 
 def open_clip_token_ids(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
