@@ -7,8 +7,11 @@ without importing open_clip (its import pulls torchvision, which we do not depen
 from __future__ import annotations
 
 import gzip
+import importlib
 import importlib.util
 import json
+import sys
+import types
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,6 +31,19 @@ def open_clip_package_dir() -> Path:
             "(pip install --no-deps open-clip-torch)"
         )
     return Path(list(spec.submodule_search_locations)[0])
+
+
+OPEN_CLIP_FILES = "_open_clip_wheel"  # the wheel's folder mounted under this package name, its __init__ never run
+
+
+def open_clip_module(name: str) -> types.ModuleType:
+    """One module of the installed open_clip (e.g. "pretrained", "tokenizer", "model"), imported from the wheel's
+    files without open_clip/__init__.py (which imports torchvision). Its relative imports resolve in the same folder."""
+    if OPEN_CLIP_FILES not in sys.modules:
+        package = types.ModuleType(OPEN_CLIP_FILES)
+        package.__path__ = [str(open_clip_package_dir())]
+        sys.modules[OPEN_CLIP_FILES] = package
+    return importlib.import_module(f"{OPEN_CLIP_FILES}.{name}")
 
 
 def open_clip_bpe_path() -> Path:

@@ -191,8 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser("convert", help="checkpoints of other libraries -> plain Hugging Face checkpoints").add_subparsers(dest="convert_command", required=True)
     p = convert.add_parser("open_clip", help="open_clip ViT CLIP state dict (.pt/.bin/.safetensors) -> CLIPModel + processor + tokenizer")
-    p.add_argument("checkpoint", help="open_clip weights: a state dict or a training checkpoint with 'state_dict'")
-    p.add_argument("--model", required=True, help="the open_clip model name it was trained as (e.g. ViT-B-32-quickgelu) or a model config .json")
+    p.add_argument("checkpoint", help="open_clip weights: a state dict or a training checkpoint ('state_dict' / 'model'; "
+                   "'module.' and '_orig_mod.' prefixes are removed)")
+    p.add_argument("--model", required=True, help="the open_clip model name it was trained as (e.g. ViT-B-32-quickgelu), NAME/TAG of "
+                   "open_clip's pretrained table (e.g. ViT-B-32/openai: the tag sets the activation), or a model config .json")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.set_defaults(handler=_convert_open_clip)

@@ -21,7 +21,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-from open_clip_reference import build_open_clip, model_config, shrink
+from open_clip_reference import OPENAI_MEAN, OPENAI_STD, build_open_clip, model_config, open_clip_eval_transform, shrink
 from pretrain_helpers import make_workspace, recipe, single_thread, stage_args
 from reasonclip_llava.cli import main
 from reasonclip_llava.encoder import export_encoder, verify_export
@@ -29,8 +29,6 @@ from reasonclip_llava.encoder.convert_open_clip import SUPPORTED_MODELS, convert
 
 TOLERANCE = 1e-5
 CAPTIONS = ["a photo of a cat", "the red circle is left of the blue square", "two dogs; 3 cats & 1,000 birds"]
-# open_clip's OPENAI_DATASET_MEAN / _STD (open_clip/constants.py), the default of every name tested here
-OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 # CLIPModel parameter counts of OpenAI's released checkpoints (openai/clip-vit-base-patch32, -base-patch16,
 # -large-patch14, -large-patch14-336): the same architectures as open_clip's names.
 PUBLISHED_PARAMETERS = {"ViT-B-32": 151_277_313, "ViT-B-16": 149_620_737, "ViT-L-14": 427_616_513, "ViT-L-14-336": 427_944_193}
@@ -124,21 +122,6 @@ def test_real_size_matches_open_clip_on_meta_device(name):
     converted = convert_state_dict(reference.state_dict(), config)
     assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in hf.state_dict().items()}
     assert hf.config.vision_config.hidden_act == ("quick_gelu" if name.endswith("-quickgelu") else "gelu")
-
-
-def open_clip_eval_transform(image: Image.Image, size: int, mean, std, resize_mode: str, resample: int) -> np.ndarray:
-    """open_clip's eval transform as torchvision runs it on a PIL image (Resize -> CenterCrop -> ToTensor ->
-    Normalize), written out from torchvision's documented rules."""
-    width, height = image.size
-    if resize_mode == "shortest":  # Resize(size): shorter edge -> size, longer edge int(size * long / short)
-        new = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
-        image = image.resize(new, resample)
-        left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
-        image = image.crop((left, top, left + size, top + size))
-    else:  # squash: Resize((size, size)), no crop
-        image = image.resize((size, size), resample)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return ((array - np.array(mean, dtype=np.float32)) / np.array(std, dtype=np.float32)).transpose(2, 0, 1)
 
 
 @pytest.mark.parametrize("preprocess", [{}, {"resize_mode": "squash", "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}])

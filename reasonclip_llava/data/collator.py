@@ -1,6 +1,6 @@
 """Batch collation: stack images, tokenize every text field, drop skipped samples.
 
-``ReasonCollator(tokenizer, max_length=77, t5_tokenizer=None, padding="longest", lowercase=False)`` turns a list of
+``ReasonCollator(tokenizer, max_length=77, t5_tokenizer=None, padding="longest", lowercase=False, text_rule=None)`` turns a list of
 samples (dicts from the datasets, ``None`` for a skipped image) into a batch. Fields, B = kept samples:
 
 =========================================  ===============================================================
@@ -24,6 +24,9 @@ samples (dicts from the datasets, ``None`` for a skipped image) into a batch. Fi
 All CLIP-side text fields of one batch are tokenized in one call, so they share the length L (pad to
 the longest, or to ``max_length`` with ``padding="max_length"``, which SigLIP text towers need) and
 can be concatenated, e.g. ``torch.cat([caption_input_ids, neg_input_ids])`` for the NegCLIP text side.
+They are tokenized by the project's one text rule (``encoder.text.tokenize``): ``text_rule`` (the trainer
+passes ``TextRule.for_model``'s, e.g. open_clip's text cleaning for a converted model), else one built from
+``max_length`` / ``padding`` / ``lowercase``.
 A batch where every sample was skipped has ``batch_size == 0`` and only the counter fields.
 Pass ``batch["num_drawn"]`` to ``ResumableDistributedSampler.advance`` (or the batch itself to
 ``WdsReasonDataset.advance``).
@@ -36,6 +39,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import get_worker_info
+
+from ..encoder.text import TextRule, tokenize
 
 TEXT_FIELDS = ("desc", "reason", "caption", "paraphrase")  # CLIP-tokenized, one row per sample
 NEG_PREFIX = "neg"
@@ -50,15 +55,13 @@ class ReasonCollator:
         padding: str = "longest",
         recon_max_length: int = 77,
         lowercase: bool = False,
+        text_rule: TextRule | None = None,
     ):
-        if padding not in ("longest", "max_length"):
-            raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+        # lowercase: SigLIP 2 captions, as the authors train it
+        self.text_rule = text_rule or TextRule(max_length, padding, lowercase)
         self.tokenizer = tokenizer
-        self.max_length = max_length
         self.t5_tokenizer = t5_tokenizer
-        self.padding = padding
         self.recon_max_length = recon_max_length
-        self.lowercase = lowercase  # SigLIP 2: captions lowercased before tokenizing, as the authors train it
 
     def __call__(self, samples: Sequence[dict | None]) -> dict[str, Any]:
         kept = [s for s in samples if s is not None]
@@ -103,14 +106,7 @@ class ReasonCollator:
             blocks.append((NEG_PREFIX, len(kept) * k))
         if not texts:
             return {}
-        encoded = self.tokenizer(
-            [t.lower() for t in texts] if self.lowercase else texts,
-            padding=self.padding,
-            truncation=True,
-            max_length=self.max_length,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
+        encoded = tokenize(self.tokenizer, texts, self.text_rule)
         out, start = {}, 0
         for name, count in blocks:
             out[f"{name}_input_ids"] = encoded["input_ids"][start : start + count]

@@ -8,11 +8,21 @@ export, verify and LLaVA take. Only what maps exactly onto transformers' CLIP is
 standard ViT image tower and open_clip's own causal text tower; anything else is refused in one line.
 
     convert_open_clip("negclip.pth", "ViT-B-32-quickgelu", "encoders/negclip")
+    convert_open_clip("clip.pt", "ViT-L-14-336/openai", "encoders/clip-l-336")   # NAME/TAG (or NAME:TAG)
 
-The activation comes from the model name: `-quickgelu` names (OpenAI's weights and models fine-tuned
-from them, NegCLIP included) set `quick_gelu: true` in open_clip's config and get `quick_gelu`; the
-others get exact `gelu`. Converting under the wrong name still loads and runs, only with other
-embeddings: the classic evaluation trap, so the name is recorded in the config.
+The activation, in order of authority: a model config file's `quick_gelu`; an open_clip pretrained tag
+(`NAME/TAG`: open_clip's own pretrained table, read from the wheel, says how those weights were trained:
+`ViT-B-32/openai` is QuickGELU); the name (`-quickgelu` names set `quick_gelu: true`). The choice and its
+reason are printed. Converting under the wrong activation still loads and runs, only with other
+embeddings (the QuickGELU trap), so it is refused wherever something records how the weights were
+trained: an `open_clip_config.json` beside the checkpoint (the Hub layout) that disagrees with the name,
+and, when `import open_clip` works, one forward of open_clip's own CLIP on the checkpoint compared with
+the converted model. A bare state dict records nothing; then the print says so.
+
+What the converted model is fed is open_clip's too: the processor is `OpenCLIPImageProcessor`
+(open_clip_image_processor.py, saved beside the weights: torchvision's crop rounding, Pillow resampling
+in the image's own mode) and `reasonclip_text_rule: open_clip` in config.json makes every project
+tokenization use open_clip's text preparation (encoder/text.py).
 """
 
 from __future__ import annotations
@@ -24,11 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+from transformers import AutoImageProcessor, CLIPConfig, CLIPModel, PretrainedConfig
 
 from .. import __version__
-from ..assets import clip_tokenizer, open_clip_package_dir
+from ..assets import clip_tokenizer, open_clip_module, open_clip_package_dir
 from ..io_utils import atomic_directory
+from .open_clip_image_processor import IMAGE_PROCESSOR_CLASSES, OpenCLIPImageProcessorPil
+from .text import OPEN_CLIP, TEXT_RULE_KEY, TextRule, tokenize
 
 # Tested name by name (tiny-width parity with open_clip's forward, real-size shapes on the meta device);
 # any other open_clip config that uses only the same options maps by the same rules.
@@ -64,21 +76,86 @@ OPEN_CLIP_PREPROCESS = {
     "interpolation": "bicubic", "resize_mode": "shortest",
 }
 _RESAMPLE = {"bicubic": 3, "bilinear": 2}  # PIL / transformers' PILImageResampling codes
+HUB_CONFIG = "open_clip_config.json"  # open_clip's Hub layout: model_cfg + preprocess_cfg beside the weights
+# Training wrappers and key prefixes open_clip checkpoints come with: open_clip's train loop saves
+# {"epoch", "name", "state_dict", "optimizer"}; DDP adds "module.", torch.compile "_orig_mod." (either order).
+WRAPPER_KEYS = ("state_dict", "model")
+KEY_PREFIXES = ("module.", "_orig_mod.")
+PARITY_TOLERANCE = 1e-4  # relative error of features against open_clip's own forward (fp32; measured ~1e-6)
+
+
+class _OpenCLIPImageProcessorKey(PretrainedConfig):
+    """Registry key only: AutoImageProcessor finds the open_clip processor classes by name through it."""
+
+    model_type = "reasonclip_open_clip_image_processor"
+
+
+# The project loads converted checkpoints with plain AutoImageProcessor; outside it, trust_remote_code loads the
+# copy of open_clip_image_processor.py saved beside the weights.
+AutoImageProcessor.register(_OpenCLIPImageProcessorKey, image_processor_classes=IMAGE_PROCESSOR_CLASSES, exist_ok=True)
+
+
+def split_tag(model: str) -> tuple[str, str | None]:
+    """"ViT-B-32/openai" or "ViT-B-32:openai" -> ("ViT-B-32", "openai"); a plain name -> (name, None)."""
+    for separator in ("/", ":"):
+        if separator in model:
+            name, tag = model.rsplit(separator, 1)
+            return name, tag
+    return model, None
+
+
+def _wheel_model_config(name: str) -> dict[str, Any]:
+    path = open_clip_package_dir() / "model_configs" / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"open_clip model '{name}' is not in the installed open-clip-torch's model_configs "
+                                "(pass a model name such as ViT-B-32-quickgelu, NAME/TAG such as ViT-B-32/openai, or a model config .json)")
+    return json.loads(path.read_text())
+
+
+def _unnest(config: dict[str, Any]) -> dict[str, Any]:
+    if "model_cfg" in config:  # the Hub layout (open_clip_config.json) nests the model config
+        return {**config["model_cfg"], "preprocess_cfg": config.get("preprocess_cfg", {})}
+    return config
+
+
+def pretrained_tag_config(name: str, tag: str) -> dict[str, Any]:
+    """open_clip's pretrained-table entry for NAME/TAG (quick_gelu, mean/std, ...), read from the wheel."""
+    table = open_clip_module("pretrained")
+    entry = table.get_pretrained_cfg(name, tag)
+    if entry:
+        return entry
+    tags = table.list_pretrained_tags_by_model(name)
+    elsewhere = [other for other in table.list_pretrained_models_by_tag(tag) if other.removesuffix("-quickgelu") == name.removesuffix("-quickgelu")]
+    hint = f"; open_clip lists '{tag}' under {elsewhere[0]}" if elsewhere else ""
+    raise ValueError(f"'{tag}' is not a pretrained tag of open_clip model '{name}' (its tags: {', '.join(tags) or 'none'}){hint}")
+
+
+def resolve_open_clip_model(model: str | Path) -> tuple[str, dict[str, Any], str]:
+    """(name, model config, why this activation) for a model name, NAME/TAG, or a model config / open_clip_config.json.
+
+    A tag's entry in open_clip's pretrained table sets quick_gelu and the preprocessing its weights were trained with.
+    """
+    path = Path(model)
+    if path.suffix == ".json" and path.is_file():
+        config = _unnest(json.loads(path.read_text()))
+        said = "sets quick_gelu: true" if config.get("quick_gelu") else "has no quick_gelu: true (open_clip's default, exact GELU)"
+        return path.stem, config, f"the model config {path} {said}"
+    name, tag = split_tag(str(model))
+    config = _wheel_model_config(name)
+    if tag is None:
+        said = "ends in -quickgelu (quick_gelu: true)" if config.get("quick_gelu") else "has no -quickgelu suffix (exact GELU)"
+        return name, config, f"the name {name} {said}"
+    entry = pretrained_tag_config(name, tag)
+    config["quick_gelu"] = bool(entry.get("quick_gelu", False))
+    config["preprocess_cfg"] = {**config.get("preprocess_cfg", {}),
+                                **{key: entry[key] for key in OPEN_CLIP_PREPROCESS if key in entry}}
+    trained = "QuickGELU" if config["quick_gelu"] else "exact GELU"
+    return f"{name}/{tag}", config, f"open_clip's pretrained table records {name}/{tag} as trained with {trained}"
 
 
 def open_clip_model_config(model: str | Path) -> tuple[str, dict[str, Any]]:
-    """(name, model config) for an open_clip model name, or a model config / open_clip_config.json file."""
-    path = Path(model)
-    if path.suffix == ".json" and path.is_file():
-        config = json.loads(path.read_text())
-        name = path.stem
-    else:
-        path = open_clip_package_dir() / "model_configs" / f"{model}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"open_clip model '{model}' is not in the installed open-clip-torch's model_configs (pass a model name such as ViT-B-32-quickgelu or a model config .json)")
-        config, name = json.loads(path.read_text()), str(model)
-    if "model_cfg" in config:  # the Hub layout (open_clip_config.json) nests the model config
-        config = {**config["model_cfg"], "preprocess_cfg": config.get("preprocess_cfg", {})}
+    """(name, model config) for an open_clip model name, NAME/TAG, or a model config / open_clip_config.json file."""
+    name, config, _ = resolve_open_clip_model(model)
     return name, config
 
 
@@ -147,22 +224,27 @@ def hf_clip_config(config: dict[str, Any]) -> CLIPConfig:
     return CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=config["embed_dim"])
 
 
-def hf_image_processor(config: dict[str, Any]) -> CLIPImageProcessor:
-    """open_clip's eval transform as a CLIPImageProcessor: resize (shortest edge + centre crop, or squash), mean/std."""
+def hf_image_processor(config: dict[str, Any]) -> OpenCLIPImageProcessorPil:
+    """open_clip's eval transform as an image processor: resize (shortest edge + centre crop, or squash), mean/std,
+    with open_clip's crop rounding and mode handling (open_clip_image_processor.py)."""
     preprocess = {**OPEN_CLIP_PREPROCESS, **config.get("preprocess_cfg", {})}
     size = _square(config["vision_cfg"].get("image_size", 224))  # open_clip sets the final size from the tower
     square = {"height": size, "width": size}
     shortest = preprocess["resize_mode"] == "shortest"
-    return CLIPImageProcessor(
+    return OpenCLIPImageProcessorPil(
         size={"shortest_edge": size} if shortest else square, crop_size=square, do_center_crop=shortest,
         resample=_RESAMPLE[preprocess["interpolation"]], image_mean=list(preprocess["mean"]), image_std=list(preprocess["std"]),
     )
 
 
 def load_open_clip_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
-    """The model weights of an open_clip file: a plain state dict or a training checkpoint
-    (`{"state_dict": ..., "epoch": ..., "optimizer": ...}` with DDP's `module.` prefixes), .pt/.bin or safetensors."""
-    path = Path(checkpoint)
+    """The model weights of an open_clip file (.pt/.bin or safetensors): a plain state dict or a training checkpoint
+    (`{"state_dict": ..., "epoch": ..., "optimizer": ...}`, or `{"model": ...}`), keys with `module.` (DDP) and
+    `_orig_mod.` (torch.compile) prefixes removed key by key; any other prefix is named in the error."""
+    return unwrap_state_dict(_read_checkpoint(Path(checkpoint)), Path(checkpoint))
+
+
+def _read_checkpoint(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"open_clip checkpoint not found: {path}")
     try:
@@ -176,13 +258,44 @@ def load_open_clip_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = "; a TorchScript file such as OpenAI's original .pt: save torch.jit.load(file).state_dict() first" if "TorchScript" in str(error) else ""
         raise ValueError(f"{path}: not a readable open_clip state dict ({first_line}{hint})") from None
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not loaded or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise ValueError(f"{path}: holds no tensor state dict (expected open_clip weights or a checkpoint with 'state_dict')")
-    if all(key.startswith("module.") for key in loaded):
-        loaded = {key[len("module."):]: value for key, value in loaded.items()}
     return loaded
+
+
+def _strip_prefixes(key: str) -> str:
+    while key.startswith(KEY_PREFIXES):
+        key = key[len(next(p for p in KEY_PREFIXES if key.startswith(p))):]
+    return key
+
+
+def unwrap_state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of `loaded` under open_clip's names: wrappers opened, known prefixes removed, anything else named."""
+    opened = []
+    while isinstance(loaded, dict) and not any(isinstance(v, torch.Tensor) for v in loaded.values()):
+        wrapper = next((key for key in WRAPPER_KEYS if isinstance(loaded.get(key), dict)), None)
+        if wrapper is None:
+            break
+        loaded, opened = loaded[wrapper], [*opened, wrapper]
+    if not isinstance(loaded, dict) or not loaded or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        found = f"top-level keys {sorted(map(str, loaded))[:5]}" if isinstance(loaded, dict) and loaded else type(loaded).__name__
+        raise ValueError(f"{path}: holds no tensor state dict ({found}; expected open_clip weights, or a checkpoint with "
+                         f"{' or '.join(repr(k) for k in WRAPPER_KEYS)} holding them)")
+    state: dict[str, torch.Tensor] = {}
+    for key, value in loaded.items():
+        name = _strip_prefixes(key)
+        if name in state:
+            raise ValueError(f"{path}: weight '{name}' is in the file twice (as '{key}' and without its prefix)")
+        state[name] = value
+    if "visual.conv1.weight" not in state:
+        inner = next((key for key in state if key.endswith("visual.conv1.weight")), None)
+        if inner is not None:
+            prefix = inner[: -len("visual.conv1.weight")]
+            raise ValueError(f"{path}: the weights carry the prefix '{prefix}' (e.g. '{inner}'), which is not one open_clip "
+                             f"writes ({', '.join(KEY_PREFIXES)}); save the state dict without it")
+    removed = sorted({key[: len(key) - len(_strip_prefixes(key))] for key in loaded} - {""})
+    if opened or removed:
+        print(f"{path.name}: read {len(state)} weights" + (f" from {' > '.join(opened)}" if opened else "")
+              + (f", prefixes removed: {', '.join(removed)}" if removed else ""))
+    return state
 
 
 def _take(state: dict[str, torch.Tensor], key: str) -> torch.Tensor:
@@ -243,18 +356,74 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def convert_open_clip(checkpoint: str | Path, model: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """Write the HF CLIPModel, CLIPImageProcessor and CLIP tokenizer of an open_clip checkpoint to `out_dir`.
+def activation_name(config: dict[str, Any]) -> str:
+    return "quick_gelu" if config.get("quick_gelu", False) else "gelu"
 
-    `model` is the open_clip model name the checkpoint was trained as (e.g. `ViT-B-32-quickgelu`) or a
-    model config JSON. Written atomically; a non-empty `out_dir` is refused unless `overwrite`.
+
+def check_hub_config(checkpoint: Path, name: str, config: dict[str, Any]) -> bool:
+    """An open_clip_config.json beside the checkpoint records how it was trained: refuse a name that disagrees.
+    Returns whether there was one."""
+    recorded_path = checkpoint.parent / HUB_CONFIG
+    if not recorded_path.is_file():
+        return False
+    try:
+        recorded = _unnest(json.loads(recorded_path.read_text()))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{recorded_path}: not valid JSON ({error})") from None
+    theirs, ours = activation_name(recorded), activation_name(config)
+    if theirs != ours:
+        raise ValueError(f"{checkpoint} was trained with {theirs} ({recorded_path} says quick_gelu: "
+                         f"{str(bool(recorded.get('quick_gelu'))).lower()}), but open_clip model '{name}' runs {ours}: "
+                         f"pass --model {recorded_path} (or the matching name)")
+    return True
+
+
+def _open_clip_api() -> Any:
+    """open_clip itself when it imports (it needs torchvision), else None."""
+    try:
+        import open_clip
+    except Exception:  # ImportError, or a torchvision build that does not run with this torch
+        return None
+    return open_clip
+
+
+@torch.no_grad()
+def open_clip_parity(api: Any, state_dict: dict[str, torch.Tensor], config: dict[str, Any], clip: CLIPModel,
+                     tokenizer: Any) -> dict[str, float]:
+    """One forward of open_clip's own CLIP (built by `api`, i.e. open_clip) on the checkpoint against the converted
+    model: token ids of a few captions must be equal, image and text features within PARITY_TOLERANCE."""
+    kwargs = {key: value for key, value in config.items() if key not in ("preprocess_cfg", "custom_text")}
+    reference = api.CLIP(**kwargs).eval()
+    # attn_mask: a buffer older open_clip versions saved, rebuilt by the model
+    reference.load_state_dict({key: value.float() for key, value in state_dict.items() if key != "attn_mask"})
+    size, context = clip.config.vision_config.image_size, clip.config.text_config.max_position_embeddings
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    texts = ["a photo of a cat", "Tom &amp; Jerry\u2019s \u201ccurly\u201d caf\u00c3\u00a9 <|endoftext|> sign"]
+    ours = tokenize(tokenizer, texts, TextRule.for_model(clip.config), return_tensors="pt")
+    theirs = api.tokenize(texts, context_length=context)
+    mask = ours["attention_mask"].bool()
+    if not torch.equal(ours["input_ids"][mask], theirs[:, : mask.shape[1]][mask]):
+        raise ValueError("the text rule's token ids differ from open_clip's tokenizer")
+    clip = clip.float().eval()
+    pairs = {"image": (clip.get_image_features(pixel_values=pixels).pooler_output, reference.encode_image(pixels)),
+             "text": (clip.get_text_features(**ours).pooler_output, reference.encode_text(theirs))}
+    return {key: float((a - b).norm() / b.norm()) for key, (a, b) in pairs.items()}
+
+
+def convert_open_clip(checkpoint: str | Path, model: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the HF CLIPModel, open_clip image processor and CLIP tokenizer of an open_clip checkpoint to `out_dir`.
+
+    `model` is the open_clip model name the checkpoint was trained as (e.g. `ViT-B-32-quickgelu`), NAME/TAG of
+    open_clip's pretrained table (e.g. `ViT-B-32/openai`), or a model config JSON. Prints the activation and why.
+    Written atomically; a non-empty `out_dir` is refused unless `overwrite`.
     """
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    name, config = open_clip_model_config(model)
+    name, config, why = resolve_open_clip_model(model)
     reason = unmappable_reason(config)
     if reason:
         raise ValueError(f"open_clip model '{name}' cannot be converted to a CLIPModel: {reason}")
     hf_config = hf_clip_config(config)
+    recorded = check_hub_config(checkpoint, name, config) if checkpoint.is_file() else False
     state_dict = load_open_clip_state_dict(checkpoint)
     try:
         weights = convert_state_dict(state_dict, config)
@@ -274,19 +443,38 @@ def convert_open_clip(checkpoint: str | Path, model: str | Path, out_dir: str | 
     on_meta = [n for n, t in [*clip.named_parameters(), *clip.named_buffers()] if t.is_meta]
     if on_meta:
         raise RuntimeError(f"conversion left tensors without values: {on_meta[:3]}")
+    tokenizer = clip_tokenizer()
+    tokenizer.model_max_length = hf_config.text_config.max_position_embeddings
+    setattr(clip.config, TEXT_RULE_KEY, OPEN_CLIP)
+    api = _open_clip_api()
+    if api is not None:
+        errors = open_clip_parity(api, state_dict, config, clip, tokenizer)
+        if max(errors.values()) > PARITY_TOLERANCE:
+            raise ValueError(f"{checkpoint} as open_clip '{name}': the converted model's features differ from open_clip's own "
+                             f"forward (relative error image {errors['image']:.2e}, text {errors['text']:.2e}; tolerance "
+                             f"{PARITY_TOLERANCE:g}): wrong activation or architecture for these weights")
+    activation = activation_name(config)
+    if api is not None:
+        checked = f"; open_clip's own forward agrees (relative error <= {max(errors.values()):.1e})"
+    elif recorded:
+        checked = f"; {HUB_CONFIG} beside the checkpoint agrees"
+    else:
+        other = "gelu" if activation == "quick_gelu" else "quick_gelu"
+        checked = (f"; the checkpoint does not record its activation (open_clip not importable for a forward check): "
+                   f"weights trained with {other} would convert silently and embed ~1% off")
+    print(f"activation: {activation}, because {why}{checked}")
     provenance = {
         "reasonclip_base_model": str(checkpoint.resolve()),
         "reasonclip_version": __version__,
         "reasonclip_source_format": "open_clip",
         "reasonclip_open_clip_model": name,
+        "reasonclip_open_clip_activation": f"{activation}: {why}",
         "reasonclip_open_clip_version": importlib.metadata.version("open_clip_torch"),
         "reasonclip_open_clip_sha256": _sha256(checkpoint),
     }
     for key, value in provenance.items():
         setattr(clip.config, key, value)
 
-    tokenizer = clip_tokenizer()
-    tokenizer.model_max_length = hf_config.text_config.max_position_embeddings
     with atomic_directory(out_dir, overwrite) as staging:
         clip.save_pretrained(staging, safe_serialization=True)
         hf_image_processor(config).save_pretrained(staging)

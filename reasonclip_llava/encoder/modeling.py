@@ -63,6 +63,7 @@ SIDECAR_FILES = (
     "spiece.model",
     "added_tokens.json",
     "chat_template.jinja",
+    "open_clip_image_processor.py",  # the processor class of open_clip conversions (trust_remote_code loads it)
 )
 
 

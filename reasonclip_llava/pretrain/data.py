@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from ..data.rows import PARQUET_SUFFIXES, LiteSchema, ProSchema, ReadSchema
 from ..data.sampler import DistinctImageSampler
 from ..data.wds import WdsReasonDataset, expand_shards
 from ..encoder.modeling import ReasonCLIPForPretraining
+from ..encoder.text import TextRule
 from .config import PretrainConfig
 
 PER_SAMPLE_SKIP = ("batch_size", "num_skipped", "num_drawn", "worker_id", "num_workers")
@@ -179,6 +181,7 @@ class TrainData:
         self.world_size = world_size
         self.heldout: TrainData | None = None  # the held-out rows (data.holdout_ratio), read by one_pass
         self.skipped_images = 0  # summed from the batches' num_skipped (counted where the images were read)
+        self.text_rule: TextRule | None = None  # how the collator tokenizes (set by build_train_data)
         batch = loader.batch_size
         self.batches_per_epoch = None if sampler is None else sampler.num_samples // world_size // batch
 
@@ -299,14 +302,11 @@ def build_train_data(config: PretrainConfig, encoder: ReasonCLIPForPretraining, 
         except OSError:
             key = "stage.t5_tokenizer" if config.stage.t5_tokenizer else "stage.t5_model"
             raise FileNotFoundError(f"config key '{key}': cannot load a T5 tokenizer from '{name}'") from None
-    collator = ReasonCollator(
-        tokenizer,
-        max_length=config.data.max_length,
-        t5_tokenizer=t5_tokenizer,
-        # SigLIP's text tower pools the last position: it was trained on max-length padding.
-        padding="max_length" if encoder.family == "siglip" else "longest",
-        lowercase=lowercases_text(config, encoder),
-    )
+    # The project's one text rule (encoder/text.py: SigLIP pads to max_length, open_clip conversions clean as
+    # open_clip), with the recipe's length and lowercasing.
+    text_rule = replace(TextRule.for_model(encoder, tokenizer), max_length=config.data.max_length,
+                        lowercase=lowercases_text(config, encoder))
+    collator = ReasonCollator(tokenizer, t5_tokenizer=t5_tokenizer, text_rule=text_rule)
     stage = config.stage
     unused = (() if stage.name == "read" and stage.recon_weight > 0 else ("recon_target",)) + \
              (() if stage.name == "read" and stage.align_weight > 0 else ("paraphrase",)) + \
@@ -320,7 +320,9 @@ def build_train_data(config: PretrainConfig, encoder: ReasonCLIPForPretraining, 
         shards = sorted(str(p) for p in path.glob("*.tar")) if path.is_dir() else data.train
         schema = source_schema(config, source_columns(path, streaming=True))
         dataset = WdsReasonDataset(shards, schema, image_processor, seed, rank=rank, world_size=world_size)
-        return TrainData(dataset, DataLoader(dataset, drop_last=True, **common), None, world_size, source=data.train)
+        train_data = TrainData(dataset, DataLoader(dataset, drop_last=True, **common), None, world_size, source=data.train)
+        train_data.text_rule = text_rule
+        return train_data
 
     train_parts, heldout_parts = [], []
     for key, source in [("data.train", data.train), *((f"data.sources[{i}]", s) for i, s in enumerate(data.sources))]:
@@ -336,6 +338,7 @@ def build_train_data(config: PretrainConfig, encoder: ReasonCLIPForPretraining, 
     else:
         sampler = ResumableDistributedSampler(len(dataset), rank=rank, world_size=world_size, seed=seed)
     train_data = TrainData(dataset, DataLoader(dataset, sampler=sampler, drop_last=True, **common), sampler, world_size, source=data.train)
+    train_data.text_rule = text_rule
     if heldout_parts:
         heldout = _one(heldout_parts)
         order = ResumableDistributedSampler(len(heldout), rank=rank, world_size=world_size, shuffle=False)

@@ -1,7 +1,9 @@
 """`reasonclip pretrain CONFIG --dry-run`: build the run (model, data, optimizer, schedule), train nothing.
 
 The plan is what a user checks before spending GPU-days on a recipe, and what the tests check the
-recipes through: samples per epoch (the trainer's own dataset's length, so it follows how rows become
+recipes through. It makes the run's own checks through the run's own functions (`check_run_dir`,
+`check_run`, the data, schedule, objective and optimizer builders), so a recipe the run would refuse
+is refused here with the same one-line error. It lists: samples per epoch (the trainer's own dataset's length, so it follows how rows become
 samples), steps, global batch, every optimizer group with its lr / weight decay / size / a few names,
 w(t) at the schedule's corners, the number of L2-anchored tensors and the data sources.
 """
@@ -15,11 +17,11 @@ from typing import Any
 
 from ..encoder.modeling import ReasonCLIPForPretraining
 from .config import OptimConfig, PretrainConfig, apply_global_batch, global_batch, load_config
-from .data import build_train_data, data_format, lowercases_text
+from .data import build_train_data, data_format
 from .objective import StageObjective
 from .optim import build_optimizer, build_param_groups, describe_param_groups
 from .schedule import build_lr_scheduler, dual_stream_weight
-from .trainer import resolve_max_steps, resolve_warmup_steps, stage_heads
+from .trainer import check_run, check_run_dir, resolve_eval_interval, resolve_max_steps, resolve_warmup_steps, stage_heads
 
 W_PROGRESS = (0.0, 0.2, 0.5, 0.8, 0.81, 1.0)
 
@@ -71,10 +73,13 @@ def plan_pretraining(config: PretrainConfig, world_size: int | None = None, para
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     apply_global_batch(config, world)
     stage, optim = config.stage, config.optim
+    check_run_dir(config)
     encoder = ReasonCLIPForPretraining.from_pretrained(config.model.name_or_path, heads=stage_heads(config, t5_width(config)))
+    check_run(config, encoder)
     data = build_train_data(config, encoder, world, 0)
     max_steps = resolve_max_steps(config, data.batches_per_epoch)
     warmup = resolve_warmup_steps(config, max_steps)
+    resolve_eval_interval(config, max_steps)
     objective = StageObjective(encoder, stage, max_steps, optim.logit_scale_max)
     build_lr_scheduler(build_optimizer(encoder, optim), config.schedule.scheduler, warmup, max_steps)  # both must build
     anchor = objective.frozen_terms.get("anchor")
@@ -94,8 +99,9 @@ def plan_pretraining(config: PretrainConfig, world_size: int | None = None, para
         "optimizer": {"name": "AdamW", "betas": list(optim.betas), "eps": optim.eps, "max_grad_norm": optim.max_grad_norm,
                       "no_decay": optim.no_decay, "groups": describe_param_groups(encoder, optim)},
         "precision": {"mixed_precision": config.runtime.mixed_precision, "master_weights": "fp32"},
-        "text": {"max_length": config.data.max_length, "padding": "max_length" if encoder.family == "siglip" else "longest",
-                 "attention_mask_passed": encoder.family == "siglip", "lowercase": lowercases_text(config, encoder)},
+        "text": {"max_length": data.text_rule.max_length, "padding": data.text_rule.padding,
+                 "attention_mask_passed": encoder.family == "siglip", "lowercase": data.text_rule.lowercase,
+                 "cleaning": data.text_rule.cleaning},
         "logit_scale_max": optim.logit_scale_max,
         "w_schedule": {str(p): dual_stream_weight(p, stage.w_schedule) for p in W_PROGRESS} if stage.name == "stage1" else None,
         "anchored_tensors": len(anchor.names) if anchor is not None else 0,

@@ -223,14 +223,20 @@ def attention_backend(choice: str, device: torch.device) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- what the trainer calls
-def apply_speed_options(config, encoder: nn.Module, t5: nn.Module | None, device: torch.device) -> list[str]:  # noqa: ANN001
-    """Before accelerate.prepare: FP8 linears, then regional compilation. Returns the linears made float8."""
-    converted: list[str] = []
+def check_device_options(config, device: torch.device) -> None:  # noqa: ANN001
+    """Refuse the speed options `device` cannot run (runtime.fp8 off an FP8 GPU); the run and its dry run both ask."""
     if config.runtime.fp8 != "none":
         reason = fp8_unsupported_reason(device)
         if reason is not None:
             raise ValueError(f"config key 'runtime.fp8={config.runtime.fp8}' needs a CUDA GPU of compute capability >= 8.9 "
                              f"(Ada, Hopper or newer): {reason}")
+
+
+def apply_speed_options(config, encoder: nn.Module, t5: nn.Module | None, device: torch.device) -> list[str]:  # noqa: ANN001
+    """Before accelerate.prepare: FP8 linears, then regional compilation. Returns the linears made float8."""
+    converted: list[str] = []
+    check_device_options(config, device)
+    if config.runtime.fp8 != "none":
         # Only the CLIP/SigLIP towers: READ's frozen T5 decoder runs on ~24 target tokens, launch-bound,
         # where float8's extra cast kernels cost more than its GEMMs save (its LM head would stay bf16 anyway).
         converted = convert_to_fp8(encoder.backbone, config.runtime.fp8)

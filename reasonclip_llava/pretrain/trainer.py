@@ -47,7 +47,9 @@ from .run_dir import (
     check_output_dir, check_resume_config, clear_run_outputs, is_own_checkpoint, restore_newest_loadable, write_run_record,
 )
 from .schedule import build_lr_scheduler
-from .speed import apply_speed_options, attention_backend, compile_repeated_layers, compile_step, run_device  # noqa: F401 (compile_repeated_layers: public here too)
+from .speed import (  # noqa: F401 (compile_repeated_layers: public here too)
+    apply_speed_options, attention_backend, check_device_options, compile_repeated_layers, compile_step, run_device,
+)
 
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -84,8 +86,7 @@ def build_accelerator(config: PretrainConfig) -> Accelerator:
     runtime = config.runtime
     plugin = None
     if runtime.deepspeed:
-        if not Path(runtime.deepspeed).is_file():
-            raise FileNotFoundError(f"config key 'runtime.deepspeed': no DeepSpeed JSON at {runtime.deepspeed}")
+        check_deepspeed_config(config)
         plugin = DeepSpeedPlugin(
             hf_ds_config=runtime.deepspeed,
             gradient_accumulation_steps=runtime.gradient_accumulation_steps,
@@ -112,9 +113,35 @@ def build_accelerator(config: PretrainConfig) -> Accelerator:
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         ds_config["train_micro_batch_size_per_gpu"] = config.data.batch_size
         ds_config["train_batch_size"] = config.data.batch_size * runtime.gradient_accumulation_steps * accelerator.num_processes
-        if ds_config.get("zero_optimization", {}).get("stage", 0) == 3 and config.stage.name == "stage1" and config.stage.anchor_beta > 0:
-            raise ValueError(f"{runtime.deepspeed}: ZeRO-3 partitions the weights the stage-1 L2 anchor reads; use ZeRO-2")
     return accelerator
+
+
+def check_deepspeed_config(config: PretrainConfig) -> None:
+    """runtime.deepspeed: a readable JSON, and no ZeRO-3 under the stage-1 L2 anchor."""
+    path = config.runtime.deepspeed
+    if not path:
+        return
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config key 'runtime.deepspeed': no DeepSpeed JSON at {path}")
+    try:
+        ds_config = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"config key 'runtime.deepspeed': {path} is not valid JSON ({error})") from None
+    zero_stage = (ds_config.get("zero_optimization") or {}).get("stage", 0) if isinstance(ds_config, dict) else 0
+    if zero_stage == 3 and config.stage.name == "stage1" and config.stage.anchor_beta > 0:
+        raise ValueError(f"{path}: ZeRO-3 partitions the weights the stage-1 L2 anchor reads; use ZeRO-2")
+
+
+def check_run(config: PretrainConfig, encoder: ReasonCLIPForPretraining) -> None:
+    """Every refusal the run makes from the config, the start model and the machine before it trains.
+
+    The dry run (plan.py) calls this same function, after the same `check_run_dir`, so the plan refuses
+    what the run refuses (data and schedule errors come from the builders both share).
+    """
+    positions = getattr(encoder.config.text_config, "max_position_embeddings", None)
+    check_max_length(config.data.max_length, positions, "data.max_length", config.model.name_or_path)
+    check_deepspeed_config(config)
+    check_device_options(config, run_device())
 
 
 def load_t5_decoder(config: PretrainConfig) -> nn.Module | None:
@@ -274,8 +301,7 @@ def _pretrain(config: PretrainConfig) -> Path:
     encoder = ReasonCLIPForPretraining.from_pretrained(
         config.model.name_or_path, heads=stage_heads(config, t5.config.d_model if t5 is not None else None)
     )
-    check_max_length(config.data.max_length, getattr(encoder.config.text_config, "max_position_embeddings", None),
-                     "data.max_length", config.model.name_or_path)
+    check_run(config, encoder)
     accelerator = build_accelerator(config)
     encoder.info.stage, encoder.info.recipe = stage.name, runtime.recipe or encoder.info.recipe
     if config.optim.logit_scale_max is not None:
