@@ -18,7 +18,10 @@ differs from the official scorer (the default mode), on purpose of neither side:
 - AI2D: a leading "X." is the letter, anything else is compared whole (case and punctuation ignored).
 - MMBench (mmbench_en_dev_static): MMBench_Evaluator's static path; per rotation a letter from
   can_infer (a lone letter / "(X)" / "X." form, else one option text), else extract_mcq_answer's
-  ranked forms; a question is right when every rotation gives its answer.
+  ranked forms; a question is right when every rotation gives its answer. The rows scored are those of
+  the split (no rotations added), as lmms-eval asks them.
+- SEED-Bench-IMG (seedbench, metric seed_image): the first character of the stripped answer, compared
+  without case with the letter (the default mode's extract_choice also reads "The answer is B").
 """
 
 from __future__ import annotations
@@ -120,6 +123,12 @@ def mmvp_target(doc: dict) -> str:
 
 def mmvp_item(doc: dict, prediction: str) -> float:
     return float(mmvp_letter(prediction) == mmvp_target(doc))
+
+
+def seedbench_item(doc: dict, prediction: str) -> float:
+    """seed_process_result + seed_aggregation_result: the first character of the stripped answer."""
+    letter = prediction.strip()[:1]
+    return float(letter.lower().strip() == str(doc["answer"]).lower().strip())
 
 
 def _to_float(text: str) -> float | None:
@@ -240,6 +249,7 @@ def score_mmbench_static(items: dict, answers: dict[str, str], ids: Sequence[str
 ITEM_SCORERS: dict[str, Callable[[dict, str], float]] = {
     "vqav2": vqav2_item, "textvqa": evalai_item, "vizwiz": evalai_item, "gqa": gqa_item, "pope": pope_item,
     "mme": mme_item, "scienceqa_img": scienceqa_item, "mmvp": mmvp_item, "chartqa": chartqa_item, "ai2d": ai2d_item,
+    "seedbench_img": seedbench_item,
 }
 
 
@@ -294,7 +304,7 @@ def _chartqa(rows: list[dict]) -> dict:
 
 AGGREGATIONS: dict[str, Callable[[list[dict]], dict]] = {
     "vqav2": _mean, "textvqa": _mean, "vizwiz": _mean, "gqa": _mean, "pope": _pope, "mme": _mme,
-    "scienceqa_img": _mean, "mmvp": _mmvp, "chartqa": _chartqa, "ai2d": _mean,
+    "scienceqa_img": _mean, "mmvp": _mmvp, "chartqa": _chartqa, "ai2d": _mean, "seedbench_img": _mean,
 }
 
 
@@ -305,7 +315,7 @@ def score_lmms_eval(name: str, answers: dict[str, str], annotations: Path, keep:
     """Per-question scores and the aggregate of lmms-eval's task for `name` (lmms-lab parquet input)."""
     if name not in COVERED:
         raise ValueError(f"{name}: --mode lmms_eval covers {', '.join(COVERED)}")
-    items = {item.question_id: item for item in read_items(name, annotations)}
+    items = {item.question_id: item for item in read_items(name, annotations, circular=False)}
     if any("doc" not in item.meta for item in items.values()):
         raise ValueError(f"{name}: --mode lmms_eval scores the lmms-lab parquet layout; {annotations} is the original release")
     if name == "mmbench":  # circular: a question is right when every rotation is
