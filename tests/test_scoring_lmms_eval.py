@@ -1,9 +1,6 @@
 """`--mode lmms_eval` equals lmms-eval's own task functions, item by item and in aggregate.
 
-lmms-eval is installed with --no-deps (README); its task `utils.py` files are imported from the
-installed package. The package's `lmms_eval/tasks/__init__.py` builds the whole task registry (and
-imports the harness: accelerate, evaluate, sacrebleu, ...), so the tests give `lmms_eval.tasks` a
-bare package module pointing at the same folder: every utils module below is lmms-eval's own file.
+The task `utils.py` files are imported from the installed lmms-eval (tests/lmms_eval_reference.py).
 """
 
 from __future__ import annotations
@@ -11,25 +8,14 @@ from __future__ import annotations
 import copy
 import importlib
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
 
+from lmms_eval_reference import task_utils
 from lmms_lab_fixtures import rows_for, write_lmms_lab
 from reasonclip_llava.evaluation.benchmarks import read_items
 from reasonclip_llava.evaluation.scoring import score_answers
-
-lmms_eval = pytest.importorskip("lmms_eval", reason="lmms-eval is installed with --no-deps by the README's test command")
-
-
-def task_utils(module: str):
-    if "lmms_eval.tasks" not in sys.modules or not hasattr(sys.modules["lmms_eval.tasks"], "__path__"):
-        package = types.ModuleType("lmms_eval.tasks")
-        package.__path__ = [str(Path(lmms_eval.__file__).parent / "tasks")]
-        sys.modules["lmms_eval.tasks"] = package
-    return importlib.import_module(f"lmms_eval.tasks.{module}")
 
 
 def ours(name: str, tmp_path: Path) -> tuple[list[dict], list[str], dict, list[dict]]:
@@ -182,3 +168,24 @@ def test_mmbench_static_circular(tmp_path):
         theirs = evaluator.eval_sub_data(group, dict(zip(frame["index"], frame["answer"])), static_only=True)
         assert ours_rows[str(base_index)] == theirs, base_index
     assert 0 < overall < 1  # the traps make some questions fail
+
+
+def test_seedbench_image_questions(tmp_path):
+    utils = task_utils("seedbench.utils")
+    rows = [{"question_id": str(k), "question": f"What is shown {k}?", "choice_a": "a cat", "choice_b": "a dog", "choice_c": "a cow",
+             "choice_d": "a pig", "answer": "ABCD"[k % 4], "data_type": "image", "data_id": f"{k}.jpg", "question_type_id": 1}
+            for k in range(6)]
+    # traps: the letter first, a lower-case letter, "(B)" (its first character is "("), an article, spaces, nothing
+    predictions = ["A. a cat", "b", "(C)", "A dog", "  a ", ""]
+    data = write_lmms_lab("seedbench_img", tmp_path, rows=rows)
+    items = read_items("seedbench_img", data)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": i.question_id, "text": p}) + "\n" for i, p in zip(items, predictions)))
+    summary = score_answers("seedbench_img", answers, data, mode="lmms_eval", out_dir=tmp_path / "scores")
+    ours = [json.loads(line)["score"] for line in (tmp_path / "scores" / "seedbench_img_scores.jsonl").read_text().splitlines()]
+    results = [utils.seed_process_result(copy.deepcopy(i.meta["doc"]), [p])["seed_image"] for i, p in zip(items, predictions)]
+    theirs = [float(utils.seed_aggregation_result([r])) for r in results]
+    assert ours == theirs == [1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    assert summary["accuracy"] == pytest.approx(100 * utils.seed_aggregation_result(results))
+    official = score_answers("seedbench_img", answers, data)
+    assert official["accuracy"] != summary["accuracy"]  # "(C)" is C for the default mode's extract_choice
