@@ -97,3 +97,20 @@ def hf_docs(files: list[Path], cache_dir: Path) -> list[dict]:
 
     table = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train", cache_dir=str(cache_dir))
     return list(table.remove_columns([c for c in table.column_names if c == "image"]))
+
+
+def cli_reasoning_tags() -> list[list[str]]:
+    """The --reasoning_tags default of lmms-eval's CLI, read from its argument parser's source."""
+    import json
+    import re
+
+    source = (TASKS_DIR.parent / "__main__.py").read_text()
+    match = re.search(r'"--reasoning_tags",.*?default=\'(\[.*?\]\])\'', source, re.DOTALL)
+    return json.loads(match.group(1))
+
+
+def cli_response(text: str) -> str:
+    """An answer as lmms-eval's evaluator hands it to a task's process_results (api/reasoning.strip_reasoning_tags)."""
+    from lmms_eval.api.reasoning import strip_reasoning_tags
+
+    return strip_reasoning_tags(text, cli_reasoning_tags())

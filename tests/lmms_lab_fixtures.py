@@ -151,7 +151,10 @@ def write_lmms_lab(name: str, root: Path, *, shards: int = 1, hashed: bool = Fal
             _write_split(_dataset(rows, None), folder / "testdev_balanced_instructions", which, shards, hashed)
             _write_split(images, folder / "testdev_balanced_images", which, 1, hashed)
         return folder
-    table = _dataset([dict(row, image=[png(k)] if name == "seedbench_img" else png(k)) for k, row in enumerate(rows)],
+    # MME asks two questions of each image (rows with the same question_id share it)
+    seeds = [next(j for j, other in enumerate(rows) if other["question_id"] == row["question_id"]) if name == "mme" else k
+             for k, row in enumerate(rows)]
+    table = _dataset([dict(row, image=[png(k)] if name == "seedbench_img" else png(k)) for k, row in zip(seeds, rows)],
                      many=name == "seedbench_img")
     for which in splits:
         _write_split(table, folder / "data", which, shards, hashed)

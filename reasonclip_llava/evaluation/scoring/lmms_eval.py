@@ -2,7 +2,9 @@
 
 Read from lmms-eval 0.7's `tasks/<task>/utils.py` and task YAMLs, written here without importing it;
 `tests/test_scoring_lmms_eval.py` checks item by item against lmms-eval's own functions. The input is
-the lmms-lab parquet layout (`lmms_lab.py`): each item carries its row as `meta["doc"]`. Where lmms-eval
+the lmms-lab parquet layout (`lmms_lab.py`): each item carries its row as `meta["doc"]`. Every answer is
+first cut as lmms-eval's CLI cuts it before any task sees it (`scored_response`: <think>/<analysis> blocks
+removed, whitespace stripped; its --reasoning_tags default). Where lmms-eval
 differs from the official scorer (the default mode), on purpose of neither side:
 
 - VQAv2: only the punctuation and digit/article steps, no lowercasing of ',' '?' "'s" handling; the
@@ -36,6 +38,25 @@ from ..benchmarks import LETTERS, MME_PERCEPTION, read_items
 from .common import ScoreResult, mean_percent, percent, select_ids
 from .pope import yes_precision_recall_f1
 from .vqa_accuracy import evalai_normalize, process_digit_article, process_punctuation
+
+
+# lmms-eval 0.7.3's --reasoning_tags default; api/reasoning.strip_reasoning_tags runs on every answer before scoring
+REASONING_TAGS = (("<think>", "</think>"), ("<analysis>", "</analysis>"))
+
+
+def scored_response(text: str) -> str:
+    """The answer as lmms-eval scores it: each closed reasoning block removed (a lone closing tag keeps what follows
+    it, as when a template opens the block in the prompt), then stripped."""
+    for start_tag, end_tag in REASONING_TAGS:
+        while start_tag in text and end_tag in text:
+            start = text.find(start_tag)
+            end = text.find(end_tag, start)
+            if end == -1:
+                break
+            text = text[:start] + text[end + len(end_tag):]
+        if end_tag in text and start_tag not in text:
+            text = text.rsplit(end_tag, 1)[-1]
+    return text.strip()
 
 
 def vqav2_item(doc: dict, prediction: str) -> float:
@@ -235,7 +256,7 @@ def score_mmbench_static(items: dict, answers: dict[str, str], ids: Sequence[str
     groups: dict[int, list[tuple[int, dict, str]]] = defaultdict(list)
     for qid in ids:
         doc = items[qid].meta["doc"]
-        prediction = str((answers.get(qid) or "").strip())  # mmbench_process_results strips the answer
+        prediction = scored_response(answers.get(qid) or "")
         groups[int(qid) % 1_000_000].append((int(qid), doc, prediction))
     hits = {base: mmbench_group_hit([(d, p) for _, d, p in sorted(members, key=lambda m: m[0])]) for base, members in groups.items()}
     rows = [{"question_id": qid, "prediction": answers.get(qid), "score": float(hits[int(qid) % 1_000_000])} for qid in ids]
@@ -323,6 +344,7 @@ def score_lmms_eval(name: str, answers: dict[str, str], annotations: Path, keep:
     rows = []
     for qid in select_ids(items, keep, annotations):
         doc, prediction = items[qid].meta["doc"], answers.get(qid)
+        prediction = None if prediction is None else scored_response(prediction)
         score = 0.0 if prediction is None else ITEM_SCORERS[name](doc, prediction)
         rows.append({"question_id": qid, "prediction": prediction, "score": score, "doc": doc})
     summary = AGGREGATIONS[name](rows)
