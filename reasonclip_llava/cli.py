@@ -163,7 +163,7 @@ def _eval_suite(args: argparse.Namespace) -> int:
     if args.kind == "encoder":
         summary = run_encoder_suite(args.model, args.data_root, args.out, batch_size=args.batch_size, device=_default_device(args.device), **common)
     else:
-        summary = run_vqa_suite(args.model, args.data_root, args.out, limit=args.limit, mode=args.mode, batch_size=args.batch_size, device=_default_device(args.device), max_new_tokens=args.max_new_tokens, **common)
+        summary = run_vqa_suite(args.model, args.data_root, args.out, limit=args.limit, mode=args.mode, batch_size=args.batch_size, device=_default_device(args.device), max_new_tokens=args.max_new_tokens, overwrite=args.overwrite, **common)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -314,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--limit", type=int, default=None, help="vqa: answer only the first N questions per benchmark")
     p.add_argument("--max-new-tokens", type=int, default=None, help="vqa: override every benchmark's length (docs/EVAL.md)")
+    p.add_argument("--overwrite", action="store_true", help="vqa: replace answers files written by another run")
     p.add_argument("--mode", default="official", choices=["official", "evalai", "lmms_eval"],
                    help="vqa: official scorers, LLaVA's EvalAI normalisation, or lmms-eval's prompts, settings and per-item functions (parquet data)")
     p.set_defaults(handler=_eval_suite)
