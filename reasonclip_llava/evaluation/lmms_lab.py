@@ -41,7 +41,6 @@ task sends (`LMMS_PROMPTS`: its doc_to_text with the YAML's default lmms_eval_sp
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections import defaultdict
 from collections.abc import Callable
@@ -61,6 +60,7 @@ from .benchmarks import (
     multiple_choice_prompt,
     parse_mmvp_options,
     short_answer_prompt,
+    write_image_once,
 )
 
 IMAGE_COLUMNS = ("image",)
@@ -424,20 +424,6 @@ def _check_columns(name: str, files: list[Path]) -> None:
             raise ValueError(f"{name}: {path} is {what}; expected {LAYOUTS[name].expected()}")
 
 
-def _write_once(target: Path, payload: bytes) -> None:
-    """Write `payload` unless an equal-sized file is there; through a rename, since data-parallel ranks
-    write the same image cache at once and must never read a half-written file."""
-    if target.is_file() and target.stat().st_size == len(payload):
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    try:
-        partial.write_bytes(payload)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def _write_image(value: Any, target_stem: Path, where: str) -> str:
     if isinstance(value, list):  # SEED-Bench: a list of images, one for the image questions
         value = value[0] if value else None
@@ -445,7 +431,7 @@ def _write_image(value: Any, target_stem: Path, where: str) -> str:
     if not payload:
         raise ValueError(f"{where}: no embedded image bytes")
     target = target_stem.with_suffix(_image_suffix(payload))
-    _write_once(target, payload)
+    write_image_once(target, payload)
     return str(target.resolve())
 
 
