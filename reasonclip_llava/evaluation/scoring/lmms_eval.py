@@ -16,7 +16,7 @@ differs from the official scorer (the default mode), on purpose of neither side:
 - MME: Otter's parse (yes/no, y/n, else "yes"/"no" in the first 4 characters); per image acc + acc+.
 - ScienceQA-IMG: the answer equals the letter, or starts with "X." (LLaVA's quirk, kept by lmms-eval).
 - MMVP: regex letter extraction (A/B); accuracy and pair accuracy (both of a pair right).
-- ChartQA: relaxed correctness without stripping the answer.
+- ChartQA: relaxed correctness, case kept apart from lower(); only the evaluator's strip cleans the answer.
 - AI2D: a leading "X." is the letter, anything else is compared whole (case and punctuation ignored).
 - MMBench (mmbench_en_dev_static): MMBench_Evaluator's static path; per rotation a letter from
   can_infer (a lone letter / "(X)" / "X." form, else one option text), else extract_mcq_answer's
