@@ -130,15 +130,29 @@ def _default_device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _device_map(value: str | None) -> str | dict | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        mapping = json.loads(value)
+    except json.JSONDecodeError:
+        mapping = None
+    if not isinstance(mapping, dict):
+        raise ValueError(f"--device-map must be 'auto' or a JSON object {{module: device}}, got {value!r}")
+    return mapping
+
+
 def _eval_vqa(args: argparse.Namespace) -> int:
     from .evaluation.generate import run_vqa
 
     out = run_vqa(
         args.model, args.benchmark, args.data, args.images, args.out, limit=args.limit, batch_size=args.batch_size,
-        device=_default_device(args.device), dtype=args.dtype, conv_template=args.conv_template,
-        num_workers=args.num_workers, progress=not args.no_progress, prompts=args.prompts,
+        device=_default_device(args.device), dtype=args.dtype, device_map=_device_map(args.device_map),
+        conv_template=args.conv_template, num_workers=args.num_workers, progress=not args.no_progress,
+        prompts=args.prompts, max_new_tokens=args.max_new_tokens, overwrite=args.overwrite,
     )
-    print(out)
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per data-parallel rank
+        print(out)
     return 0
 
 
@@ -149,7 +163,7 @@ def _eval_suite(args: argparse.Namespace) -> int:
     if args.kind == "encoder":
         summary = run_encoder_suite(args.model, args.data_root, args.out, batch_size=args.batch_size, device=_default_device(args.device), **common)
     else:
-        summary = run_vqa_suite(args.model, args.data_root, args.out, limit=args.limit, mode=args.mode, batch_size=args.batch_size, device=_default_device(args.device), **common)
+        summary = run_vqa_suite(args.model, args.data_root, args.out, limit=args.limit, mode=args.mode, batch_size=args.batch_size, device=_default_device(args.device), max_new_tokens=args.max_new_tokens, overwrite=args.overwrite, **common)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -273,19 +287,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser("eval", help="evaluation: VQA generation and scoring, encoder benchmarks, reports")
     evals = evaluation.add_subparsers(dest="eval_command", required=True)
-    p = evals.add_parser("vqa", help="answer a VQA benchmark with a LlavaNext checkpoint (LLaVA answers .jsonl; reruns resume)")
+    p = evals.add_parser("vqa", help="answer a VQA benchmark with a LlavaNext / Llava checkpoint (LLaVA answers .jsonl; reruns resume; torchrun / accelerate launch shard it)")
     p.add_argument("--model", required=True, help="LlavaNext checkpoint folder (model + processor)")
     p.add_argument("--benchmark", required=True)
     p.add_argument("--data", required=True, help="the benchmark's released question file/folder, or its lmms-lab parquet folder")
     p.add_argument("--images", required=True, help="folder the image names are relative to (parquet / MMBench: where embedded images are written)")
     p.add_argument("--prompts", default="llava", choices=["llava", "lmms_eval"], help="LLaVA's eval prompts or lmms-eval's (parquet input)")
-    p.add_argument("--out", required=True, help="answers .jsonl; appended to, ids already there are skipped")
+    p.add_argument("--out", required=True, help="answers .jsonl (header + rows); a rerun of the same run resumes it, another run is refused")
+    p.add_argument("--overwrite", action="store_true", help="replace an answers file written by another run")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="override the benchmark's length (docs/EVAL.md); recorded in the header")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu; under torchrun / accelerate launch each rank takes its own GPU")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "fp32", "bf16", "fp16"])
+    p.add_argument("--device-map", default=None, help="'auto' or a JSON {module: device}: one model over this process's GPUs")
     p.add_argument("--conv-template", default=None, help="'plain' or a Jinja chat template; default: the checkpoint's")
     p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
+    p.add_argument("--limit", type=int, default=None, help="answer only the first N questions (N >= 1)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_eval_vqa)
     p = evals.add_parser("suite", help="every benchmark found under a data root for one checkpoint, then a report")
@@ -298,8 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None)
     p.add_argument("--limit", type=int, default=None, help="vqa: answer only the first N questions per benchmark")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="vqa: override every benchmark's length (docs/EVAL.md)")
+    p.add_argument("--overwrite", action="store_true", help="vqa: replace answers files written by another run")
     p.add_argument("--mode", default="official", choices=["official", "evalai", "lmms_eval"],
-                   help="vqa: official scorers, LLaVA's EvalAI normalisation, or lmms-eval's per-item functions (parquet data)")
+                   help="vqa: official scorers, LLaVA's EvalAI normalisation, or lmms-eval's prompts, settings and per-item functions (parquet data)")
     p.set_defaults(handler=_eval_suite)
     p = evals.add_parser("score", help="score an answers file with the benchmark's official scorer")
     p.add_argument("--benchmark", required=True)

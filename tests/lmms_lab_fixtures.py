@@ -1,11 +1,14 @@
 """Tiny lmms-lab-style parquet datasets, written from the columns lmms-eval's task utils read.
 
-Each benchmark gets rows with the traps its scorers disagree on, PNG bytes embedded as the HF Image
-struct {bytes, path}, and the shard name lmms-eval's split uses (e.g. validation-00000-of-00001).
+Each benchmark gets rows with the traps its scorers and prompts disagree on, PNG bytes embedded as the
+HF Image feature (written by `datasets`, so the files carry the Hub's feature metadata and lmms-eval's
+own loader decodes them), and the shard names the Hub gives lmms-eval's split
+(validation-00000-of-00002-<hash>.parquet), optionally with another split beside it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 from pathlib import Path
@@ -114,18 +117,98 @@ SPLITS = {"vqav2": "validation", "textvqa": "validation", "vizwiz": "val", "gqa"
           "scienceqa_img": "test", "mmvp": "train", "chartqa": "test", "ai2d": "test", "mmbench": "dev", "seedbench_img": "test"}
 
 
-def write_lmms_lab(name: str, root: Path) -> Path:
-    """root/<name>/ in the lmms-lab layout; returns that folder."""
-    rows, _ = rows_for(name)
+DECOY_SPLITS = {split: "validation" if split == "test" else "test" for split in set(SPLITS.values())}
+
+
+def _dataset(rows: list[dict], image_column: str | None = "image", many: bool = False):
+    import datasets
+
+    table = datasets.Dataset.from_list(rows)
+    if image_column:
+        table = table.cast_column(image_column, datasets.Sequence(datasets.Image()) if many else datasets.Image())
+    return table
+
+
+def _write_split(table, folder: Path, split: str, shards: int, hashed: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(shards):
+        part = table.shard(num_shards=shards, index=i, contiguous=True)
+        suffix = "-" + hashlib.sha1(f"{folder}{split}{i}".encode()).hexdigest()[:16] if hashed else ""
+        part.to_parquet(str(folder / f"{split}-{i:05d}-of-{shards:05d}{suffix}.parquet"))
+
+
+def write_lmms_lab(name: str, root: Path, *, shards: int = 1, hashed: bool = False, decoy: bool = False,
+                   rows: list[dict] | None = None) -> Path:
+    """root/<name>/ in the lmms-lab layout; returns that folder. decoy: the same rows again as another split
+    (what a whole-repo snapshot holds beside the evaluated split)."""
+    rows = rows if rows is not None else rows_for(name)[0]
     folder = root / name
+    split = SPLITS[name]
+    splits = [split] + ([DECOY_SPLITS[split]] if decoy else [])
     if name == "gqa":  # two configs: the questions and the images they refer to
-        (folder / "testdev_balanced_instructions").mkdir(parents=True, exist_ok=True)
-        (folder / "testdev_balanced_images").mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows), folder / "testdev_balanced_instructions" / "testdev-00000-of-00001.parquet")
-        images = [{"id": image_id, "image": png(k)} for k, image_id in enumerate(sorted({r["imageId"] for r in rows}))]
-        pq.write_table(pa.Table.from_pylist(images), folder / "testdev_balanced_images" / "testdev-00000-of-00001.parquet")
+        images = _dataset([{"id": image_id, "image": png(k)} for k, image_id in enumerate(sorted({r["imageId"] for r in rows}))])
+        for which in splits:
+            _write_split(_dataset(rows, None), folder / "testdev_balanced_instructions", which, shards, hashed)
+            _write_split(images, folder / "testdev_balanced_images", which, 1, hashed)
         return folder
-    with_images = [dict(row, image=[png(k)] if name == "seedbench_img" else png(k)) for k, row in enumerate(rows)]
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(with_images), folder / "data" / f"{SPLITS[name]}-00000-of-00001.parquet")
+    # MME asks two questions of each image (rows with the same question_id share it)
+    seeds = [next(j for j, other in enumerate(rows) if other["question_id"] == row["question_id"]) if name == "mme" else k
+             for k, row in enumerate(rows)]
+    table = _dataset([dict(row, image=[png(k)] if name == "seedbench_img" else png(k)) for k, row in zip(seeds, rows)],
+                     many=name == "seedbench_img")
+    for which in splits:
+        _write_split(table, folder / "data", which, shards, hashed)
     return folder
+
+
+# Questions with the cases where prompt builders drift apart: outer / inner whitespace, a lower-case start
+# and capitals inside (str.capitalize), several lines, the "<image>" placeholder in the text.
+HARD_QUESTIONS = [" What is on the left? ", "what is THIS sign?", "How many\nbirds are there?\n",
+                  "<image>\nIs the cup red?", "Which  one is  bigger?"]
+
+
+def prompt_rows(name: str) -> list[dict]:
+    """Rows (without images) whose prompts exercise the hard cases, in the benchmark's lmms-lab columns."""
+    qs = HARD_QUESTIONS
+    if name == "vqav2":
+        return [dict(rows_for(name)[0][0], question_id=k + 1, question=q) for k, q in enumerate(qs)]
+    if name == "gqa":
+        return [dict(rows_for(name)[0][0], id=f"q{k}", question=q) for k, q in enumerate(qs)]
+    if name == "textvqa":
+        return [dict(rows_for(name)[0][0], question_id=k, question=q) for k, q in enumerate(qs)]
+    if name == "vizwiz":
+        return [dict(rows_for(name)[0][0], question_id=f"VizWiz_val_{k:08d}", question=q) for k, q in enumerate(qs)]
+    if name == "pope":
+        return [dict(rows_for(name)[0][0], id=str(k), question_id=str(k), question=q) for k, q in enumerate(qs)]
+    if name == "mme":  # the yes/no request in the middle, at the end, doubled, absent
+        tails = [" Please answer yes or no.", " Please answer yes or no. ", "", " Please answer yes or no. Please answer yes or no.",
+                 " Please answer yes or no.\n"]
+        return [{"question_id": f"count/{k // 2:04d}.png", "question": q + t, "answer": "Yes", "category": "count"}
+                for k, (q, t) in enumerate(zip(qs + ["Is it a dog?"], tails + tails[:1]))]
+    if name == "scienceqa_img":  # hints: empty, text with outer spaces, several lines; 2 to 5 choices
+        hints = ["", " The sun is hot. ", "Line one.\nLine two.", "", "A hint."]
+        return [dict(rows_for(name)[0][0], question=q, hint=h, choices=[" first", "second ", "th  ird", "4", "five"][: 2 + k % 4],
+                     answer=k % 2) for k, (q, h) in enumerate(zip(qs, hints))]
+    if name == "mmbench":  # empty / missing / "nan" hints, options with spaces, a missing option, an E option
+        hints = ["", None, "nan", " Look at the picture. ", "Two\nlines."]
+        options = [(" cat ", "dog", "cow", None), ("a  b", " c", None, None), ("x", "y", "z", "w"), ("1", "2", "", "4"),
+                   ("left", "right", "up", "down")]
+        rows = []
+        for k, (q, h, opts) in enumerate(zip(qs, hints, options)):
+            row = {"index": k, "question": q, "hint": h, **dict(zip("ABCD", opts)), "answer": "A", "category": "identity",
+                   "L2-category": "perception", "source": "s", "split": "dev", "comment": None}
+            rows.append(row)
+        return rows
+    if name == "mmvp":  # option texts with brackets and spaces, answers in both forms
+        options = ["(a) Yes (b) No", "(a)  Open  (b) Closed ", "(a) Left (facing) (b) Right", "(A) Up (B) Down", "(a) one(b) two"]
+        return [{"Index": k + 1, "Question": q, "Options": o, "Correct Answer": "(a)" if k % 2 == 0 else "(b)"}
+                for k, (q, o) in enumerate(zip(qs, options))]
+    if name == "ai2d":
+        return [{"question": q, "options": [" egg", "larva ", "pu  pa", "adult"][: 2 + k % 3], "answer": "0"} for k, q in enumerate(qs)]
+    if name == "chartqa":
+        return [{"type": "human_test" if k % 2 else "augmented_test", "question": q, "answer": "1"} for k, q in enumerate(qs)]
+    if name == "seedbench_img":
+        return [{"question_id": str(k), "question": q, "choice_a": " a cat", "choice_b": "a dog ", "choice_c": "a  cow",
+                 "choice_d": "", "answer": "A", "data_type": "image", "data_id": f"{k}.jpg", "question_type_id": 1}
+                for k, q in enumerate(qs)]
+    raise KeyError(name)

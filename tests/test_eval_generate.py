@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from reasonclip_llava.evaluation.benchmarks import VQAQuestion
+from scoring_helpers import FIXTURES
 from reasonclip_llava.evaluation.generate import (
     build_prompt,
     generate_answers,
@@ -39,7 +41,12 @@ PROMPTS = [
 
 
 def read_answers(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The answer rows of an answers file (its header line left out)."""
+    return [row for row in map(json.loads, path.read_text().splitlines()) if "header" not in row]
+
+
+def header_of(path: Path) -> dict:
+    return json.loads(path.read_text().splitlines()[0])["header"]["identity"]
 
 
 def texts_by_id(path: Path) -> dict[str, str]:
@@ -95,7 +102,12 @@ def test_batched_answers_equal_one_by_one(tiny_llava_dir, questions, one_by_one,
 
 def test_answers_file_rows(tiny_llava_dir, questions, one_by_one):
     rows = read_answers(one_by_one)
-    assert sorted(row["question_id"] for row in rows) == sorted(q.question_id for q in questions)
+    # question order (image questions are answered first, text-only ones after them)
+    assert [row["question_id"] for row in rows] == [q.question_id for q in questions]
+    header = header_of(one_by_one)
+    assert header["model"] == str(tiny_llava_dir.resolve()) and header["model_id"] == tiny_llava_dir.name
+    assert header["generation"]["max_new_tokens"] == 10 and header["dtype"] == "float32"
+    assert not list(one_by_one.parent.glob("*.part-*"))  # the part file is merged and gone
     prompts = {q.question_id: q.prompt for q in questions}
     for row in rows:
         assert set(row) == {"question_id", "prompt", "text", "model_id"}
@@ -113,21 +125,22 @@ def test_max_new_tokens_is_per_question(tiny_llava_dir, questions, one_by_one, t
 
 def test_resume_after_crash_completes_without_loss_or_duplicates(tiny_llava_dir, questions, one_by_one, tmp_path):
     out = tmp_path / "answers.jsonl"
-    lines = one_by_one.read_text().splitlines(keepends=True)
-    # A crash after three full lines and half of the fourth; a kept answer is marked so that we can
-    # tell it was skipped, not generated again.
+    header, *lines = one_by_one.read_text().splitlines(keepends=True)
+    # A kill -9 leaves the process's part file: three full lines and half of the fourth; a kept answer is
+    # marked so that we can tell it was skipped, not generated again.
     kept = [json.loads(line) for line in lines[:3]]
     kept[0]["text"] = "KEPT FROM THE FIRST RUN"
-    out.write_text("".join(json.dumps(row) + "\n" for row in kept) + lines[3][: len(lines[3]) // 2])
+    part = tmp_path / "answers.jsonl.part-00-of-01"
+    part.write_text(header + "".join(json.dumps(row) + "\n" for row in kept) + lines[3][: len(lines[3]) // 2])
 
     generate_answers(tiny_llava_dir, questions, out, batch_size=4, progress=False)
 
     rows = read_answers(out)  # every line parses: the half line is gone
-    ids = [row["question_id"] for row in rows]
-    assert sorted(ids) == sorted(q.question_id for q in questions)  # each id exactly once
+    assert [row["question_id"] for row in rows] == [q.question_id for q in questions]  # each id once, in order
     expected = texts_by_id(one_by_one)
     expected[kept[0]["question_id"]] = "KEPT FROM THE FIRST RUN"
     assert texts_by_id(out) == expected
+    assert not part.exists()
 
 
 def test_rerun_of_a_finished_file_changes_nothing(tiny_llava_dir, questions, one_by_one, tmp_path):
@@ -176,7 +189,8 @@ def test_unreadable_image_mid_run_keeps_earlier_answers(tiny_llava_dir, question
     with pytest.raises(ValueError, match=r"^question q-broken: cannot read image .*broken\.png"):
         generate_answers(tiny_llava_dir, run, out, batch_size=2, num_workers=1, progress=False)
     reference = texts_by_id(one_by_one)
-    assert texts_by_id(out) == {q.question_id: reference[q.question_id] for q in questions[:4]}
+    assert not out.exists()  # the answers so far wait in the part file
+    assert texts_by_id(tmp_path / "a.jsonl.part-00-of-01") == {q.question_id: reference[q.question_id] for q in questions[:4]}
 
     shutil.copy(questions[5].image, broken)  # fixed: the rerun answers only the missing question
     generate_answers(tiny_llava_dir, run, out, batch_size=2, progress=False)
@@ -280,9 +294,111 @@ def test_run_vqa_reads_the_benchmark_and_honours_limit(tiny_llava_dir, tmp_path)
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     out = run_vqa(tiny_llava_dir, "pope", data, images, tmp_path / "answers.jsonl", limit=3, batch_size=2,
-                  progress=False)
-    expected = load_questions("pope", data, images)[:3]
+                  progress=False, max_new_tokens=10)
+    expected = [replace(q, max_new_tokens=10) for q in load_questions("pope", data, images)[:3]]
     reference = generate_answers(tiny_llava_dir, expected, tmp_path / "one_by_one.jsonl", batch_size=1,
                                  progress=False)
     assert [row["question_id"] for row in read_answers(out)] == [q.question_id for q in expected]
     assert texts_by_id(out) == texts_by_id(reference)
+
+
+@pytest.fixture(scope="module")
+def pope_release(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny POPE split in its released form (questions JSONL + COCO images)."""
+    root = tmp_path_factory.mktemp("pope_release")
+    images = root / "val2014"
+    images.mkdir()
+    rows = []
+    for i, ((height, width), thing) in enumerate(zip(IMAGE_SIZES, ["cat", "dog", "car"])):
+        name = f"COCO_val2014_{i:012d}.jpg"
+        Image.new("RGB", (width, height), (60 * i, 200 - 50 * i, 90)).save(images / name)
+        rows.append({"question_id": i + 1, "image": name, "text": f"Is there a {thing}?", "label": "yes" if i % 2 else "no"})
+    data = root / "coco_pope_random.json"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return data, images
+
+
+def _cli(*args: str) -> int:
+    from reasonclip_llava.cli import main
+
+    return main(["eval", *args])
+
+
+def test_answers_file_has_one_identity_and_another_run_is_refused(tiny_llava_dir, tiny_llama_llava_dir, pope_release, tmp_path,
+                                                                   capsys):
+    from crash_helpers import one_error_line
+    from reasonclip_llava.evaluation.generate import run_vqa
+
+    data, images = pope_release
+    out = tmp_path / "answers.jsonl"
+    common = dict(limit=2, batch_size=2, progress=False)
+    run_vqa(tiny_llava_dir, "pope", data, images, out, max_new_tokens=3, **common)
+    header = header_of(out)
+    assert (header["benchmark"], header["prompts"], header["data"]) == ("pope", "llava", str(data.resolve()))
+    assert header["generation"]["max_new_tokens"] == 3 and "--max-new-tokens 3" in header["generation"]["source"]
+    before = out.read_bytes()
+    # the same run resumes (here: nothing left to answer) ...
+    run_vqa(tiny_llava_dir, "pope", data, images, out, max_new_tokens=3, **common)
+    assert out.read_bytes() == before
+    # ... another one is refused, whatever differs, and the file is kept as it was
+    refusals = [(tiny_llama_llava_dir, 3, "model"), (tiny_llava_dir, 4, "generation.max_new_tokens 3 vs 4")]
+    for model, tokens, named in refusals:
+        with pytest.raises(ValueError, match=rf"answers\.jsonl holds the answers of another run \(.*{named}"):
+            run_vqa(model, "pope", data, images, out, max_new_tokens=tokens, **common)
+    gqa = FIXTURES / "gqa"
+    args = ["vqa", "--model", str(tiny_llava_dir), "--benchmark", "gqa", "--data", str(gqa / "testdev_balanced_questions.json"),
+            "--images", str(gqa / "images"), "--out", str(out), "--limit", "2", "--max-new-tokens", "3", "--no-progress"]
+    assert _cli(*args) == 2
+    assert "holds the answers of another run (benchmark 'pope' vs 'gqa'" in one_error_line(capsys)
+    assert out.read_bytes() == before
+    assert _cli(*args, "--overwrite") == 0
+    assert header_of(out)["benchmark"] == "gqa" and len(read_answers(out)) == 2
+
+
+def test_score_refuses_a_file_that_mixes_runs(tiny_llava_dir, tiny_llama_llava_dir, pope_release, tmp_path):
+    from reasonclip_llava.evaluation.generate import run_vqa
+    from reasonclip_llava.evaluation.scoring import score_answers
+
+    data, images = pope_release
+    ours = run_vqa(tiny_llava_dir, "pope", data, images, tmp_path / "a.jsonl", limit=2, max_new_tokens=3, progress=False)
+    theirs = run_vqa(tiny_llama_llava_dir, "pope", data, images, tmp_path / "b.jsonl", limit=3, max_new_tokens=3, progress=False)
+    assert score_answers("pope", ours, data)["n"] == 3  # one run: scored
+    appended = tmp_path / "appended.jsonl"  # a second run appended to the first one's file
+    appended.write_text(ours.read_text() + theirs.read_text().splitlines(keepends=True)[0] + read_answers_line(theirs, 2))
+    with pytest.raises(ValueError, match=r"appended\.jsonl: mixes the answers of two runs \(model"):
+        score_answers("pope", appended, data)
+    rows_only = tmp_path / "rows.jsonl"  # LLaVA-style rows of two models, no header
+    rows_only.write_text(read_answers_line(ours, 0) + read_answers_line(theirs, 2))
+    with pytest.raises(ValueError, match=r"rows\.jsonl: mixes the answers of 2 models"):
+        score_answers("pope", rows_only, data)
+    gqa = FIXTURES / "gqa" / "testdev_balanced_questions.json"
+    with pytest.raises(ValueError, match=r"a\.jsonl holds answers to pope, not gqa"):
+        score_answers("gqa", ours, gqa)
+
+
+def read_answers_line(path: Path, n: int) -> str:
+    return json.dumps(read_answers(path)[n]) + "\n"
+
+
+@pytest.mark.parametrize("limit", ["-2", "0"])
+def test_limit_must_be_a_positive_number(tiny_llava_dir, pope_release, tmp_path, capsys, limit):
+    from crash_helpers import one_error_line
+
+    data, images = pope_release
+    assert _cli("vqa", "--model", str(tiny_llava_dir), "--benchmark", "pope", "--data", str(data), "--images", str(images),
+                "--out", str(tmp_path / "a.jsonl"), "--limit", limit) == 2
+    assert f"--limit must be a positive number of questions, got {limit}" in one_error_line(capsys)
+    assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_device_map_and_dtype_alias(tiny_llava_dir, pope_release, tmp_path):
+    """--device-map auto (accelerate's dispatch; all on the CPU here) answers as the plain load does; bf16 is bfloat16."""
+    from reasonclip_llava.evaluation.generate import run_vqa
+
+    data, images = pope_release
+    common = dict(limit=3, max_new_tokens=4, batch_size=2, progress=False)
+    plain = run_vqa(tiny_llava_dir, "pope", data, images, tmp_path / "plain.jsonl", **common)
+    mapped = run_vqa(tiny_llava_dir, "pope", data, images, tmp_path / "mapped.jsonl", device_map="auto", **common)
+    assert texts_by_id(mapped) == texts_by_id(plain)
+    bf16 = run_vqa(tiny_llava_dir, "pope", data, images, tmp_path / "bf16.jsonl", dtype="bf16", **common)
+    assert header_of(bf16)["dtype"] == "bfloat16" and len(read_answers(bf16)) == 3

@@ -47,6 +47,7 @@ import binascii
 import csv
 import json
 import math
+import os
 import re
 import string
 import sys
@@ -519,10 +520,22 @@ def _decode_mmbench_image(cell: str, base: int, cache: Path, path: Path) -> str:
     except (binascii.Error, ValueError):
         raise ValueError(f"{path}: row {base} has an image that is not base64") from None
     target = cache / f"{base}{_image_suffix(payload)}"
-    if not (target.is_file() and target.stat().st_size == len(payload)):
-        cache.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(payload)
+    write_image_once(target, payload)
     return str(target.resolve())
+
+
+def write_image_once(target: Path, payload: bytes) -> None:
+    """Write a decoded image unless an equal-sized file is there; through a rename, since data-parallel ranks
+    fill the same image cache at once and must never read a half-written file."""
+    if target.is_file() and target.stat().st_size == len(payload):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        partial.write_bytes(payload)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def mmbench_options(row: dict[str, str]) -> list[str]:

@@ -110,16 +110,20 @@ def run_vqa_suite(
     def run_one(name: str, data: Path, images: Path, annotations: Path | None, out: Path) -> Path:
         from .lmms_lab import is_parquet_input
 
-        if name == "mmbench" or is_parquet_input(data):
+        parquet = is_parquet_input(data)
+        if name == "mmbench" or parquet:
             images = out / f"{name}_images"  # embedded images are written here, never into the data root
-        answers = run_vqa(model_dir, name, data, images, out / f"{name}_answers.jsonl", limit=limit, **generate_kwargs)
+        # lmms_eval: lmms-eval's prompts and generation settings where its data (the lmms-lab parquet) is there
+        prompts = "lmms_eval" if mode == "lmms_eval" and parquet else "llava"
+        answers = run_vqa(model_dir, name, data, images, out / f"{name}_answers.jsonl", limit=limit, prompts=prompts,
+                          **generate_kwargs)
         # a --limit run is scored on the answered questions only
         questions = answers if limit is not None else None
         from .scoring.lmms_eval import COVERED
 
         vqa_family = ("vqav2", "textvqa", "vizwiz", "gqa")
         if mode == "lmms_eval":  # lmms-eval's functions read the lmms-lab rows; release files keep their official scorer
-            score_mode = mode if name in COVERED and is_parquet_input(data) else "official"
+            score_mode = mode if name in COVERED and parquet else "official"
         else:
             score_mode = mode if name in vqa_family else "official"
         score_answers(name, answers, annotations or data, questions=questions, mode=score_mode, out_dir=out)

@@ -72,7 +72,7 @@ def score_answers(
     annotations = Path(annotations).expanduser()
     if not annotations.exists():
         raise FileNotFoundError(f"{name}: annotations not found: {annotations}")
-    answer_texts = read_answers(answers)
+    answer_texts = read_answers(answers, benchmark=name)
     keep = read_question_ids(questions) if questions is not None else None
     result = scorer(answer_texts, annotations, mode, keep)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..answers import check_single_identity, parse_header
 from ..benchmarks import CIRCULAR_OFFSET, read_json
 
 
@@ -22,12 +23,14 @@ class Scorer(Protocol):
                  keep: Sequence[str] | None) -> ScoreResult: ...
 
 
-def read_answers(path: str | Path) -> dict[str, str]:
+def read_answers(path: str | Path, benchmark: str | None = None) -> dict[str, str]:
     """question_id -> answer text from an answers file.
 
     JSONL, one {"question_id", "text"} (LLaVA) or {"question_id", "answer"} (VQA results) object a
     line, or a JSON list of such objects. A row with LLaVA's MMBench "round_id" r > 0 is stored under
-    question_id + r * 1e6, the id of that rotation here.
+    question_id + r * 1e6, the id of that rotation here. The header lines of `eval vqa` (answers.py) are
+    not answers: a file whose headers or rows name two runs (or two models) is refused, and so is one
+    whose header names another benchmark than `benchmark`.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -49,6 +52,13 @@ def read_answers(path: str | Path) -> dict[str, str]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
         where = "line"
+    headers = [parse_header(json.dumps(row)) for _, row in rows]
+    identities = [identity for identity in headers if identity is not None]
+    rows = [(n, row) for (n, row), identity in zip(rows, headers) if identity is None]
+    identity = check_single_identity(path, identities, {str(row["model_id"]) for _, row in rows
+                                                        if isinstance(row, dict) and "model_id" in row})
+    if identity and benchmark and identity.get("benchmark") not in (None, benchmark):
+        raise ValueError(f"{path} holds answers to {identity['benchmark']}, not {benchmark}")
     answers: dict[str, str] = {}
     for n, row in rows:
         if not isinstance(row, dict) or "question_id" not in row:
@@ -74,8 +84,9 @@ def read_question_ids(path: str | Path) -> list[str]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"questions file not found: {path}")
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix == ".jsonl":  # (an answers file of `eval vqa` works too: its header is not a question)
+        rows = [row for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+                for row in [json.loads(line)] if parse_header(line) is None]
     else:
         obj = read_json(path)
         rows = obj.get("questions") if isinstance(obj, dict) else obj

@@ -2,7 +2,9 @@
 
 Read from lmms-eval 0.7's `tasks/<task>/utils.py` and task YAMLs, written here without importing it;
 `tests/test_scoring_lmms_eval.py` checks item by item against lmms-eval's own functions. The input is
-the lmms-lab parquet layout (`lmms_lab.py`): each item carries its row as `meta["doc"]`. Where lmms-eval
+the lmms-lab parquet layout (`lmms_lab.py`): each item carries its row as `meta["doc"]`. Every answer is
+first cut as lmms-eval's CLI cuts it before any task sees it (`scored_response`: <think>/<analysis> blocks
+removed, whitespace stripped; its --reasoning_tags default). Where lmms-eval
 differs from the official scorer (the default mode), on purpose of neither side:
 
 - VQAv2: only the punctuation and digit/article steps, no lowercasing of ',' '?' "'s" handling; the
@@ -14,11 +16,14 @@ differs from the official scorer (the default mode), on purpose of neither side:
 - MME: Otter's parse (yes/no, y/n, else "yes"/"no" in the first 4 characters); per image acc + acc+.
 - ScienceQA-IMG: the answer equals the letter, or starts with "X." (LLaVA's quirk, kept by lmms-eval).
 - MMVP: regex letter extraction (A/B); accuracy and pair accuracy (both of a pair right).
-- ChartQA: relaxed correctness without stripping the answer.
+- ChartQA: relaxed correctness, case kept apart from lower(); only the evaluator's strip cleans the answer.
 - AI2D: a leading "X." is the letter, anything else is compared whole (case and punctuation ignored).
 - MMBench (mmbench_en_dev_static): MMBench_Evaluator's static path; per rotation a letter from
   can_infer (a lone letter / "(X)" / "X." form, else one option text), else extract_mcq_answer's
-  ranked forms; a question is right when every rotation gives its answer.
+  ranked forms; a question is right when every rotation gives its answer. The rows scored are those of
+  the split (no rotations added), as lmms-eval asks them.
+- SEED-Bench-IMG (seedbench, metric seed_image): the first character of the stripped answer, compared
+  without case with the letter (the default mode's extract_choice also reads "The answer is B").
 """
 
 from __future__ import annotations
@@ -33,6 +38,25 @@ from ..benchmarks import LETTERS, MME_PERCEPTION, read_items
 from .common import ScoreResult, mean_percent, percent, select_ids
 from .pope import yes_precision_recall_f1
 from .vqa_accuracy import evalai_normalize, process_digit_article, process_punctuation
+
+
+# lmms-eval 0.7.3's --reasoning_tags default; api/reasoning.strip_reasoning_tags runs on every answer before scoring
+REASONING_TAGS = (("<think>", "</think>"), ("<analysis>", "</analysis>"))
+
+
+def scored_response(text: str) -> str:
+    """The answer as lmms-eval scores it: each closed reasoning block removed (a lone closing tag keeps what follows
+    it, as when a template opens the block in the prompt), then stripped."""
+    for start_tag, end_tag in REASONING_TAGS:
+        while start_tag in text and end_tag in text:
+            start = text.find(start_tag)
+            end = text.find(end_tag, start)
+            if end == -1:
+                break
+            text = text[:start] + text[end + len(end_tag):]
+        if end_tag in text and start_tag not in text:
+            text = text.rsplit(end_tag, 1)[-1]
+    return text.strip()
 
 
 def vqav2_item(doc: dict, prediction: str) -> float:
@@ -120,6 +144,12 @@ def mmvp_target(doc: dict) -> str:
 
 def mmvp_item(doc: dict, prediction: str) -> float:
     return float(mmvp_letter(prediction) == mmvp_target(doc))
+
+
+def seedbench_item(doc: dict, prediction: str) -> float:
+    """seed_process_result + seed_aggregation_result: the first character of the stripped answer."""
+    letter = prediction.strip()[:1]
+    return float(letter.lower().strip() == str(doc["answer"]).lower().strip())
 
 
 def _to_float(text: str) -> float | None:
@@ -226,7 +256,7 @@ def score_mmbench_static(items: dict, answers: dict[str, str], ids: Sequence[str
     groups: dict[int, list[tuple[int, dict, str]]] = defaultdict(list)
     for qid in ids:
         doc = items[qid].meta["doc"]
-        prediction = str((answers.get(qid) or "").strip())  # mmbench_process_results strips the answer
+        prediction = scored_response(answers.get(qid) or "")
         groups[int(qid) % 1_000_000].append((int(qid), doc, prediction))
     hits = {base: mmbench_group_hit([(d, p) for _, d, p in sorted(members, key=lambda m: m[0])]) for base, members in groups.items()}
     rows = [{"question_id": qid, "prediction": answers.get(qid), "score": float(hits[int(qid) % 1_000_000])} for qid in ids]
@@ -240,6 +270,7 @@ def score_mmbench_static(items: dict, answers: dict[str, str], ids: Sequence[str
 ITEM_SCORERS: dict[str, Callable[[dict, str], float]] = {
     "vqav2": vqav2_item, "textvqa": evalai_item, "vizwiz": evalai_item, "gqa": gqa_item, "pope": pope_item,
     "mme": mme_item, "scienceqa_img": scienceqa_item, "mmvp": mmvp_item, "chartqa": chartqa_item, "ai2d": ai2d_item,
+    "seedbench_img": seedbench_item,
 }
 
 
@@ -294,7 +325,7 @@ def _chartqa(rows: list[dict]) -> dict:
 
 AGGREGATIONS: dict[str, Callable[[list[dict]], dict]] = {
     "vqav2": _mean, "textvqa": _mean, "vizwiz": _mean, "gqa": _mean, "pope": _pope, "mme": _mme,
-    "scienceqa_img": _mean, "mmvp": _mmvp, "chartqa": _chartqa, "ai2d": _mean,
+    "scienceqa_img": _mean, "mmvp": _mmvp, "chartqa": _chartqa, "ai2d": _mean, "seedbench_img": _mean,
 }
 
 
@@ -305,7 +336,7 @@ def score_lmms_eval(name: str, answers: dict[str, str], annotations: Path, keep:
     """Per-question scores and the aggregate of lmms-eval's task for `name` (lmms-lab parquet input)."""
     if name not in COVERED:
         raise ValueError(f"{name}: --mode lmms_eval covers {', '.join(COVERED)}")
-    items = {item.question_id: item for item in read_items(name, annotations)}
+    items = {item.question_id: item for item in read_items(name, annotations, circular=False)}
     if any("doc" not in item.meta for item in items.values()):
         raise ValueError(f"{name}: --mode lmms_eval scores the lmms-lab parquet layout; {annotations} is the original release")
     if name == "mmbench":  # circular: a question is right when every rotation is
@@ -313,6 +344,7 @@ def score_lmms_eval(name: str, answers: dict[str, str], annotations: Path, keep:
     rows = []
     for qid in select_ids(items, keep, annotations):
         doc, prediction = items[qid].meta["doc"], answers.get(qid)
+        prediction = None if prediction is None else scored_response(prediction)
         score = 0.0 if prediction is None else ITEM_SCORERS[name](doc, prediction)
         rows.append({"question_id": qid, "prediction": prediction, "score": score, "doc": doc})
     summary = AGGREGATIONS[name](rows)
