@@ -28,7 +28,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from .. import __version__
 from ..assets import clip_tokenizer, open_clip_package_dir
-from ..io_utils import atomic_directory
+from ..io_utils import atomic_directory, check_safetensors, torch_load_weights_only
 
 # Tested name by name (tiny-width parity with open_clip's forward, real-size shapes on the meta device);
 # any other open_clip config that uses only the same options maps by the same rules.
@@ -169,13 +169,14 @@ def load_open_clip_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
+            check_safetensors(path)
             loaded: Any = load_file(str(path))
         else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = torch_load_weights_only(path)  # checked opcode by opcode first: nothing in it runs
     except Exception as error:  # pickles with code objects, TorchScript archives, truncated files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = str(error).removeprefix(f"{path}: ").strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = "; a TorchScript file such as OpenAI's original .pt: save torch.jit.load(file).state_dict() first" if "TorchScript" in str(error) else ""
-        raise ValueError(f"{path}: not a readable open_clip state dict ({first_line}{hint})") from None
+        raise ValueError(f"{path}: not a readable open_clip state dict ({reason}{hint})") from None
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not loaded or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
@@ -287,7 +288,7 @@ def convert_open_clip(checkpoint: str | Path, model: str | Path, out_dir: str | 
 
     tokenizer = clip_tokenizer()
     tokenizer.model_max_length = hf_config.text_config.max_position_embeddings
-    with atomic_directory(out_dir, overwrite) as staging:
+    with atomic_directory(out_dir, overwrite, sources=(checkpoint,)) as staging:
         clip.save_pretrained(staging, safe_serialization=True)
         hf_image_processor(config).save_pretrained(staging)
         tokenizer.save_pretrained(staging)
