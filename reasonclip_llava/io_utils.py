@@ -196,6 +196,14 @@ def _allowed_globals() -> frozenset[str]:
     return _ALLOWED_GLOBALS
 
 
+def _python3_name(module: str, name: str) -> str:
+    """What the unpickler imports for a protocol-2 name (Python 2 spellings such as __builtin__ are mapped)."""
+    import _compat_pickle
+
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
+
+
 def _is_allowed(name: str) -> bool:
     return name in _allowed_globals() or re.fullmatch(r"numpy\.dtypes\.\w+DType", name) is not None
 
@@ -212,7 +220,7 @@ def _scan_pickle_stream(path: Path, data: bytes, consecutive: bool) -> None:
                 name = opcode.name
                 found = None
                 if name in ("GLOBAL", "INST"):
-                    found = str(arg).replace(" ", ".")
+                    found = _python3_name(*str(arg).split(" ", 1))
                 elif name == "STACK_GLOBAL":
                     if len(stack) < 2 or not all(isinstance(part, str) for part in stack[-2:]):
                         raise UnreadableFileError(f"{path}: a pickle that builds the name of what it imports; refused, it is not unpickled")

@@ -45,8 +45,8 @@ def load_vision_config(name_or_path: str | Path) -> PretrainedConfig:
         raise FileNotFoundError(f"cannot read a model config from '{name_or_path}': {error}") from None
     if config.model_type not in set(SUPPORTED_MODEL_TYPES) | set(VISION_MODELS):
         raise ValueError(
-            f"'{name_or_path}' is a '{config.model_type}' checkpoint; a vision tower needs a CLIP / SigLIP one "
-            f"(model_type {sorted(set(SUPPORTED_MODEL_TYPES) | set(VISION_MODELS))})"
+            f"'{name_or_path}': vision model_type '{config.model_type}' is not supported; a vision tower needs a CLIP / SigLIP "
+            f"checkpoint (model_type {sorted(set(SUPPORTED_MODEL_TYPES) | set(VISION_MODELS))})"
         )
     vision_config = getattr(config, "vision_config", config)
     expected = SUPPORTED_MODEL_TYPES.get(config.model_type, (None, None))[1]
