@@ -73,3 +73,21 @@ def assert_payload_is_live(tmp_path) -> None:  # noqa: ANN001
             pass
         assert marker.is_file(), kind
         marker.unlink()
+
+
+WEIGHT_DAMAGES = ("truncated", "pickled", "pickle_only")
+
+
+def damage_weights(weights, damage: str, marker, pickle_only_name: str):  # noqa: ANN001, ANN201
+    """Cut a safetensors file in half, replace it by a live payload, or replace it by a payload-only sibling
+    `pickle_only_name` (pytorch_model.bin, adapter_model.bin); returns the file a refusal must name."""
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        return weights
+    if damage == "pickled":
+        weights.write_bytes(payload_bytes("torch_zip", marker))
+        return weights
+    weights.unlink()
+    sibling = weights.with_name(pickle_only_name)
+    sibling.write_bytes(payload_bytes("pickle", marker))
+    return sibling

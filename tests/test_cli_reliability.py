@@ -18,7 +18,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
 
-from crash_helpers import Payload, one_error_line
+from crash_helpers import WEIGHT_DAMAGES, Payload, damage_weights, one_error_line
 from reasonclip_llava.cli import main
 from reasonclip_llava.testing.tiny_lm import build_tiny_lm
 
@@ -129,22 +129,15 @@ def test_card_keeps_a_foreign_readme_and_replaces_it_only_with_overwrite(llava_d
 
 
 # ---- 5: corrupt or unreadable weight files -------------------------------------------------------------
-@pytest.mark.parametrize("damage", ["truncated", "pickle", "pickle_only"])
+@pytest.mark.parametrize("damage", WEIGHT_DAMAGES)
 def test_unreadable_weights_are_one_line_naming_the_file(tiny_clip_dir, lm_dir, tmp_path, capsys, damage):
     encoder = tmp_path / "encoder"
     shutil.copytree(tiny_clip_dir, encoder)
-    weights = encoder / "model.safetensors"
     marker = tmp_path / "unpickled.txt"
-    if damage == "truncated":
-        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-        expected = f"{weights}: not a complete safetensors file"
-    elif damage == "pickle":
-        weights.write_bytes(pickle.dumps(Payload(marker)))
-        expected = f"{weights}: a pickle (torch.save) file where safetensors is expected; it is not unpickled"
-    else:
-        weights.unlink()
-        (encoder / "pytorch_model.bin").write_bytes(pickle.dumps(Payload(marker)))
-        expected = "has only pickle weights"
+    named = damage_weights(encoder / "model.safetensors", damage, marker, "pytorch_model.bin")
+    expected = {"truncated": f"{named}: not a complete safetensors file",
+                "pickled": f"{named}: a pickle (torch.save) file where safetensors is expected; it is not unpickled",
+                "pickle_only": f"{named}: model {encoder} has only pickle weights"}[damage]
     for command in (
         ["export", str(encoder), str(tmp_path / "export")],
         ["llava-build", "--lm", str(lm_dir), "--encoder", str(encoder), "--out", str(tmp_path / "llava")],

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlavaNextForConditionalGeneration
 
-from crash_helpers import PAYLOAD_KINDS, Payload, assert_payload_is_live, one_error_line, payload_bytes
+from crash_helpers import PAYLOAD_KINDS, WEIGHT_DAMAGES, assert_payload_is_live, damage_weights, one_error_line, payload_bytes
 from llava_train_helpers import tiny_llava_stages
 from pretrain_helpers import single_thread
 from reasonclip_llava.cli import main
@@ -145,22 +145,15 @@ def test_merge_refuses_a_lora_run_without_its_non_lora_trainables(runs, tmp_path
     assert (tmp_path / "merged" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "pickled", "pickle_only"])
+@pytest.mark.parametrize("damage", WEIGHT_DAMAGES)
 def test_merge_names_a_truncated_or_pickled_adapter(runs, tmp_path, capsys, damage):
     run = tmp_path / "lora"
     shutil.copytree(runs["lora"].output_dir, run, ignore=shutil.ignore_patterns("checkpoint-*"))
-    adapter = run / "adapter_model.safetensors"
     marker = tmp_path / "unpickled.txt"
-    if damage == "truncated":
-        adapter.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2])
-        expected = f"{adapter}: not a complete safetensors file"
-    elif damage == "pickled":
-        adapter.write_bytes(payload_bytes("torch_zip", marker))
-        expected = f"{adapter}: a pickle (torch.save) file where safetensors is expected"
-    else:
-        adapter.unlink()
-        torch.save({"x": Payload(marker)}, run / "adapter_model.bin")
-        expected = f"{run / 'adapter_model.bin'}: pickle adapter weights are never unpickled"
+    named = damage_weights(run / "adapter_model.safetensors", damage, marker, "adapter_model.bin")
+    expected = {"truncated": f"{named}: not a complete safetensors file",
+                "pickled": f"{named}: a pickle (torch.save) file where safetensors is expected",
+                "pickle_only": f"{named}: pickle adapter weights are never unpickled"}[damage]
     assert main(["llava-merge", str(run), str(tmp_path / "merged")]) == 2
     assert expected in one_error_line(capsys)
     assert not marker.exists() and not (tmp_path / "merged").exists()
