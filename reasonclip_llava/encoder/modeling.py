@@ -77,8 +77,8 @@ def load_dual_encoder_config(name_or_path: str | Path) -> PretrainedConfig:
         raise ValueError(f"'{name_or_path}': {UNSUPPORTED_MODEL_TYPES[config.model_type]}")
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
-            f"'{name_or_path}' is a '{config.model_type}' checkpoint; ReasonCLIP needs a dual encoder "
-            f"of type {sorted(SUPPORTED_MODEL_TYPES)}"
+            f"'{name_or_path}' is a '{config.model_type}' checkpoint; ReasonCLIP needs a CLIP/SigLIP dual encoder "
+            f"(model_type {sorted(SUPPORTED_MODEL_TYPES)})"
         )
     return config
 
