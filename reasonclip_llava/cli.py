@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Callable, Sequence
 
@@ -360,8 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def bad_input_errors() -> tuple[type[BaseException], ...]:
+    """What a command turns into one line (exit 2): our errors, a full disk inside safetensors (not an OSError)."""
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, FloatingPointError, SafetensorError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .entry import quiet_library_notices
+
+    quiet_library_notices()  # before any library is imported: an error is then one line
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_overrides", False):
@@ -369,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.overrides = extra
     try:
         return args.handler(args)
-    except (OSError, ValueError, KeyError, FloatingPointError) as error:
+    except bad_input_errors() as error:
         # Bad input gets one line naming the problem, not a traceback.
         print(f"reasonclip {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -8,6 +8,9 @@ the same forms and fail with the same one-line errors naming the key.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -44,10 +47,40 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    loaded = safe_yaml(path.read_text(), str(path)) or {}
     if not isinstance(loaded, dict):
         raise ValueError(f"{path}: {what} must be a mapping, got {type(loaded).__name__}")
     return loaded
+
+
+def changed_keys(before: dict[str, Any], after: dict[str, Any], harmless: frozenset[str] | set[str],
+                 defaults: dict[str, Any]) -> list[str]:
+    """'key: old -> new' for every key outside `harmless` whose value differs between two flat configs.
+
+    A key one side lacks (added in a later version) counts with its default, so it differs only when set.
+    """
+    differences = []
+    for key in sorted(set(before) | set(after)):
+        if key in harmless:
+            continue
+        old, new = before.get(key, defaults.get(key)), after.get(key, defaults.get(key))
+        if json.dumps(old, default=str) != json.dumps(new, default=str):
+            differences.append(f"{key}: {old!r} -> {new!r}")
+    return differences
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load; a syntax error or a tag that would build a Python object is one line naming where."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        if "!!python/" in str(error) or "tag:yaml.org,2002:python/" in str(error):
+            found = re.search(r"(tag:yaml\.org,2002:python/[\w/:.]*|!!python/[\w/:.]*)", str(error))
+            problem = f"the tag {found.group(1) if found else 'python/...'} would build a Python object; recipes are plain data"
+        raise ValueError(f"{where}{at}: not valid YAML ({problem})") from None
 
 
 def coerce(value: Any, hint: Any, key: str) -> Any:
@@ -75,13 +108,13 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             return []
         if isinstance(value, str):
             text = value.strip()
-            value = yaml.safe_load(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+            value = safe_yaml(text, f"config key '{key}'") if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config key '{key}' expects a list, got {value!r}")
         return [coerce(v, args[0], key) for v in value] if args else list(value)
     if dataclasses.is_dataclass(hint):  # a nested mapping, e.g. one entry of optim.groups
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = safe_yaml(value, f"config key '{key}'")
         if not isinstance(value, dict):
             raise ValueError(f"config key '{key}' expects a mapping, got {value!r}")
         fields = typing.get_type_hints(hint)
@@ -105,6 +138,8 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             number = float(value)
+            if not math.isfinite(number):
+                raise OverflowError  # NaN / inf pass no range check: refused as a number
             if hint is int and not number.is_integer():
                 raise ValueError
             return int(number) if hint is int else number
@@ -112,6 +147,8 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             if isinstance(value, (dict, list)):
                 raise ValueError
             return str(value)
+    except OverflowError:
+        raise ValueError(f"config key '{key}' expects a finite {getattr(hint, '__name__', hint)}, got {value!r}") from None
     except (TypeError, ValueError):
         raise ValueError(f"config key '{key}' expects {getattr(hint, '__name__', hint)}, got {value!r}") from None
     raise TypeError(f"config key '{key}': unsupported field type {hint}")

@@ -107,7 +107,8 @@ def _train_llava_next(out: Path, encoder: Path, vqa: dict[str, Path], image_fold
     lm = build_tiny_lm(out / "tiny_lm", family="qwen2")
     built = build_and_save(lm, encoder, out / "built", overwrite=True)  # a re-run replaces the demo's own outputs
     print(f"   built {built}")
-    common = dict(image_folder=str(image_folder), per_device_train_batch_size=8, model_max_length=512, save_steps=1000, report_to="none", seed=0)
+    common = dict(image_folder=str(image_folder), per_device_train_batch_size=8, model_max_length=512, save_steps=1000, report_to="none", seed=0,
+                  overwrite=True)  # a re-run replaces the demo's own runs
     stage_a = load_train_config(None, dict(
         common, model_name_or_path=str(built), data_path=str(vqa["pretrain"]), template="plain",
         mm_tunable_parts="mm_mlp_adapter", learning_rate=1e-2, max_steps=4 if quick else 20, output_dir=str(out / "stage_a"),

@@ -38,7 +38,8 @@ def test_two_process_stage1_matches_single_process_global_batch(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     two = tmp_path / "two" / "final"
-    assert (tmp_path / "two" / "checkpoint-1" / "trainer_state" / "random_states_1.pkl").is_file()  # every rank saved its RNG
+    state = tmp_path / "two" / "checkpoint-1" / "trainer_state"
+    assert (state / "rng_state_1.safetensors").is_file() and not list(state.glob("*.pkl"))  # every rank saved its RNG, no pickle
     expected, got = checkpoint_tensors(single), checkpoint_tensors(two)
     start = checkpoint_tensors(ws["clip"])
     assert expected.keys() == got.keys()

@@ -52,7 +52,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
 
     # The checkpoint records the exact sample position: 2 micro-batches of 8 per step, 4 full batches
     # (32 of the 38 rows) per epoch; at an epoch's end the position is (that epoch, 32) until the next starts.
-    progress = torch.load(latest / "trainer_state" / "custom_checkpoint_0.pkl", weights_only=False)
+    progress = json.loads((latest / "trainer_state" / "progress.json").read_text())  # JSON: never a pickle
     samples = resumed_at * ACCUM * BATCH
     assert progress["step"] == resumed_at
     position = progress["data"]["position"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crash_helpers import one_error_line
+from crash_helpers import PAYLOAD_KINDS, assert_payload_is_live, one_error_line, payload_bytes
 from pretrain_helpers import checkpoint_tensors, make_workspace, recipe, single_thread, stage_args
 from reasonclip_llava.cli import main
 from reasonclip_llava.encoder.modeling import ReasonCLIPForPretraining
@@ -133,3 +133,106 @@ def test_corrupt_start_weights_and_too_long_max_length_are_one_line(ws, tmp_path
     # 78 tokens do not fit CLIP's 77 text positions
     assert pretrain(ws, tmp_path / "b", "--data.max_length=78") == 2
     assert "config key 'data.max_length' must be <= 77" in one_error_line(capsys)
+
+
+# ---- nothing planted runs, nothing trained is lost (issue 23) -------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(ws, tmp_path_factory):
+    """One finished 4-step run (checkpoints 1-3 + final), shared by the probes below; each probe restores what it changes."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    with single_thread():
+        assert pretrain(ws, out) == 0
+    return out
+
+
+def test_a_payload_planted_in_any_checkpoint_file_never_runs_and_is_named(ws, trained, tmp_path, capsys):
+    assert_payload_is_live(tmp_path)
+    checkpoint = trained / "checkpoint-3"
+    marker = tmp_path / "unpickled.txt"
+    planted = [*sorted(p for p in checkpoint.rglob("*") if p.is_file()),
+               checkpoint / "trainer_state" / "custom_checkpoint_0.pkl"]  # what accelerate unpickled with weights_only=False
+    names = {p.name for p in planted}
+    assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "progress.json", "rng_state_0.safetensors"} <= names
+    assert not list(checkpoint.rglob("*.pkl")), "the trainer writes no pickle of its own"
+    capsys.readouterr()
+    for path in planted:
+        original = path.read_bytes() if path.exists() else None
+        for kind in PAYLOAD_KINDS:
+            path.write_bytes(payload_bytes(kind, marker))
+            try:
+                assert pretrain(ws, trained, f"--runtime.resume_from={checkpoint}") == 2, (path, kind)
+                line = one_error_line(capsys)
+            finally:
+                path.unlink() if original is None else path.write_bytes(original)
+            assert str(path) in line and "not unpickled" in line, (kind, line)
+            assert "weights_only" not in line
+            assert not marker.exists(), (path, kind)
+    # latest skips the planted checkpoint with a notice and resumes the previous one; the payload never runs
+    state = checkpoint / "trainer_state" / "optimizer.bin"
+    original = state.read_bytes()
+    state.write_bytes(payload_bytes("torch_zip", marker))
+    try:
+        with single_thread():
+            assert pretrain(ws, trained, "--runtime.resume_from=latest") == 0
+    finally:
+        state.write_bytes(original)
+    captured = capsys.readouterr().out
+    assert "skipping unreadable checkpoint checkpoint-3" in captured and "resumed from" in captured and "at step 2" in captured
+    assert not marker.exists()
+
+
+def test_a_corrupt_rng_state_is_named_never_resumed_as_exact(ws, trained, capsys):
+    # It used to be resumed as if exact: accelerate swallows an RNG load failure ("Could not load random states").
+    rng = trained / "checkpoint-3" / "trainer_state" / "rng_state_0.safetensors"
+    original = rng.read_bytes()
+    header = len(original) - 8 - int.from_bytes(original[:8], "little")  # data bytes: zero the generator states
+    rng.write_bytes(original[:8 + int.from_bytes(original[:8], "little")] + bytes(header))
+    try:
+        assert pretrain(ws, trained, f"--runtime.resume_from={trained / 'checkpoint-3'}") == 2
+        line = one_error_line(capsys)
+        assert str(rng) in line and "would not continue exactly" in line
+        rng.unlink()
+        assert pretrain(ws, trained, f"--runtime.resume_from={trained / 'checkpoint-3'}") == 2
+        assert f"{rng}: missing" in one_error_line(capsys)
+    finally:
+        rng.write_bytes(original)
+
+
+def test_a_weights_only_refusal_falls_back_and_never_suggests_weights_only_false(ws, trained, tmp_path, capsys, monkeypatch):
+    # A file our check passes but torch's weights-only unpickler refuses (here: a global we allow, torch does not).
+    import reasonclip_llava.io_utils as io_utils
+
+    optimizer = trained / "checkpoint-3" / "trainer_state" / "optimizer.bin"
+    original = optimizer.read_bytes()
+    torch.save({"state": {}, "param_groups": [{"lr": slice(1, 2)}]}, optimizer)
+    monkeypatch.setattr(io_utils, "_ALLOWED_GLOBALS", io_utils._allowed_globals() | {"builtins.slice"})
+    try:
+        assert pretrain(ws, trained, f"--runtime.resume_from={trained / 'checkpoint-3'}") == 2
+        line = one_error_line(capsys)
+        assert "checkpoint-3: training state cannot be loaded" in line and "refused, it is not unpickled" in line
+        assert "weights_only" not in line and "can still be loaded" not in line
+        with single_thread():  # latest: a notice, then the previous checkpoint
+            assert pretrain(ws, trained, "--runtime.resume_from=latest") == 0
+        captured = capsys.readouterr()
+        assert "skipping unreadable checkpoint checkpoint-3" in captured.out and "at step 2" in captured.out
+        assert "weights_only" not in captured.out + captured.err
+    finally:
+        optimizer.write_bytes(original)
+
+
+def test_two_runs_into_one_output_dir_cannot_both_run(ws, trained, tmp_path, capsys):
+    from reasonclip_llava.io_utils import RUN_LOCK, claim_run_directory
+
+    out = tmp_path / "busy"
+    with claim_run_directory(out):  # another run holds it (the flock a second process would see)
+        assert pretrain(ws, out) == 2
+        line = one_error_line(capsys)
+        assert f"output directory {out} is in use by another run (pid" in line
+        assert not list(out.glob("checkpoint-*")) and not (out / "final").exists()
+    # the claim ends with its run, also when the run fails; the next run gets the directory
+    assert pretrain(ws, out) == 0 and not (out / RUN_LOCK).exists()
+    # a killed run's staging dir is cleaned by the next run of the directory
+    (out / ".tmp-checkpoint-9").mkdir()
+    (out / ".tmp-checkpoint-9" / "model.safetensors").write_bytes(b"half")
+    assert pretrain(ws, out, "--runtime.resume_from=latest") == 0
+    assert not (out / ".tmp-checkpoint-9").exists()

@@ -38,7 +38,7 @@ from transformers import AutoImageProcessor, CLIPConfig, CLIPModel, PretrainedCo
 
 from .. import __version__
 from ..assets import clip_tokenizer, open_clip_module, open_clip_package_dir
-from ..io_utils import atomic_directory
+from ..io_utils import atomic_directory, check_safetensors, torch_load_weights_only
 from .open_clip_image_processor import IMAGE_PROCESSOR_CLASSES, OpenCLIPImageProcessorPil
 from .text import OPEN_CLIP, TEXT_RULE_KEY, TextRule, tokenize
 
@@ -251,13 +251,14 @@ def _read_checkpoint(path: Path) -> Any:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
+            check_safetensors(path)
             loaded: Any = load_file(str(path))
         else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = torch_load_weights_only(path)  # checked opcode by opcode first: nothing in it runs
     except Exception as error:  # pickles with code objects, TorchScript archives, truncated files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = str(error).removeprefix(f"{path}: ").strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = "; a TorchScript file such as OpenAI's original .pt: save torch.jit.load(file).state_dict() first" if "TorchScript" in str(error) else ""
-        raise ValueError(f"{path}: not a readable open_clip state dict ({first_line}{hint})") from None
+        raise ValueError(f"{path}: not a readable open_clip state dict ({reason}{hint})") from None
     return loaded
 
 
@@ -475,7 +476,7 @@ def convert_open_clip(checkpoint: str | Path, model: str | Path, out_dir: str | 
     for key, value in provenance.items():
         setattr(clip.config, key, value)
 
-    with atomic_directory(out_dir, overwrite) as staging:
+    with atomic_directory(out_dir, overwrite, sources=(checkpoint,)) as staging:
         clip.save_pretrained(staging, safe_serialization=True)
         hf_image_processor(config).save_pretrained(staging)
         tokenizer.save_pretrained(staging)

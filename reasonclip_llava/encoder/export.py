@@ -56,7 +56,7 @@ def export_encoder(
     if not train_ckpt.is_dir():
         raise FileNotFoundError(f"training checkpoint directory not found: {train_ckpt}")
     config = load_dual_encoder_config(train_ckpt)
-    refuse_existing(out_dir, overwrite)  # before the (slow) load
+    refuse_existing(out_dir, overwrite, sources=(train_ckpt,))  # before the (slow) load; never onto its own input
     model = load_pretrained_strict(AutoModel, train_ckpt, f"training checkpoint ({config.model_type})", dtype=torch.float32,
                                   tolerated=training_only_keys)  # a released stage-2 checkpoint's heads: stripped
 
@@ -71,7 +71,7 @@ def export_encoder(
         setattr(model.config, key, value)
 
     # Written into a sibling temp dir and renamed into place: a failed export leaves nothing half-written.
-    with atomic_directory(out_dir, overwrite) as staging:
+    with atomic_directory(out_dir, overwrite, sources=(train_ckpt,)) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         copy_sidecar_files(train_ckpt, staging)
         for leftover in (HEADS_FILE, TRAINING_FILE):

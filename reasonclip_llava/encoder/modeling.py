@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
-from ..io_utils import check_model_files, load_pretrained_strict
+from ..io_utils import check_model_files, load_pretrained_strict, require_finite
 
 HEADS_FILE = "heads.safetensors"
 TRAINING_FILE = "reasonclip_training.json"
@@ -78,8 +78,8 @@ def load_dual_encoder_config(name_or_path: str | Path) -> PretrainedConfig:
         raise ValueError(f"'{name_or_path}': {UNSUPPORTED_MODEL_TYPES[config.model_type]}")
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
-            f"'{name_or_path}' is a '{config.model_type}' checkpoint; ReasonCLIP needs a dual encoder "
-            f"of type {sorted(SUPPORTED_MODEL_TYPES)}"
+            f"'{name_or_path}' is a '{config.model_type}' checkpoint; ReasonCLIP needs a CLIP/SigLIP dual encoder "
+            f"(model_type {sorted(SUPPORTED_MODEL_TYPES)})"
         )
     return config
 
@@ -217,8 +217,9 @@ class ReasonCLIPForPretraining(nn.Module):
         (a bf16 release included) unless `torch_dtype` says otherwise.
         """
         load_dual_encoder_config(name_or_path)
-        # Missing weights would start random and pass as trained; extra ones (published heads) are read below.
-        backbone = load_pretrained_strict(AutoModel, name_or_path, "model", allow_unexpected=True, dtype=torch_dtype or torch.float32)
+        # Missing weights would start random and pass as trained; of the extra ones only the published heads
+        # (read below) are expected, any other is a tensor the config has no place for.
+        backbone = load_pretrained_strict(AutoModel, name_or_path, "model", tolerated=training_only_keys, dtype=torch_dtype or torch.float32)
         directory = Path(name_or_path)
         saved_info = TrainingInfo.load(directory) if directory.is_dir() else None
         info = saved_info or TrainingInfo(base_model=str(name_or_path))
@@ -226,6 +227,7 @@ class ReasonCLIPForPretraining(nn.Module):
         heads_path = directory / HEADS_FILE
         saved = load_file(str(heads_path)) if heads_path.is_file() else published_heads(directory)
         if saved:
+            require_finite(saved.items(), f"heads of {name_or_path}")
             wanted = model.head_state_dict()
             saved = {k: v.to(wanted[k].dtype) for k, v in saved.items() if k in wanted}
             for key, tensor in saved.items():

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, PretrainedConfig, PreTrainedModel, SiglipVisionModel
 
 from ..io_utils import load_pretrained_strict, require_existing
+from .modeling import SUPPORTED_MODEL_TYPES, training_only_keys
 
 SELECT_FEATURES = ("patch", "cls_patch")
 # vision sub-config model_type -> (vision model class, has a CLS token)
@@ -23,6 +24,16 @@ VISION_MODELS: dict[str, tuple[type, bool]] = {
     "clip_vision_model": (CLIPVisionModel, True),
     "siglip_vision_model": (SiglipVisionModel, False),
 }
+# What a dual-encoder checkpoint holds beside its vision model: the text half, the projections, the
+# temperature (and a released stage-2 checkpoint's heads). Any other leftover is a vision tensor the config
+# has no place for (e.g. layers cut from num_hidden_layers) and makes the load fail.
+DUAL_ENCODER_EXTRAS = ("text_model.", "text_projection.", "visual_projection.", "logit_scale", "logit_bias")
+
+
+def dual_encoder_extras(unexpected: list[str]) -> list[str]:
+    """The unexpected keys of a vision-model load that belong to the rest of a dual encoder."""
+    extras = [key for key in unexpected if key.startswith(DUAL_ENCODER_EXTRAS)]
+    return extras + training_only_keys(unexpected)
 
 
 def load_vision_config(name_or_path: str | Path) -> PretrainedConfig:
@@ -32,8 +43,17 @@ def load_vision_config(name_or_path: str | Path) -> PretrainedConfig:
         config = AutoConfig.from_pretrained(str(name_or_path))
     except OSError as error:
         raise FileNotFoundError(f"cannot read a model config from '{name_or_path}': {error}") from None
+    if config.model_type not in set(SUPPORTED_MODEL_TYPES) | set(VISION_MODELS):
+        raise ValueError(
+            f"'{name_or_path}': vision model_type '{config.model_type}' is not supported; a vision tower needs a CLIP / SigLIP "
+            f"checkpoint (model_type {sorted(set(SUPPORTED_MODEL_TYPES) | set(VISION_MODELS))})"
+        )
     vision_config = getattr(config, "vision_config", config)
-    if vision_config.model_type not in VISION_MODELS:
+    expected = SUPPORTED_MODEL_TYPES.get(config.model_type, (None, None))[1]
+    if expected is not None and getattr(vision_config, "model_type", None) != expected:
+        raise ValueError(f"'{name_or_path}': config.json is a '{config.model_type}' checkpoint but its vision_config is "
+                         f"'{getattr(vision_config, 'model_type', None)}', not '{expected}'")
+    if getattr(vision_config, "model_type", None) not in VISION_MODELS:
         raise ValueError(
             f"'{name_or_path}': vision model_type '{vision_config.model_type}' is not supported; a vision tower needs one of {sorted(VISION_MODELS)}"
         )
@@ -41,13 +61,14 @@ def load_vision_config(name_or_path: str | Path) -> PretrainedConfig:
 
 
 def load_vision_model(name_or_path: str | Path, device_map: str | dict | None = None, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """The vision half of a CLIP/SigLIP checkpoint, strictly: every vision weight must be present.
+    """The vision half of a CLIP/SigLIP checkpoint, strictly: every vision weight present and used, all finite.
 
-    The text weights of a dual-encoder checkpoint are expected leftovers, so transformers' load report
-    about them is silenced; a missing or mismatched *vision* weight is an error naming the checkpoint.
+    The text half of a dual-encoder checkpoint is an expected leftover (DUAL_ENCODER_EXTRAS); a missing,
+    mismatched or unexpected *vision* weight (a config that drops layers) is an error naming the checkpoint.
     """
     model_class, _ = VISION_MODELS[load_vision_config(name_or_path).model_type]
-    return load_pretrained_strict(model_class, name_or_path, "encoder (vision weights)", allow_unexpected=True, device_map=device_map, dtype=dtype)
+    return load_pretrained_strict(model_class, name_or_path, "encoder (vision weights)", tolerated=dual_encoder_extras,
+                                  device_map=device_map, dtype=dtype)
 
 
 class ReasonCLIPVisionTower(nn.Module):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 import typing
 from dataclasses import dataclass
@@ -37,10 +38,14 @@ from transformers import PreTrainedModel, ProcessorMixin, ProgressCallback, Trai
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from ..config_utils import LAUNCHER_KEYS, coerce, parse_overrides, read_yaml_mapping
+from ..io_utils import claim_run_directory, is_main_launch_rank
 from ..value_checks import check_max_length, check_ranges
 from ..vlm.architectures import LlavaArchitecture, architecture_of, get_architecture
 from ..vlm.build import build_llava
-from .checkpoints import check_checkpoint, latest_checkpoint, write_checkpoint_atomically
+from .checkpoints import (
+    RUN_CONFIG_NAME, STAGING_DIR, check_checkpoint, check_run_output_dir, clear_output_dir, latest_checkpoint,
+    write_checkpoint_atomically,
+)
 from .data import LengthGroupedSampler, LlavaConversationDataset, LlavaDataCollator
 from .templates import LABEL_MASKINGS
 from ..vlm.tower_check import (
@@ -53,7 +58,8 @@ from ..vlm.tower_check import (
 
 TUNABLE_PARTS = ("mm_mlp_adapter", "mm_vision_tower", "mm_language_model")
 NON_LORA_TRAINABLES = "non_lora_trainables.safetensors"
-TRAIN_CONFIG_NAME = "reasonclip_llava_train.yaml"
+TRAIN_CONFIG_NAME = RUN_CONFIG_NAME
+TRAINING_ARGS_JSON = "training_args.json"  # instead of the Trainer's training_args.bin (a pickle of TrainingArguments)
 PROJECTOR_KEYS = ("multi_modal_projector", "image_newline")
 TOWER_KEYS = ("vision_tower",)
 # Numeric options with a meaningful range (None = not set); model_max_length is also checked against
@@ -118,6 +124,7 @@ class LlavaTrainConfig:
     save_total_limit: int | None = 1
     logging_steps: int = 1
     resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest" for the last one in output_dir
+    overwrite: bool = False  # replace what another run left in output_dir (else a non-empty output_dir is refused)
     report_to: str = "none"
 
     @property
@@ -363,6 +370,10 @@ class LlavaTrainer(Trainer):
             return
         output_dir = output_dir or self.args.output_dir
         save_train_config(self.llava_config, output_dir)  # every checkpoint-N is self-describing (merge, resume)
+        pickled_args = Path(output_dir) / "training_args.bin"
+        if pickled_args.is_file():  # nothing reads it back; as JSON it can never carry code
+            pickled_args.unlink()
+            (Path(output_dir) / TRAINING_ARGS_JSON).write_text(self.args.to_json_string())
         if is_peft(self.model):
             save_non_lora_trainables(self.model, output_dir, state_dict)
 
@@ -492,9 +503,24 @@ def train_llava(config: LlavaTrainConfig) -> Path:
 
     output_dir also gets trainer_state.json (loss history), the resolved config (TRAIN_CONFIG_NAME) and the
     tower check (tower_check.TOWER_CHECK_NAME); a saved tower that is not the trained one raises.
+    output_dir is claimed for the run and follows pretraining's rules (checkpoints.check_run_output_dir):
+    another run's files are refused unless `overwrite`, continuing one's own run is `resume_from_checkpoint`.
     """
+    config.validate()
+    main_rank = is_main_launch_rank()
+    with claim_run_directory(config.output_dir, enabled=main_rank):  # a second run into output_dir is refused
+        resume = resume_argument(config)  # every file of the checkpoint checked, nothing loaded yet
+        check_run_output_dir(config, Path(resume) if resume else None)
+        if main_rank:
+            if config.overwrite and resume is None:
+                clear_output_dir(config.output_dir)
+            shutil.rmtree(Path(config.output_dir) / STAGING_DIR, ignore_errors=True)  # a killed run's half checkpoint
+        return _train(config, resume)
+
+
+def _train(config: LlavaTrainConfig, resume: str | None) -> Path:
     trainer = build_trainer(config)
-    result = trainer.train(resume_from_checkpoint=resume_argument(config))
+    result = trainer.train(resume_from_checkpoint=resume)
     if trainer.is_world_process_zero():
         print(f"{config.output_dir}: {result.global_step} steps, mean loss {result.training_loss:.4f}, "
               f"{result.metrics.get('train_runtime', 0.0):.0f} s")

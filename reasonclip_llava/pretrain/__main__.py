@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from .trainer import main
+from ..entry import quiet_library_notices
+
+quiet_library_notices()  # before torch / transformers are imported (see entry.py)
+from .trainer import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,18 +10,21 @@ config and a hash of the keys that decide what the run computes. Then:
     HARMLESS_KEYS (logging, save cadence, paths, workers, compilation) may change;
   * `keep_last` prunes only checkpoints of this run (same identity hash), never those it did not write;
   * `resume_from: latest` takes the newest checkpoint whose files are readable and whose state loads,
-    saying so when it has to skip a corrupt one.
+    saying so when it has to skip a corrupt one (a planted pickle included: io_utils.check_state_dir reads
+    every file of a checkpoint before anything loads it, and unpickles none).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from ..io_utils import UnreadableFileError, check_state_dir
+from ..config_utils import changed_keys
+from ..io_utils import UnreadableFileError, check_state_dir, is_non_empty_dir, load_error_text
 from .config import PretrainConfig
 
 RUN_FILE = "reasonclip_run.json"
@@ -76,16 +79,7 @@ def read_run_record(directory: Path) -> dict[str, Any] | None:
 
 def meaning_differences(recorded: dict[str, Any], config: PretrainConfig) -> list[str]:
     """'key: old -> new' for every key outside HARMLESS_KEYS whose value differs (keys added since count as differing only when set)."""
-    old, new = flat_config(recorded), flat_config(config)
-    defaults = flat_config(PretrainConfig())
-    differences = []
-    for key in sorted(set(old) | set(new)):
-        if key in HARMLESS_KEYS:
-            continue
-        before, after = old.get(key, defaults.get(key)), new.get(key, defaults.get(key))
-        if json.dumps(before, default=str) != json.dumps(after, default=str):
-            differences.append(f"{key}: {before!r} -> {after!r}")
-    return differences
+    return changed_keys(flat_config(recorded), flat_config(config), HARMLESS_KEYS, flat_config(PretrainConfig()))
 
 
 def is_own_checkpoint(checkpoint: Path, config: PretrainConfig) -> bool:
@@ -103,7 +97,7 @@ def check_output_dir(config: PretrainConfig, has_checkpoint: bool) -> None:
     """Refuse a fresh run into an output_dir that holds something else (see the module docstring)."""
     runtime = config.runtime
     output_dir = Path(runtime.output_dir)
-    if not output_dir.is_dir() or not any(output_dir.iterdir()) or runtime.overwrite:
+    if not is_non_empty_dir(output_dir) or runtime.overwrite:
         return
     recorded = read_run_record(output_dir)
     if has_checkpoint:
@@ -147,22 +141,48 @@ def clear_run_outputs(output_dir: Path) -> None:
                 path.unlink()
 
 
-def restore_newest_loadable(candidates: list[Path], load: Callable[[Path], None], explicit: bool) -> Path | None:
-    """Load the newest checkpoint (last of `candidates`) that reads and loads; return it (None: no candidate).
+def readable_checkpoints(candidates: list[Path], explicit: bool) -> list[Path]:
+    """The candidates whose every file reads as what it should be (nothing is loaded or unpickled).
 
-    `latest` (explicit False) skips a corrupt checkpoint with a one-line notice and falls back to the
-    previous one; an explicitly named checkpoint that does not load is a one-line error naming the file.
+    An explicitly named checkpoint with a bad file is a one-line error naming the file; `latest` skips
+    such checkpoints with a notice, and fails only when none is left.
+    """
+    readable = []
+    for checkpoint in candidates:
+        try:
+            check_state_dir(checkpoint)
+        except UnreadableFileError as error:
+            if explicit:
+                raise
+            print(f"note: skipping unreadable checkpoint {checkpoint.name}: {error}")
+            continue
+        readable.append(checkpoint)
+    if candidates and not readable:
+        raise UnreadableFileError(f"no checkpoint in {candidates[0].parent} can be loaded (all {len(candidates)} are unreadable)")
+    return readable
+
+
+def clear_stale_temp_dirs(output_dir: Path) -> None:
+    """Remove the `.tmp-*` staging dirs a killed run left (call only while holding the run directory's claim)."""
+    for path in Path(output_dir).glob(".tmp-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def restore_newest_loadable(candidates: list[Path], load: Callable[[Path], None], explicit: bool) -> Path | None:
+    """Load the newest checkpoint (last of `candidates`, whose files readable_checkpoints checked); return it.
+
+    `latest` (explicit False) skips a checkpoint whose state does not load with a one-line notice and
+    falls back to the previous one; an explicitly named one is a one-line error naming the file.
+    None: no candidate.
     """
     for checkpoint in reversed(candidates):
         try:
-            check_state_dir(checkpoint)
             try:
                 load(checkpoint)
-            except (RuntimeError, EOFError, OSError, ValueError, KeyError) as error:  # torch.load / safetensors
+            except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as error:  # torch.load / safetensors
                 if isinstance(error, UnreadableFileError):
                     raise
-                detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-                raise UnreadableFileError(f"{checkpoint}: training state cannot be loaded ({type(error).__name__}: {detail})") from None
+                raise UnreadableFileError(f"{checkpoint}: training state cannot be loaded ({load_error_text(error)})") from None
         except UnreadableFileError as error:
             if explicit:
                 raise

@@ -7,16 +7,18 @@ A stage is a config (see config.py); this file builds the pieces it names and ru
     warmup + cosine schedule, stepped once per optimizer step
     checkpoints: output_dir/checkpoint-{step}/  = training checkpoint (model.save_pretrained, loadable by
                  ReasonCLIPForPretraining.from_pretrained / AutoModel) + trainer_state/ (accelerate
-                 save_state: optimizer, scheduler, RNG states, model copy; plus step, sampler position and
-                 skipped-image count). Written to a temp dir and renamed, so a crash never leaves a
-                 half-written checkpoint-{step}.
+                 save_state: optimizer, scheduler, model copy; plus, as JSON / safetensors (state.py), step,
+                 sampler position, skipped-image count and the RNG states). Written to a temp dir and
+                 renamed, so a crash never leaves a half-written checkpoint-{step}.
     final:       output_dir/final/ (training checkpoint, heads included; no trainer_state)
     best:        output_dir/best/ (same format as final/), the weights with the lowest held-out loss so
                  far, when data.holdout_ratio > 0 (evaluated every data.eval_every, and at the end;
                  each value appended to output_dir/eval_loss.jsonl)
 
 Resume (`runtime.resume_from: <dir> | latest`) restores all of it, so on a CPU with a fixed seed the
-final weights equal an uninterrupted run's bit for bit.
+final weights equal an uninterrupted run's bit for bit. Every file of the checkpoint is checked before
+anything is loaded (io_utils.check_state_dir: a planted pickle is refused, never unpickled), and the run
+claims output_dir for its whole length (io_utils.claim_run_directory): a second run into it is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration, set_seed
 from torch import nn
 
 from ..encoder.modeling import HeadsConfig, ReasonCLIPForPretraining
-from ..io_utils import replace_directory, write_errors_as_one_line
+from ..io_utils import claim_run_directory, is_main_launch_rank, replace_directory, write_errors_as_one_line
 from ..losses import clamp_logit_scale_
 from ..value_checks import check_max_length
 from .config import PretrainConfig, apply_global_batch
@@ -44,8 +45,10 @@ from .data import build_train_data
 from .objective import StageObjective
 from .optim import build_optimizer, build_param_groups  # noqa: F401  (build_param_groups: part of this module's API)
 from .run_dir import (
-    check_output_dir, check_resume_config, clear_run_outputs, is_own_checkpoint, restore_newest_loadable, write_run_record,
+    check_output_dir, check_resume_config, clear_run_outputs, clear_stale_temp_dirs, is_own_checkpoint, readable_checkpoints,
+    restore_newest_loadable, write_run_record,
 )
+from .state import TrainingProgress, restore_rng_state, save_rng_state
 from .schedule import build_lr_scheduler
 from .speed import (  # noqa: F401 (compile_repeated_layers: public here too)
     apply_speed_options, attention_backend, check_device_options, compile_repeated_layers, compile_step, run_device,
@@ -56,25 +59,6 @@ CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state"
 FINAL_DIR = "final"
 BEST_DIR = "best"
-
-# --------------------------------------------------------------------------- state that travels with checkpoints
-@dataclass
-class TrainingProgress:
-    """The run's position that accelerate does not save itself (registered for checkpointing)."""
-
-    step: int = 0  # optimizer steps done
-    data: dict[str, Any] = field(default_factory=dict)  # TrainData.state_dict(): exact sample position, skipped images
-    best_eval_loss: float = float("inf")  # lowest held-out loss so far (the weights in best/)
-    best_step: int = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "data": self.data, "best_eval_loss": self.best_eval_loss, "best_step": self.best_step}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step, self.data = int(state["step"]), state["data"]
-        self.best_eval_loss = float(state.get("best_eval_loss", float("inf")))
-        self.best_step = int(state.get("best_step", 0))
-
 
 # --------------------------------------------------------------------------- building blocks
 def stage_heads(config: PretrainConfig, t5_width: int | None) -> HeadsConfig:
@@ -189,21 +173,30 @@ def resume_candidates(config: PretrainConfig) -> list[Path]:
 
 
 def check_run_dir(config: PretrainConfig) -> list[Path]:
-    """Before anything is loaded: may this run use output_dir, and resume what it names? Returns the candidates."""
-    candidates = resume_candidates(config)
+    """Before anything is loaded: may this run use output_dir, and resume what it names? Returns the candidates.
+
+    Every file of the candidates is checked here (a planted or cut-off file is refused, or skipped by
+    `latest` with a notice), so nothing heavy is loaded for a resume that cannot happen.
+    """
+    candidates = readable_checkpoints(resume_candidates(config), explicit=config.runtime.resume_from != "latest")
     if candidates:
         check_resume_config(candidates[-1], config)
     check_output_dir(config, has_checkpoint=bool(candidates))
     return candidates
 
 
-def save_checkpoint(accelerator: Accelerator, objective: nn.Module, config: PretrainConfig, step: int) -> Path:
-    """checkpoint-{step}/ = training checkpoint + trainer_state/ (accelerate save_state), written atomically."""
+def save_checkpoint(accelerator: Accelerator, objective: nn.Module, config: PretrainConfig, step: int,
+                    progress: TrainingProgress) -> Path:
+    """checkpoint-{step}/ = training checkpoint + trainer_state/ (accelerate save_state + state.py), written atomically."""
     target = Path(config.runtime.output_dir) / f"{CHECKPOINT_PREFIX}{step}"
 
     def write_state(tmp: Path) -> None:
-        accelerator.save_state(str(tmp / TRAINER_STATE))
+        state_dir = tmp / TRAINER_STATE
+        accelerator.save_state(str(state_dir))
+        save_rng_state(state_dir, accelerator.process_index)  # and accelerate's pickled copy removed
         if accelerator.is_main_process:
+            progress.accelerator_step = accelerator.step
+            progress.save(state_dir)
             write_run_record(tmp, config)  # which run wrote it: resume compares, pruning keeps others' checkpoints
 
     _write_atomically(accelerator, objective, config, target, write_state)
@@ -285,15 +278,28 @@ def _prune_checkpoints(output_dir: Path, config: PretrainConfig) -> None:
 # --------------------------------------------------------------------------- the run
 def pretrain(config: PretrainConfig) -> Path:
     """Run one stage as configured; return output_dir/final (a training checkpoint, heads included)."""
-    with attention_backend(config.model.attention, run_device()):  # model.attention, for the whole run
+    # The main process claims output_dir for the whole run: a second run into it fails at once.
+    with claim_run_directory(config.runtime.output_dir, enabled=is_main_launch_rank()), \
+            attention_backend(config.model.attention, run_device()):  # model.attention, for the whole run
         return _pretrain(config)
+
+
+def load_checkpoint_state(accelerator: Accelerator, checkpoint: Path, progress: TrainingProgress) -> None:
+    """accelerate's state (model, optimizer, scheduler), then ours: progress and this process's RNG states."""
+    state_dir = Path(checkpoint) / TRAINER_STATE
+    progress.load(state_dir)  # first: a checkpoint without it is refused before accelerate reads anything
+    accelerator.load_state(str(state_dir))
+    restore_rng_state(state_dir, accelerator.process_index)
+    accelerator.step = progress.accelerator_step
 
 
 def _pretrain(config: PretrainConfig) -> Path:
     runtime, stage = config.runtime, config.stage
     set_seed(runtime.seed)
     output_dir = Path(runtime.output_dir)
-    candidates = check_run_dir(config)  # refuses a mixed or changed run before anything heavy is loaded
+    candidates = check_run_dir(config)  # refuses a mixed or changed run (or a planted file) before anything heavy is loaded
+    if is_main_launch_rank():
+        clear_stale_temp_dirs(output_dir)  # left by a killed run; the claim means no other writer is at work
 
     # Loaded before the accelerator exists: with a ZeRO-3 config in place, transformers would build the
     # model inside deepspeed.zero.Init; a CLIP-sized model is loaded whole and partitioned by prepare().
@@ -325,9 +331,8 @@ def _pretrain(config: PretrainConfig) -> Path:
     if config.model.torch_compile == "step":
         compile_step(objective)  # the prepared module: accelerate's autocast (and DDP) inside the graph
 
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
-    resume = restore_newest_loadable(candidates, lambda path: accelerator.load_state(str(path / TRAINER_STATE)),
+    progress = TrainingProgress()  # saved as JSON beside accelerate's state, never registered (that is a pickle)
+    resume = restore_newest_loadable(candidates, lambda path: load_checkpoint_state(accelerator, path, progress),
                                      explicit=runtime.resume_from != "latest")
     if resume is not None:
         data.load_state_dict(progress.data)
@@ -368,7 +373,7 @@ def _pretrain(config: PretrainConfig) -> Path:
         if data.heldout is not None and ((step + 1) % eval_interval == 0 or step + 1 == max_steps):
             evaluate_and_keep_best(accelerator, objective, config, data.heldout, progress)
         if runtime.save_every and (step + 1) % runtime.save_every == 0 and step + 1 < max_steps:
-            save_checkpoint(accelerator, objective, config, step + 1)
+            save_checkpoint(accelerator, objective, config, step + 1, progress)
 
     bar.close()
     final = output_dir / FINAL_DIR
@@ -514,9 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="--section.key=value or --key=value")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
     args = parser.parse_args(argv)
+    from safetensors import SafetensorError
+
     try:
         print(pretrain_from_yaml(args.config, args.overrides))
-    except (OSError, ValueError, FloatingPointError) as error:  # incl. a full disk, a refused output_dir
+    except (OSError, ValueError, FloatingPointError, SafetensorError) as error:  # incl. a full disk, a refused output_dir
         print(f"pretrain: error: {error}", file=sys.stderr)
         return 2
     return 0

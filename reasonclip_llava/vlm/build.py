@@ -255,6 +255,6 @@ save_llava_next = save_llava
 def build_and_save(language_model: str | Path, encoder: str | Path, out_dir: str | Path, *,
                    overwrite: bool = False, **kwargs) -> Path:
     """CLI entry (`reasonclip llava-build`): build_llava(..., **kwargs) then save_llava(..., out_dir)."""
-    refuse_existing(out_dir, overwrite)  # before the (slow) build
+    refuse_existing(out_dir, overwrite, sources=(language_model, encoder))  # before the (slow) build
     model, processor = build_llava(language_model, encoder, **kwargs)
     return save_llava(model, processor, out_dir, overwrite=overwrite)

@@ -57,7 +57,7 @@ def swap_vision_tower(
     llava_dir, encoder_dir, out_dir = Path(llava_dir), Path(encoder_dir), Path(out_dir)
     if out_dir.resolve() == llava_dir.resolve():
         raise ValueError(f"out_dir {out_dir} is the source checkpoint; write the swapped model elsewhere")
-    refuse_existing(out_dir, overwrite)
+    refuse_existing(out_dir, overwrite, sources=(encoder_dir,))
     architecture = require_llava(llava_dir, "--llava")
     llava_config = architecture.config_class.from_pretrained(llava_dir)
     encoder_config = load_vision_config(encoder_dir)

@@ -92,9 +92,14 @@ class EncoderEmbedder:
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"not a model checkpoint (no config.json): {model_dir}")
-        from ...io_utils import load_pretrained_strict  # missing weights would be scored as random ones
+        from ...encoder.modeling import load_dual_encoder_config, training_only_keys
+        from ...io_utils import load_pretrained_strict
 
-        model = load_pretrained_strict(AutoModel, model_dir, "model", allow_unexpected=True, **({"dtype": dtype} if dtype is not None else {}))
+        load_dual_encoder_config(model_dir)  # a CLIP / SigLIP, before AutoModel builds whatever config.json names
+        # Strict: missing weights would be scored as random ones, unexpected ones mean the config dropped
+        # layers; only a released stage-2 checkpoint's training heads are expected extras. Weights are finite.
+        model = load_pretrained_strict(AutoModel, model_dir, "model", tolerated=training_only_keys,
+                                       **({"dtype": dtype} if dtype is not None else {}))
         for method in ("get_image_features", "get_text_features"):
             if not hasattr(model, method):
                 raise ValueError(f"{model_dir}: {type(model).__name__} has no {method}; expected a CLIP/SigLIP dual encoder")
@@ -148,7 +153,7 @@ class EncoderEmbedder:
         inputs = {key: value.to(self.device, self.dtype) if value.is_floating_point() else value.to(self.device)
                   for key, value in inputs.items() if isinstance(value, torch.Tensor)}
         features = _features(self.model.get_image_features(**inputs))
-        return F.normalize(features.float(), dim=-1).cpu()
+        return self._finite(F.normalize(features.float(), dim=-1).cpu(), "image")
 
     @torch.no_grad()
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -156,7 +161,15 @@ class EncoderEmbedder:
             raise FileNotFoundError(f"{self.model_dir or self.name}: no tokenizer saved with the checkpoint; text embeddings need one")
         inputs = {key: value.to(self.device) for key, value in tokenize(self.tokenizer, texts, self.text_rule).items()}
         features = _features(self.model.get_text_features(**inputs))
-        return F.normalize(features.float(), dim=-1).cpu()
+        return self._finite(F.normalize(features.float(), dim=-1).cpu(), "text")
+
+    def _finite(self, embeddings: torch.Tensor, kind: str) -> torch.Tensor:
+        """NaN / inf embeddings would score as 0 % (or at random): an error naming the model, never a result."""
+        if not torch.isfinite(embeddings).all():
+            rows = int((~torch.isfinite(embeddings)).any(dim=-1).sum())
+            raise ValueError(f"{self.model_dir or self.name}: {rows} of {len(embeddings)} {kind} embeddings are NaN/inf "
+                             f"(dtype {str(self.dtype).removeprefix('torch.')}); no score is computed from them")
+        return embeddings
 
     @staticmethod
     def _stack(rows: list[torch.Tensor]) -> torch.Tensor:
