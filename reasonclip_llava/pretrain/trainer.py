@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration, set_seed
 from torch import nn
 
@@ -97,6 +98,11 @@ def build_accelerator(config: PretrainConfig) -> Accelerator:
             zero3_init_flag=False,  # see pretrain(): the model is loaded whole, then partitioned
         )
     report_to = [t for t in runtime.report_to if t]
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") != runtime.mixed_precision:
+        # accelerate keeps one accelerator state per process and refuses another mixed precision in a later
+        # run of the same process (a bf16 run, then an fp32 one); its process group (PartialState) is kept.
+        AcceleratorState._reset_state()
     accelerator = Accelerator(
         # On a machine without an accelerator, cpu=True is what makes accelerate run torchrun's processes
         # as one gloo group (MULTI_CPU) instead of independent single-process runs.
@@ -366,7 +372,9 @@ def _pretrain(config: PretrainConfig) -> Path:
 
     def write_summary(tmp: Path) -> None:
         if accelerator.is_main_process:
-            summary = {"steps": max_steps, "skipped_images": data.skipped_images, "final_weights": runtime.final_weights}
+            summary = {"steps": max_steps, "skipped_images": data.skipped_images}
+            if runtime.final_weights == "best":
+                summary["final_weights"] = "best"  # final/ holds best/'s weights, the last step's are in last/
             if data.heldout is not None:
                 summary.update(best_eval_loss=progress.best_eval_loss, best_step=progress.best_step)
             (tmp / "training_summary.json").write_text(json.dumps(summary))
