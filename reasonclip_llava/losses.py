@@ -421,16 +421,19 @@ class ReconstructionLoss(nn.Module):
     length-1 encoder output (only T5's decoder and lm_head run). Padding gets label -100, so its ids
     never matter (T5 turns -100 back into pad when it shifts labels into decoder inputs).
 
-    The T5 model is frozen (requires_grad=False, eval mode: no dropout) and kept outside the module
-    tree: this loss has no parameters and an empty state_dict, yet gradients flow through T5 into the
-    projector and the text encoder. `.to()` on the loss also moves T5.
+    The T5 model is frozen (requires_grad=False) and kept outside the module tree: this loss has no
+    parameters and an empty state_dict, yet gradients flow through T5 into the projector and the text
+    encoder. `.to()` on the loss also moves T5. `dropout=False`: T5 stays in eval mode (a deterministic
+    loss); `dropout=True`: T5 follows the loss's train()/eval(), as READ's run does (its Trainer puts the
+    whole model, the frozen decoder included, in train mode, so T5's dropout is active while training).
     """
 
-    def __init__(self, t5: "T5ForConditionalGeneration"):
+    def __init__(self, t5: "T5ForConditionalGeneration", dropout: bool = False):
         super().__init__()
         t5.requires_grad_(False)
-        t5.eval()
         object.__setattr__(self, "t5", t5)  # not a submodule: never saved or optimised with the loss
+        self.dropout = dropout
+        self.train(self.training)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
         self.t5._apply(fn)
@@ -438,7 +441,7 @@ class ReconstructionLoss(nn.Module):
 
     def train(self, mode: bool = True) -> "ReconstructionLoss":
         super().train(mode)
-        self.t5.eval()  # frozen decoder: dropout stays off
+        self.t5.train(mode and self.dropout)
         return self
 
     def forward(

@@ -22,6 +22,21 @@ noun phrase) and a relation lexicon with opposites. Negatives are a pure functio
 
 Precomputed negatives (a ``neg`` / ``negatives`` data column) are read by the datasets and topped up
 with generated ones when there are fewer than k.
+
+Two generators, chosen by the recipe's ``stage.negatives``:
+
+* ``distinct`` (``HardNegativeGenerator``, above): k distinct negatives, swaps first, then replacements,
+  then a fallback, so every caption gets k real negatives.
+* ``read`` (``ReadNegativeSampler``): READ's own sampler (READ-CLIP ``src/common/mixin.py``,
+  ``NegCLIPNegativeTextMining``), rule for rule. Swap kinds are only nouns, adjectives, adverbs (one token
+  each), noun chunks of 3+ tokens and verb phrases (every token run matching VERB? ADV* AUX* VERB+, as
+  spaCy's Matcher returns them, overlapping ones included); no relation kind, no replacements. One
+  negative = up to 5 attempts, each picking a kind with >= 2 spans and two distinct spans of it at
+  random, swapping them and joining the tokens with single spaces; a result that repeats an earlier one
+  or equals the caption is dropped; the negative is one of the kept results at random, or ``''`` when
+  none is kept. The k negatives of a caption are k such independent picks, so they may repeat. Tags come
+  from spaCy's ``en_core_web_sm`` as in READ; without spaCy the rule tagger's tags stand in for them (an
+  approximation of the tags, the sampling rules stay READ's).
 """
 
 from __future__ import annotations
@@ -213,14 +228,20 @@ class SpacyTagger:
 
 
 @lru_cache(maxsize=1)
-def default_tagger() -> Callable[[str], TaggedCaption]:
-    """spaCy's en_core_web_sm when both are installed, otherwise the rule-based tagger."""
+def _spacy_pipeline() -> Callable | None:
+    """spaCy's en_core_web_sm (tagger + parser: POS tags and noun chunks), or None when either is missing."""
     try:
         import spacy  # optional: the `nlp` extra
 
-        return SpacyTagger(spacy.load("en_core_web_sm", disable=["ner", "lemmatizer"]))
+        return spacy.load("en_core_web_sm", disable=["ner", "lemmatizer"])  # neither changes POS or chunks
     except (ImportError, OSError):
-        return RuleTagger()
+        return None
+
+
+def default_tagger() -> Callable[[str], TaggedCaption]:
+    """spaCy's en_core_web_sm when both are installed, otherwise the rule-based tagger."""
+    nlp = _spacy_pipeline()
+    return SpacyTagger(nlp) if nlp is not None else RuleTagger()
 
 
 def _swap(text: str, a: Span, b: Span) -> str:
@@ -324,6 +345,132 @@ class HardNegativeGenerator:
             if take(candidate):
                 return chosen
         raise ValueError(f"could not build {self.k} distinct negatives for {caption!r}")
+
+
+# --------------------------------------------------------------------------- READ's sampler
+READ_SWAP_KINDS = ("NOUN", "ADJ", "ADV", "NP", "VP")  # READ's group order
+READ_ATTEMPTS = 5  # READ's max_num_texts: swaps tried per negative
+READ_MIN_NP_TOKENS = 3  # noun chunks shorter than this are not swapped
+_AUX_WORDS = frozenset("is are was were be been being am has have had does do did".split())
+_TOKEN = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)?|[^\sA-Za-z0-9]")
+_VP_TAGS = {"VERB": "V", "ADV": "D", "AUX": "A"}
+_VP_PATTERN = re.compile(r"V?D*A*V+")  # READ's Matcher pattern: VERB? ADV* AUX* VERB+
+
+
+@dataclass(frozen=True)
+class TokenDoc:
+    """A caption as READ's sampler sees it: tokens, their coarse (universal) POS tags, noun chunks."""
+
+    tokens: tuple[str, ...]
+    pos: tuple[str, ...]
+    noun_chunks: tuple[tuple[int, int], ...] = ()  # [start, end) token ranges
+
+
+def spacy_token_doc(nlp: Callable) -> Callable[[str], TokenDoc]:
+    """A tagger reading tokens, `pos_` and noun chunks from a spaCy pipeline (READ: en_core_web_sm)."""
+
+    def tag(text: str) -> TokenDoc:
+        doc = nlp(text)
+        return TokenDoc(tuple(t.text for t in doc), tuple(t.pos_ for t in doc),
+                        tuple((chunk.start, chunk.end) for chunk in doc.noun_chunks))
+
+    return tag
+
+
+def rule_token_doc(text: str) -> TokenDoc:
+    """The rule tagger's spans as tokens and POS tags (NOUN, ADJ, ADV, VERB for -ing verbs, AUX, else X)."""
+    tagged = RuleTagger()(text)
+    matches = list(_TOKEN.finditer(text))
+    kinds = {"noun": "NOUN", "adj": "ADJ", "adv": "ADV"}
+    pos = []
+    for m in matches:
+        word = m.group(0).lower()
+        tag = next((kinds[k] for k in kinds for s in tagged.spans[k] if s.start <= m.start() < s.end), None)
+        pos.append(tag or ("VERB" if RuleTagger._is_verb(word) else "AUX" if word in _AUX_WORDS else "X"))
+    chunks = []
+    for span in tagged.spans["np"]:
+        inside = [i for i, m in enumerate(matches) if span.start <= m.start() < span.end]
+        chunks.append((inside[0], inside[-1] + 1))
+    return TokenDoc(tuple(m.group(0) for m in matches), tuple(pos), tuple(chunks))
+
+
+@lru_cache(maxsize=1)
+def default_read_tagger() -> Callable[[str], TokenDoc]:
+    """READ's tagger (spaCy en_core_web_sm) when installed, otherwise `rule_token_doc` (with one warning)."""
+    nlp = _spacy_pipeline()
+    if nlp is not None:
+        return spacy_token_doc(nlp)
+    import logging
+
+    logging.getLogger(__name__).warning(
+        "stage.negatives=read: spaCy's en_core_web_sm is not installed, so READ's swap rules run on the rule "
+        "tagger's tags (pip install 'reasonclip-llava[nlp]' && python -m spacy download en_core_web_sm for READ's tags)")
+    return rule_token_doc
+
+
+def read_swap_spans(doc: TokenDoc) -> dict[str, list[tuple[int, int]]]:
+    """READ's swappable spans per kind, as [start, end) token ranges, in READ's kind order."""
+    single = {kind: [(i, i + 1) for i, tag in enumerate(doc.pos) if tag == kind] for kind in ("NOUN", "ADJ", "ADV")}
+    letters = "".join(_VP_TAGS.get(tag, "x") for tag in doc.pos)
+    verb_phrases = [(s, e) for s in range(len(letters)) for e in range(s + 1, len(letters) + 1)
+                    if _VP_PATTERN.fullmatch(letters, s, e)]
+    return {**single, "NP": [c for c in doc.noun_chunks if c[1] - c[0] >= READ_MIN_NP_TOKENS], "VP": verb_phrases}
+
+
+def read_swap(tokens: Sequence[str], a: tuple[int, int], b: tuple[int, int]) -> str:
+    """READ's swap: the two token ranges exchange places (overlapping ranges duplicate tokens, as in READ),
+    joined with single spaces."""
+    if b[0] < a[0]:
+        a, b = b, a
+    swapped = [*tokens[: a[0]], *tokens[b[0] : b[1]], *tokens[a[1] : b[0]], *tokens[a[0] : a[1]], *tokens[b[1] :]]
+    return " ".join(swapped)
+
+
+class ReadNegativeSampler:
+    """k negatives per caption drawn as READ draws them (see the module docstring): independent picks that
+    may repeat, '' when no swap exists. Deterministic in (caption, seed, salt)."""
+
+    def __init__(self, k: int = 3, seed: int = 0, tagger: Callable[[str], TokenDoc] | None = None):
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k, self.seed = k, seed
+        self.tagger = tagger or default_read_tagger()
+
+    @staticmethod
+    def swap_results(caption: str, doc: TokenDoc, rng: random.Random) -> list[str]:
+        """One round of READ's generator: up to READ_ATTEMPTS swaps, repeats and the caption itself dropped."""
+        groups = [spans for spans in read_swap_spans(doc).values() if len(spans) >= 2]
+        results: list[str] = []
+        if not groups:
+            return results
+        for _ in range(READ_ATTEMPTS):
+            spans = rng.choice(groups)
+            a, b = rng.sample(spans, 2)
+            candidate = read_swap(doc.tokens, a, b)
+            if candidate not in results and candidate != caption:
+                results.append(candidate)
+        return results
+
+    def __call__(self, caption: str, salt: object = 0) -> list[str]:
+        rng = random.Random(stable_seed(self.seed, salt, caption, "read"))
+        doc = self.tagger(caption)
+        picks = []
+        for _ in range(self.k):
+            results = self.swap_results(caption, doc, rng)
+            picks.append(rng.choice(results) if results else "")
+        return picks
+
+
+NEGATIVE_GENERATORS = ("distinct", "read")
+
+
+def negative_generator(kind: str, k: int, seed: int = 0) -> Callable[[str, object], list[str]]:
+    """The generator `stage.negatives` names: distinct (`HardNegativeGenerator`) or read (`ReadNegativeSampler`)."""
+    if kind == "distinct":
+        return HardNegativeGenerator(k=k, seed=seed)
+    if kind == "read":
+        return ReadNegativeSampler(k=k, seed=seed)
+    raise ValueError(f"config key 'stage.negatives' must be one of {NEGATIVE_GENERATORS} (got {kind!r})")
 
 
 def hard_negatives(caption: str, k: int = 3, seed: int = 0) -> list[str]:

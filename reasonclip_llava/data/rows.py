@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 
 from ..io_utils import read_utf8
 from .categories import CATEGORIES, decode_reasonpro_labels, decode_trp_cls
-from .hard_negatives import HardNegativeGenerator, stable_seed
+from .hard_negatives import negative_generator, stable_seed
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 JSONL_SUFFIXES = (".jsonl", ".json")
@@ -210,11 +211,15 @@ class ReadSchema:
     (READ's collator, the default), a caption drawn from all of the image's, the anchor included; with
     "other", a caption other than the anchor and the paraphrase when there are >= 3. Negatives come from a `neg` / `negatives` column when present
     (a list per caption aligned with the pooled captions, or one flat list when there is one caption),
-    topped up to k by `HardNegativeGenerator` (salted with the epoch).
+    topped up to k by the `negatives` generator (salted with the epoch): "distinct" (`HardNegativeGenerator`,
+    k distinct negatives) or "read" (`ReadNegativeSampler`: READ's independent picks, repeats and '' kept).
+
+    `paraphrases` (READ's `data/zero.json`, see `read_paraphrases`): LLM paraphrases per image, keyed as
+    `paraphrase_key` finds the row's image; READ's rule then draws the paraphrase from the image's other
+    captions plus its paraphrases (an image without an entry: from its other captions only).
     """
 
     name = "read"
-    optional = ("neg", "negatives")
 
     def __init__(
         self,
@@ -223,14 +228,19 @@ class ReadSchema:
         negative_generator: Callable[[str, object], list[str]] | None = None,
         seed: int = 0,
         recon_target: str = "any",
+        negatives: str = "distinct",
+        paraphrases: dict[str, list[str]] | None = None,
     ):
         if recon_target not in ("any", "other"):
             raise ValueError(f"recon_target must be 'any' or 'other', got {recon_target!r}")
         self.fields = tuple(caption_columns)
         self.k = k
         self.recon_target = recon_target
-        # 2k candidates so that precomputed negatives overlapping with generated ones still leave k.
-        self.negative_generator = negative_generator or (HardNegativeGenerator(k=2 * k, seed=seed) if k else None)
+        self.negatives = negatives
+        self.paraphrases = paraphrases
+        self.optional = ("neg", "negatives", *(PARAPHRASE_KEY_FIELDS if paraphrases is not None else ()))
+        # distinct: 2k candidates so that precomputed negatives overlapping with generated ones still leave k.
+        self.negative_generator = negative_generator or (negative_generator_for(negatives, k, seed) if k else None)
 
     def pair_counts(self, rows: RowTable) -> np.ndarray:
         return sum(rows.list_lengths(column) for column in self.fields)
@@ -241,12 +251,17 @@ class ReadSchema:
         others = [i for i in range(len(captions)) if i != anchor] or [anchor]
         rng = random.Random(stable_seed(seed, key, epoch, "read"))
         paraphrase, recon = (rng.sample(others, 2) if len(others) >= 2 else others * 2)
+        paraphrase_text = captions[paraphrase]
+        extra = self.paraphrases.get(paraphrase_key(row, where)) if self.paraphrases is not None else None
+        if extra:  # READ: one of the other captions and the image's paraphrases, uniformly
+            pool = [captions[i] for i in range(len(captions)) if i != anchor] + extra
+            paraphrase_text = pool[rng.randrange(len(pool))]
         if self.recon_target == "any":
             recon = rng.randrange(len(captions))
         caption = captions[anchor]
         return {
             "caption": caption,
-            "paraphrase": captions[paraphrase],
+            "paraphrase": paraphrase_text,
             "recon_target": captions[recon],
             "negatives": self._negatives(row, where, captions, anchor, epoch),
         }
@@ -267,6 +282,9 @@ class ReadSchema:
                 raise ValueError(f"{where}: flat {column!r} list needs exactly one caption, the row has {len(captions)}")
             given = caption_list({column: list(value)}, column, where) if value else []
         caption = captions[anchor]
+        if self.negatives == "read":  # READ's picks: repeats and '' stay, nothing is topped up or refused
+            given = given[: self.k]
+            return given + self.negative_generator(caption, epoch)[: self.k - len(given)]
         negatives = [n for n in dict.fromkeys(given) if n != caption][: self.k]
         if len(negatives) < self.k:
             for candidate in self.negative_generator(caption, epoch):
@@ -277,3 +295,46 @@ class ReadSchema:
         if len(negatives) < self.k:
             raise ValueError(f"{where}: only {len(negatives)} distinct negatives for {caption!r}, need {self.k}")
         return negatives
+
+
+def negative_generator_for(kind: str, k: int, seed: int) -> Callable[[str, object], list[str]]:
+    """`stage.negatives`' generator for k negatives per caption (distinct draws 2k candidates, see ReadSchema)."""
+    return negative_generator(kind, 2 * k if kind == "distinct" else k, seed)
+
+
+# --------------------------------------------------------------------------- READ's paraphrases (data/zero.json)
+PARAPHRASE_KEY_FIELDS = ("cocoid", "id")
+_TRAILING_DIGITS = re.compile(r"(\d+)$")
+
+
+def paraphrase_key(row: dict, where: str) -> str:
+    """The key of a row's image in a paraphrase file: its `cocoid` (READ's key), else its `id`, else the number
+    that ends its image file name (COCO names end in the zero-padded image id: COCO_train2014_000000123456.jpg
+    -> "123456"), as a string without leading zeros, as READ looks it up (str(cocoid))."""
+    for field in PARAPHRASE_KEY_FIELDS:
+        if row.get(field) is not None:
+            value = row[field]
+            return str(int(value)) if isinstance(value, (int, np.integer)) or str(value).isdigit() else str(value)
+    match = _TRAILING_DIGITS.search(Path(str(row.get("image_path", ""))).stem)
+    if match is None:
+        raise ValueError(f"{where}: data.paraphrases needs the row's image id: a 'cocoid' or 'id' field, or an image "
+                         f"file name ending in its number (got image_path {row.get('image_path')!r})")
+    return str(int(match.group(1)))
+
+
+def read_paraphrases(path: str | Path) -> dict[str, list[str]]:
+    """READ's paraphrase file (`data/zero.json` of READ-CLIP): one JSON object mapping an image id (a string,
+    COCO's cocoid) to a list of paraphrase strings. Every problem is one line naming the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config key 'data.paraphrases': no file at {path}")
+    try:
+        data = json.loads(read_utf8(path))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object mapping image ids to lists of paraphrases, got {type(data).__name__}")
+    for key, value in data.items():
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise ValueError(f"{path}: entry {key!r} must be a list of non-empty strings, got {value!r:.120}")
+    return {str(int(k)) if k.isdigit() else k: v for k, v in data.items()}

@@ -39,6 +39,9 @@ from ..config_utils import coerce, parse_overrides, read_yaml_mapping  # noqa: F
 from ..value_checks import check_ranges
 
 STAGES = ("stage0", "stage1", "stage2", "read")
+NEGATIVES = ("distinct", "read")
+PRECISIONS = ("fp32_master", "authors_bf16")
+FINAL_WEIGHTS = ("last", "best")
 CAPTION_STREAMS = ("descriptive", "reasoning")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SAMPLERS = ("random", "distinct_images")
@@ -93,6 +96,10 @@ class DataConfig:
     holdout_ratio: float = 0.0
     holdout_seed: int = 42
     eval_every: float = 0.25
+    # READ's LLM paraphrases (READ-CLIP's data/zero.json: {image id: [paraphrase, ...]}), a file you supply;
+    # the alignment term then draws its paraphrase from the image's other captions plus these, as READ does.
+    # Rows find their entry by cocoid, id, or the number ending their image file name. null: other captions only.
+    paraphrases: str | None = None
 
 
 @dataclass
@@ -106,6 +113,10 @@ class StageConfig:
     anchor_beta: float = 1e-5  # stage 1 L2 anchor on the vision/text transformer weights
     category_gamma: float = 0.05  # stage 2 category heads
     hard_negatives: int = 0  # k swap negatives per caption (read: 3); also usable in stage 0
+    # How the k negatives are drawn (data/hard_negatives.py): distinct (k distinct negatives: swaps, then
+    # relation / colour / size replacements, then a fallback) | read (READ's sampler: noun / adj / adv /
+    # 3+-token noun chunk / verb phrase swaps only, k independent picks that may repeat, '' when none exists).
+    negatives: str = "distinct"
     recon_weight: float = 0.1  # read: T5 reconstruction (0 disables it and skips loading T5)
     align_weight: float = 0.5  # read: paraphrase alignment (0 disables it)
     t5_model: str = "google/t5-v1_1-large"  # the frozen decoder (id or path)
@@ -190,6 +201,10 @@ class RuntimeConfig:
     output_dir: str = ""
     seed: int = 0
     mixed_precision: str = "no"  # no (fp32) | bf16 | fp16
+    # Where the weights and AdamW state live (pretrain/precision.py): fp32_master (fp32 weights and state, the
+    # compute under mixed_precision's autocast) | authors_bf16 (weights and AdamW state in bf16, as the
+    # ReasonCLIP runs load the model: updates below half a bf16 step round away; needs mixed_precision bf16).
+    precision: str = "fp32_master"
     gradient_accumulation_steps: int = 1
     deepspeed: str | None = None  # DeepSpeed JSON; ZeRO-2 recommended (the L2 anchor needs full params)
     save_every: int = 1000  # optimizer steps between checkpoints (0: only the final one)
@@ -203,6 +218,9 @@ class RuntimeConfig:
     progress_bar: bool = True
     recipe: str = ""  # filled in with the YAML path; recorded in the checkpoint's provenance
     fp8: str = "none"  # none | tensorwise | rowwise: torchao float8 linears in the image tower (pretrain/speed.py)
+    # What final/ holds: last (the last step's weights) | best (the lowest held-out loss, the authors' exported
+    # result, best_model_dir; the last step's weights then go to last/). Needs data.holdout_ratio > 0.
+    final_weights: str = "last"
 
 
 # Numeric keys with a meaningful range (checked at load; None = not set). data.max_length is also
@@ -242,6 +260,9 @@ class PretrainConfig:
             ("stage.contrastive", self.stage.contrastive in ("auto", "clip", "siglip"), "must be auto, clip or siglip"),
             ("stage.hard_negatives", self.stage.hard_negatives >= 0, "must be >= 0"),
             ("stage.recon_target", self.stage.recon_target in ("any", "other"), "must be any or other"),
+            ("stage.negatives", self.stage.negatives in NEGATIVES, f"must be one of {NEGATIVES}"),
+            ("data.paraphrases", not self.data.paraphrases or (self.stage.name == "read" and self.stage.align_weight > 0),
+             "is read by the READ alignment term only (stage.name=read, stage.align_weight > 0)"),
             ("data.format", self.data.format in ("auto", "parquet", "jsonl", "webdataset"), "must be auto, parquet, jsonl or webdataset"),
             ("data.batch_size", self.data.batch_size > 0, "must be > 0"),
             ("data.samples", self.data.samples in SAMPLE_MODES, f"must be one of {SAMPLE_MODES}"),
@@ -254,6 +275,14 @@ class PretrainConfig:
             ("schedule.scheduler", self.schedule.scheduler in ("cosine", "constant"), "must be cosine or constant"),
             ("runtime.mixed_precision", self.runtime.mixed_precision in MIXED_PRECISION, f"must be one of {MIXED_PRECISION}"),
             ("runtime.gradient_accumulation_steps", self.runtime.gradient_accumulation_steps >= 1, "must be >= 1"),
+            ("runtime.precision", self.runtime.precision in PRECISIONS, f"must be one of {PRECISIONS}"),
+            ("runtime.precision", self.runtime.precision != "authors_bf16" or self.runtime.mixed_precision == "bf16",
+             "authors_bf16 runs under bf16 autocast as the authors did: set runtime.mixed_precision=bf16"),
+            ("runtime.precision", self.runtime.precision != "authors_bf16" or not self.runtime.deepspeed,
+             "authors_bf16 cannot run under DeepSpeed, whose bf16 mode keeps fp32 master weights (the authors ran DDP)"),
+            ("runtime.final_weights", self.runtime.final_weights in FINAL_WEIGHTS, f"must be one of {FINAL_WEIGHTS}"),
+            ("runtime.final_weights", self.runtime.final_weights != "best" or self.data.holdout_ratio > 0,
+             "best needs held-out rows to judge by: set data.holdout_ratio > 0"),
         ]
         w = self.stage.w_schedule
         checks.append(("stage.w_schedule", len(w) == 5 and 0.0 <= w[1] <= w[3] <= 1.0,

@@ -35,7 +35,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from ..data import ReasonCollator, ResumableDistributedSampler
 from ..data.datasets import ImageTextDataset, image_groups
-from ..data.rows import PARQUET_SUFFIXES, LiteSchema, ProSchema, ReadSchema
+from ..data.rows import PARQUET_SUFFIXES, LiteSchema, ProSchema, ReadSchema, read_paraphrases
 from ..data.sampler import DistinctImageSampler
 from ..data.wds import WdsReasonDataset, expand_shards
 from ..encoder.modeling import ReasonCLIPForPretraining
@@ -103,8 +103,9 @@ def source_schema(config: PretrainConfig, columns: Sequence[str] = ()) -> LiteSc
         return LiteSchema()
     if config.stage.name == "stage2":
         return ProSchema()
+    paraphrases = read_paraphrases(config.data.paraphrases) if config.data.paraphrases else None
     return ReadSchema(caption_columns(config, columns), k=config.stage.hard_negatives, seed=config.runtime.seed,
-                      recon_target=config.stage.recon_target)
+                      recon_target=config.stage.recon_target, negatives=config.stage.negatives, paraphrases=paraphrases)
 
 
 class _Concat(ConcatDataset):

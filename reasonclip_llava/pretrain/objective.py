@@ -58,9 +58,22 @@ class StageObjective(nn.Module):
         if stage.name == "stage1" and stage.anchor_beta > 0:
             terms["anchor"] = L2AnchorLoss(encoder.backbone, beta=stage.anchor_beta)
         if t5 is not None:
-            terms["reconstruction"] = ReconstructionLoss(t5)
+            # stage.t5_dropout: T5's dropout active while training (READ's run), off in held-out evaluation.
+            terms["reconstruction"] = ReconstructionLoss(t5, dropout=stage.t5_dropout)
         # Not submodules: theta0 and T5 stay out of state_dict, DDP buffer broadcast and the optimizer.
         object.__setattr__(self, "frozen_terms", terms)
+        if encoder.family == "siglip" and not use_siglip:
+            # The softmax loss never reads logit_bias (the authors' CE mode adds 0.0 instead): frozen, so that
+            # DDP (find_unused_parameters off) does not wait for its gradient and AdamW leaves it as it is.
+            encoder.backbone.logit_bias.requires_grad_(False)
+        self.train()
+
+    def train(self, mode: bool = True) -> "StageObjective":
+        """nn.Module.train, reaching the frozen terms too (T5 follows it when stage.t5_dropout is on)."""
+        super().train(mode)
+        for term in self.frozen_terms.values():
+            term.train(mode)
+        return self
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
         # .to(device) / .bfloat16() reach the frozen T5. Not theta0: it follows the parameters' device
@@ -111,8 +124,9 @@ class StageObjective(nn.Module):
         elif stage.name == "stage2":
             text_raw = self.text_embeddings(batch, ["reason"])[0][0]
             parts["clip_reasoning"] = self._contrastive(image, F.normalize(text_raw, dim=-1))
-            image_logits, text_logits = encoder.category_logits(image_raw, text_raw)
-            parts["category"], _ = self.category(text_logits, batch["text_category"], image_logits, batch["image_categories"])
+            if stage.category_gamma > 0:  # gamma 0: the authors' stage 2 without classifiers (ft_clip_r_s2_wo_cls.py)
+                image_logits, text_logits = encoder.category_logits(image_raw, text_raw)
+                parts["category"], _ = self.category(text_logits, batch["text_category"], image_logits, batch["image_categories"])
 
         else:  # stage0 / read: one caption stream, optionally with k hard negatives per caption
             if "caption_input_ids" in batch:  # single-caption samples (ReadDataset): caption_*, neg_*, paraphrase_*, recon_*

@@ -72,10 +72,11 @@ def build_param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, A
     return sorted(built.values(), key=lambda g: (rank[g["name"].removesuffix("_no_decay")], g["name"].endswith("_no_decay")))
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over the named groups; the fused kernel (one launch for all tensors, ~5x faster on CPU too)."""
+def build_optimizer(model: nn.Module, optim: OptimConfig, fused: bool = True) -> torch.optim.AdamW:
+    """AdamW over the named groups; the fused kernel (one launch for all tensors, ~5x faster on CPU too), or
+    with fused=False torch's default implementation (runtime.precision=authors_bf16, see precision.py)."""
     groups = [{k: v for k, v in g.items() if k != "param_names"} for g in build_param_groups(model, optim)]
-    return torch.optim.AdamW(groups, betas=tuple(optim.betas), eps=optim.eps, fused=True)
+    return torch.optim.AdamW(groups, betas=tuple(optim.betas), eps=optim.eps, fused=True if fused else None)
 
 
 def describe_param_groups(model: nn.Module, optim: OptimConfig, examples: int = 3) -> list[dict[str, Any]]:

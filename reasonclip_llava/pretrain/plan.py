@@ -20,6 +20,7 @@ from .config import OptimConfig, PretrainConfig, apply_global_batch, global_batc
 from .data import build_train_data, data_format
 from .objective import StageObjective
 from .optim import build_optimizer, build_param_groups, describe_param_groups
+from .precision import master_weights_dtype
 from .schedule import build_lr_scheduler, dual_stream_weight
 from .trainer import check_run, check_run_dir, resolve_eval_interval, resolve_max_steps, resolve_warmup_steps, stage_heads
 
@@ -98,7 +99,8 @@ def plan_pretraining(config: PretrainConfig, world_size: int | None = None, para
                      "scheduler": config.schedule.scheduler},
         "optimizer": {"name": "AdamW", "betas": list(optim.betas), "eps": optim.eps, "max_grad_norm": optim.max_grad_norm,
                       "no_decay": optim.no_decay, "groups": describe_param_groups(encoder, optim)},
-        "precision": {"mixed_precision": config.runtime.mixed_precision, "master_weights": "fp32"},
+        "precision": {"mixed_precision": config.runtime.mixed_precision, "precision": config.runtime.precision,
+                      "master_weights": master_weights_dtype(config.runtime.precision)},
         "text": {"max_length": data.text_rule.max_length, "padding": data.text_rule.padding,
                  "attention_mask_passed": encoder.family == "siglip", "lowercase": data.text_rule.lowercase,
                  "cleaning": data.text_rule.cleaning},

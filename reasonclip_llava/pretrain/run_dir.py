@@ -37,7 +37,7 @@ HARMLESS_KEYS = frozenset({
     "data.num_workers", "model.torch_compile", "model.gradient_checkpointing",
 })
 # What a run writes into output_dir; `runtime.overwrite` removes exactly these (other files stay).
-RUN_OUTPUTS = ("checkpoint-*", ".tmp-*", "final", "best", "logs", LEGACY_CONFIG_FILE, RUN_FILE)
+RUN_OUTPUTS = ("checkpoint-*", ".tmp-*", "final", "best", "last", "logs", LEGACY_CONFIG_FILE, RUN_FILE)
 
 
 def flat_config(config: PretrainConfig | dict[str, Any]) -> dict[str, Any]:

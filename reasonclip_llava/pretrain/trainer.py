@@ -10,7 +10,9 @@ A stage is a config (see config.py); this file builds the pieces it names and ru
                  save_state: optimizer, scheduler, model copy; plus, as JSON / safetensors (state.py), step,
                  sampler position, skipped-image count and the RNG states). Written to a temp dir and
                  renamed, so a crash never leaves a half-written checkpoint-{step}.
-    final:       output_dir/final/ (training checkpoint, heads included; no trainer_state)
+    final:       output_dir/final/ (training checkpoint, heads included; no trainer_state): the last step's
+                 weights, or with runtime.final_weights=best a copy of best/ (the authors' exported result)
+                 and the last step's weights in output_dir/last/
     best:        output_dir/best/ (same format as final/), the weights with the lowest held-out loss so
                  far, when data.holdout_ratio > 0 (evaluated every data.eval_every, and at the end;
                  each value appended to output_dir/eval_loss.jsonl)
@@ -33,6 +35,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration, set_seed
 from torch import nn
 
@@ -44,6 +47,7 @@ from .config import PretrainConfig, apply_global_batch
 from .data import build_train_data
 from .objective import StageObjective
 from .optim import build_optimizer, build_param_groups  # noqa: F401  (build_param_groups: part of this module's API)
+from .precision import apply_precision, uses_fused_adamw
 from .run_dir import (
     check_output_dir, check_resume_config, clear_run_outputs, clear_stale_temp_dirs, is_own_checkpoint, readable_checkpoints,
     restore_newest_loadable, write_run_record,
@@ -59,11 +63,12 @@ CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state"
 FINAL_DIR = "final"
 BEST_DIR = "best"
+LAST_DIR = "last"  # the last step's weights when runtime.final_weights=best puts the best ones in final/
 
 # --------------------------------------------------------------------------- building blocks
 def stage_heads(config: PretrainConfig, t5_width: int | None) -> HeadsConfig:
     """Training-only heads a stage needs: category heads (stage 2), the T5 projector (READ)."""
-    return HeadsConfig(category_heads=config.stage.name == "stage2", recon_dim=t5_width)
+    return HeadsConfig(category_heads=config.stage.name == "stage2" and config.stage.category_gamma > 0, recon_dim=t5_width)
 
 
 def build_accelerator(config: PretrainConfig) -> Accelerator:
@@ -78,6 +83,11 @@ def build_accelerator(config: PretrainConfig) -> Accelerator:
             zero3_init_flag=False,  # see pretrain(): the model is loaded whole, then partitioned
         )
     report_to = [t for t in runtime.report_to if t]
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") != runtime.mixed_precision:
+        # accelerate keeps one accelerator state per process and refuses another mixed precision in a later
+        # run of the same process (a bf16 run, then an fp32 one); its process group (PartialState) is kept.
+        AcceleratorState._reset_state()
     accelerator = Accelerator(
         # On a machine without an accelerator, cpu=True is what makes accelerate run torchrun's processes
         # as one gloo group (MULTI_CPU) instead of independent single-process runs.
@@ -228,6 +238,18 @@ def _write_atomically(accelerator: Accelerator, objective: nn.Module, config: Pr
     accelerator.wait_for_everyone()
 
 
+def _copy_atomically(accelerator: Accelerator, source: Path, target: Path, extra) -> None:  # noqa: ANN001
+    """target = a copy of the checkpoint dir `source` plus what `extra(tmp_dir)` writes, renamed into place."""
+    if accelerator.is_main_process:
+        tmp = target.with_name(f".tmp-{target.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with write_errors_as_one_line(target, tmp):
+            shutil.copytree(source, tmp)
+            extra(tmp)
+            replace_directory(tmp, target)
+    accelerator.wait_for_everyone()
+
+
 def _scalars_as_1d(module: nn.Module) -> None:
     """Hold 0-d parameters (CLIP's logit_scale, SigLIP's logit_bias) as shape [1].
 
@@ -325,7 +347,8 @@ def _pretrain(config: PretrainConfig) -> Path:
     if accelerator.state.deepspeed_plugin is not None:
         _scalars_as_1d(encoder)
     objective = StageObjective(encoder, stage, max_steps, config.optim.logit_scale_max, t5=t5)
-    optimizer = build_optimizer(encoder, config.optim)
+    apply_precision(runtime.precision, encoder)  # after theta0 is copied in fp32, before AdamW sees the weights
+    optimizer = build_optimizer(encoder, config.optim, fused=uses_fused_adamw(runtime.precision))
     scheduler = build_lr_scheduler(optimizer, config.schedule.scheduler, warmup, max_steps)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
     if config.model.torch_compile == "step":
@@ -381,12 +404,18 @@ def _pretrain(config: PretrainConfig) -> Path:
     def write_summary(tmp: Path) -> None:
         if accelerator.is_main_process:
             summary = {"steps": max_steps, "skipped_images": data.skipped_images}
+            if runtime.final_weights == "best":
+                summary["final_weights"] = "best"  # final/ holds best/'s weights, the last step's are in last/
             if data.heldout is not None:
                 summary.update(best_eval_loss=progress.best_eval_loss, best_step=progress.best_step)
             (tmp / "training_summary.json").write_text(json.dumps(summary))
             write_run_record(tmp, config)
 
-    _write_atomically(accelerator, objective, config, final, write_summary)
+    if runtime.final_weights == "best":  # the authors' result: the lowest held-out loss; the last step kept in last/
+        _write_atomically(accelerator, objective, config, output_dir / LAST_DIR, write_summary)
+        _copy_atomically(accelerator, output_dir / BEST_DIR, final, write_summary)
+    else:
+        _write_atomically(accelerator, objective, config, final, write_summary)
     accelerator.end_training()
     if runtime.progress_bar and loss is not None:  # the bar's one summary line
         accelerator.print(f"{stage.name}: steps {first_step}-{max_steps}, last loss {loss.item():.4f} -> {final}")
