@@ -34,7 +34,7 @@ from reasonclip_llava.data import ReasonCollator
 from reasonclip_llava.encoder.convert_open_clip import (
     convert_open_clip, convert_state_dict, hf_clip_config, hf_image_processor, load_open_clip_state_dict, resolve_open_clip_model,
 )
-from reasonclip_llava.encoder.open_clip_image_processor import OpenCLIPImageProcessorPil
+from reasonclip_llava.encoder.open_clip_image_processor import OpenCLIPImageProcessorPil, load_image_processor
 from reasonclip_llava.encoder.text import TextRule, tokenize
 from reasonclip_llava.evaluation.encoder.embed import EncoderEmbedder
 
@@ -97,9 +97,10 @@ def processor_dir(tmp_path_factory):
 
 # --------------------------------------------------------------------------- pixels
 def test_pixels_equal_open_clips_transform_for_every_size_and_mode(processor_dir):
-    processor = AutoImageProcessor.from_pretrained(processor_dir, backend="pil")
+    processor = load_image_processor(processor_dir, backend="pil")
     assert type(processor) is OpenCLIPImageProcessorPil
-    plain = CLIPImageProcessorPil(**{k: v for k, v in processor.to_dict().items() if k not in ("auto_map", "image_processor_type")})
+    plain = AutoImageProcessor.from_pretrained(processor_dir, backend="pil")  # what a reader outside the project loads
+    assert type(plain) is CLIPImageProcessorPil
     worst, plain_off = 0.0, []
     photos = [(f"photo {i}", photo) for i, photo in enumerate(sample_photos(("chelsea", "coffee", "rocket")))]
     for (width, height) in SIZES:
@@ -124,44 +125,42 @@ def test_pixels_equal_open_clips_transform_for_every_size_and_mode(processor_dir
 def test_torchvision_backend_crop_rounds_as_torchvision(processor_dir):
     """The torchvision backend shares the mixin; without torchvision here its crop is checked on tensors
     (B, C, H, W) against the rule, and the PIL geometry both backends run on PIL inputs is the one tested above."""
-    processor = AutoImageProcessor.from_pretrained(processor_dir, backend="pil")
+    processor = load_image_processor(processor_dir, backend="pil")
     for height, width in [(227, 224), (224, 229), (331, 335), (226, 226)]:
         batch = torch.arange(2 * 3 * height * width).reshape(2, 3, height, width)
         cropped = processor.center_crop(batch, SizeDict(height=224, width=224))
         top, left = int(round((height - 224) / 2.0)), int(round((width - 224) / 2.0))  # torchvision's CenterCrop
         assert torch.equal(cropped, batch[..., top : top + 224, left : left + 224])
     if TORCHVISION:
-        torchvision_processor = AutoImageProcessor.from_pretrained(processor_dir, backend="torchvision")
+        torchvision_processor = load_image_processor(processor_dir, backend="torchvision")
         assert torchvision_processor.backend == "torchvision"
         for image in noise_images(640, 427).values():
             ours = torchvision_processor(images=image, return_tensors="np")["pixel_values"][0]
             assert np.abs(ours - open_clip_eval_transform(image, 224)).max() <= GREY_LEVEL
 
 
-def test_processor_loads_without_reasonclip_through_trust_remote_code(processor_dir, tmp_path):
-    """The checkpoint carries its processor: plain transformers loads it (trust_remote_code) in a process that never
-    imports reasonclip, and refuses a silent fallback without it."""
-    image = noise_images(640, 427)["RGBA"]
-    image.save(tmp_path / "rgba.png")
+def test_processor_config_is_plain_clip_for_every_reader(processor_dir, tmp_path):
+    """No code travels with a converted checkpoint: a process that never imports reasonclip loads the processor
+    with plain AutoImageProcessor, no remote code, as transformers' CLIP processor with open_clip's size, mean, std
+    and resampling; only the crop rounding (and RGBA handling) is the project's own."""
+    config = json.loads((processor_dir / "preprocessor_config.json").read_text())
+    assert config["image_processor_type"] == "CLIPImageProcessor" and config["reasonclip_preprocess"] == "open_clip"
+    assert "auto_map" not in config and sorted(p.name for p in processor_dir.iterdir()) == ["preprocessor_config.json"]
+    image = noise_images(640, 426)["RGB"]  # 426 -> 224: (298 - 224) = 74 = 2 mod 4, both crops agree
+    image.save(tmp_path / "rgb.png")
     code = f"""
 import sys, numpy as np
 from PIL import Image
 from transformers import AutoImageProcessor
-try:
-    AutoImageProcessor.from_pretrained({str(processor_dir)!r})
-    print("loaded without trust_remote_code")
-except ValueError as error:
-    print("refused:", "trust_remote_code" in str(error))
-processor = AutoImageProcessor.from_pretrained({str(processor_dir)!r}, trust_remote_code=True)
-np.save({str(tmp_path / "pixels.npy")!r}, processor(images=Image.open({str(tmp_path / "rgba.png")!r}), return_tensors="np")["pixel_values"][0])
-print(type(processor).__name__, any(name.startswith("reasonclip") for name in sys.modules))
+processor = AutoImageProcessor.from_pretrained({str(processor_dir)!r})
+np.save({str(tmp_path / "pixels.npy")!r}, processor(images=Image.open({str(tmp_path / "rgb.png")!r}), return_tensors="np")["pixel_values"][0])
+print(type(processor).__name__, processor.reasonclip_preprocess, any(name.startswith("reasonclip") for name in sys.modules))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, input="",
                             env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")})
-    lines = result.stdout.strip().splitlines()  # (transformers' prompt text precedes the first line)
-    assert result.returncode == 0 and lines[-2].endswith("refused: True"), result.stdout + result.stderr
-    assert lines[-1] == "OpenCLIPImageProcessorPil False"
-    np.testing.assert_array_equal(np.load(tmp_path / "pixels.npy"), AutoImageProcessor.from_pretrained(processor_dir)(images=image, return_tensors="np")["pixel_values"][0])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().splitlines()[-1] in ("CLIPImageProcessorPil open_clip False", "CLIPImageProcessor open_clip False")
+    np.testing.assert_array_equal(np.load(tmp_path / "pixels.npy"), open_clip_eval_transform(image, 224))
 
 
 # --------------------------------------------------------------------------- tokens

@@ -19,9 +19,9 @@ trained: an `open_clip_config.json` beside the checkpoint (the Hub layout) that 
 and, when `import open_clip` works, one forward of open_clip's own CLIP on the checkpoint compared with
 the converted model. A bare state dict records nothing; then the print says so.
 
-What the converted model is fed is open_clip's too: the processor is `OpenCLIPImageProcessor`
-(open_clip_image_processor.py, saved beside the weights: torchvision's crop rounding, Pillow resampling
-in the image's own mode) and `reasonclip_text_rule: open_clip` in config.json makes every project
+What the converted model is fed is open_clip's too: the processor config is a plain `CLIPImageProcessor`
+marked `reasonclip_preprocess: open_clip`, which the project's loader turns into `OpenCLIPImageProcessor`
+(open_clip_image_processor.py: torchvision's crop rounding, Pillow resampling in the image's own mode), and `reasonclip_text_rule: open_clip` in config.json makes every project
 tokenization use open_clip's text preparation (encoder/text.py).
 """
 
@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoImageProcessor, CLIPConfig, CLIPModel, PretrainedConfig
+from transformers import CLIPConfig, CLIPModel
 
 from .. import __version__
 from ..assets import clip_tokenizer, open_clip_module, open_clip_package_dir
 from ..io_utils import atomic_directory, check_safetensors, torch_load_weights_only
-from .open_clip_image_processor import IMAGE_PROCESSOR_CLASSES, OpenCLIPImageProcessorPil
+from .open_clip_image_processor import OpenCLIPImageProcessorPil
 from .text import OPEN_CLIP, TEXT_RULE_KEY, TextRule, tokenize
 
 # Tested name by name (tiny-width parity with open_clip's forward, real-size shapes on the meta device);
@@ -82,17 +82,6 @@ HUB_CONFIG = "open_clip_config.json"  # open_clip's Hub layout: model_cfg + prep
 WRAPPER_KEYS = ("state_dict", "model")
 KEY_PREFIXES = ("module.", "_orig_mod.")
 PARITY_TOLERANCE = 1e-4  # relative error of features against open_clip's own forward (fp32; measured ~1e-6)
-
-
-class _OpenCLIPImageProcessorKey(PretrainedConfig):
-    """Registry key only: AutoImageProcessor finds the open_clip processor classes by name through it."""
-
-    model_type = "reasonclip_open_clip_image_processor"
-
-
-# The project loads converted checkpoints with plain AutoImageProcessor; outside it, trust_remote_code loads the
-# copy of open_clip_image_processor.py saved beside the weights.
-AutoImageProcessor.register(_OpenCLIPImageProcessorKey, image_processor_classes=IMAGE_PROCESSOR_CLASSES, exist_ok=True)
 
 
 def split_tag(model: str) -> tuple[str, str | None]:

@@ -63,7 +63,6 @@ SIDECAR_FILES = (
     "spiece.model",
     "added_tokens.json",
     "chat_template.jinja",
-    "open_clip_image_processor.py",  # the processor class of open_clip conversions (trust_remote_code loads it)
 )
 
 
@@ -273,8 +272,10 @@ def copy_sidecar_files(source: str | Path, out_dir: str | Path) -> list[str]:
                 shutil.copy2(source / name, out_dir / name)
                 copied.append(name)
         return copied
-    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    AutoImageProcessor.from_pretrained(str(source)).save_pretrained(out_dir)
+    from .open_clip_image_processor import load_image_processor
+
+    load_image_processor(str(source)).save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(str(source)).save_pretrained(out_dir)
     return ["preprocessor", "tokenizer"]

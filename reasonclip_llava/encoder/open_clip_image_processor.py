@@ -13,25 +13,31 @@ transformers' CLIPImageProcessor differs in two places:
 ``OpenCLIPImageProcessorPil`` (PIL backend) and ``OpenCLIPImageProcessor`` (torchvision backend, when
 torchvision imports) do what open_clip does: a PIL image is resized and cropped with Pillow in its own mode
 and converted with ``convert("RGB")``; arrays and tensors go through transformers' own resize and a
-crop that rounds as torchvision's. The converter saves this file beside the checkpoint, so
-``AutoImageProcessor.from_pretrained(path, trust_remote_code=True)`` loads it without reasonclip;
-importing ``reasonclip_llava.encoder`` registers the classes, so the project loads it without remote code.
+crop that rounds as torchvision's.
+
+On disk the processor stays a plain ``CLIPImageProcessor`` config (no ``auto_map``, no code beside the
+weights), so every reader loads it without remote code; the field ``reasonclip_preprocess: open_clip``
+marks it, and `load_image_processor`, which every loader in this project calls, turns a marked config into
+the class here. A reader outside the project gets transformers' CLIP processor: the same resize, mean and
+std, with transformers' floored crop offset (one pixel off where side - crop = 3 mod 4, on the PIL backend;
+transformers' torchvision backend crops as torchvision does).
 
 This file imports nothing but transformers, numpy and PIL: it runs as a copied file on its own.
 """
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from transformers import CLIPImageProcessorPil
+from transformers import AutoImageProcessor, CLIPImageProcessorPil
+from transformers.image_processing_base import ImageProcessingMixin
 from transformers.utils import is_torchvision_available
 
-MODULE = Path(__file__).stem
-AUTO_MAP = {"AutoImageProcessor": {"pil": f"{MODULE}.OpenCLIPImageProcessorPil", "torchvision": f"{MODULE}.OpenCLIPImageProcessor"}}
+PREPROCESS_KEY = "reasonclip_preprocess"  # in preprocessor_config.json: "open_clip" -> the classes below
+OPEN_CLIP = "open_clip"
 
 
 def torchvision_crop_offset(side: int, crop: int) -> int:
@@ -84,17 +90,9 @@ class _OpenCLIPTransform:
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
-        out["image_processor_type"] = "OpenCLIPImageProcessor"  # the backend is picked at load time
-        out["auto_map"] = AUTO_MAP
+        out["image_processor_type"] = "CLIPImageProcessor"  # what every reader loads without remote code
+        out[PREPROCESS_KEY] = OPEN_CLIP  # what load_image_processor turns back into this class
         return out
-
-    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> list[str]:
-        """Also writes this file beside the config, so trust_remote_code loads it without reasonclip."""
-        written = super().save_pretrained(save_directory, *args, **kwargs)
-        target = Path(save_directory) / f"{MODULE}.py"
-        if Path(__file__).resolve() != target.resolve():
-            shutil.copyfile(__file__, target)
-        return [*written, str(target)]
 
 
 class OpenCLIPImageProcessorPil(_OpenCLIPTransform, CLIPImageProcessorPil):
@@ -111,3 +109,21 @@ if is_torchvision_available():
 else:  # transformers falls back to the PIL backend without torchvision, as for its own CLIP processor
     OpenCLIPImageProcessor = OpenCLIPImageProcessorPil
     IMAGE_PROCESSOR_CLASSES = {"pil": OpenCLIPImageProcessorPil}
+
+
+def load_image_processor(path: str | Path, backend: str | None = None) -> ImageProcessingMixin:
+    """The image processor of a checkpoint directory, as this project feeds its model: a config marked
+    ``reasonclip_preprocess: open_clip`` gets open_clip's transform, any other `AutoImageProcessor`'s class."""
+    config_file = Path(path) / "preprocessor_config.json"
+    marked = False
+    if config_file.is_file():
+        try:
+            marked = json.loads(config_file.read_text(encoding="utf-8")).get(PREPROCESS_KEY) == OPEN_CLIP
+        except (ValueError, AttributeError):
+            marked = False  # AutoImageProcessor below names the broken file
+    if not marked:
+        return AutoImageProcessor.from_pretrained(path, **({"backend": backend} if backend else {}))
+    name = backend or ("torchvision" if "torchvision" in IMAGE_PROCESSOR_CLASSES else "pil")
+    if name not in IMAGE_PROCESSOR_CLASSES:
+        raise ValueError(f"{config_file}: image processor backend '{name}' is not available (torchvision does not import)")
+    return IMAGE_PROCESSOR_CLASSES[name].from_pretrained(path)

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, PretrainedConfig, PreTrainedModel, SiglipVisionModel
+from transformers import AutoConfig, CLIPVisionModel, PretrainedConfig, PreTrainedModel, SiglipVisionModel
 
 from ..io_utils import load_pretrained_strict, require_existing
 from .modeling import SUPPORTED_MODEL_TYPES, training_only_keys
+from .open_clip_image_processor import load_image_processor
 
 SELECT_FEATURES = ("patch", "cls_patch")
 # vision sub-config model_type -> (vision model class, has a CLS token)
@@ -97,7 +98,7 @@ class ReasonCLIPVisionTower(nn.Module):
     def load_model(self, device_map: str | dict | None = None) -> None:
         if self.is_loaded:
             return
-        self.image_processor = AutoImageProcessor.from_pretrained(self.vision_tower_name)
+        self.image_processor = load_image_processor(self.vision_tower_name)
         self.vision_tower = load_vision_model(self.vision_tower_name, device_map=device_map)
         # Frozen by default as in LLaVA; a trainer unfreezes it with requires_grad_(True).
         self.vision_tower.requires_grad_(False)

@@ -285,14 +285,16 @@ def refuse_what_a_stream_cannot_do(config: PretrainConfig) -> None:
 
 def build_train_data(config: PretrainConfig, encoder: ReasonCLIPForPretraining, world_size: int, rank: int) -> TrainData:
     """Dataset, collator (CLIP tokenizer, T5 tokenizer for READ), sampler and DataLoader of the stage."""
-    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from ..encoder.open_clip_image_processor import load_image_processor
 
     refuse_what_a_stream_cannot_do(config)
 
     source = config.model.tokenizer or config.model.name_or_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        image_processor = AutoImageProcessor.from_pretrained(config.model.name_or_path)
+        image_processor = load_image_processor(config.model.name_or_path)
     except OSError as error:
         raise FileNotFoundError(f"config key 'model.tokenizer' / 'model.name_or_path': cannot load a tokenizer and image processor: {error}") from None
     t5_tokenizer = None

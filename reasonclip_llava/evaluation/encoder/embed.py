@@ -87,12 +87,13 @@ class EncoderEmbedder:
 
         dtype: None keeps the checkpoint's dtype (transformers' "auto"); e.g. "float32" forces one.
         """
-        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer
 
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"not a model checkpoint (no config.json): {model_dir}")
         from ...encoder.modeling import load_dual_encoder_config, training_only_keys
+        from ...encoder.open_clip_image_processor import load_image_processor
         from ...io_utils import load_pretrained_strict
 
         load_dual_encoder_config(model_dir)  # a CLIP / SigLIP, before AutoModel builds whatever config.json names
@@ -103,7 +104,7 @@ class EncoderEmbedder:
         for method in ("get_image_features", "get_text_features"):
             if not hasattr(model, method):
                 raise ValueError(f"{model_dir}: {type(model).__name__} has no {method}; expected a CLIP/SigLIP dual encoder")
-        image_processor = AutoImageProcessor.from_pretrained(model_dir)
+        image_processor = load_image_processor(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir) if _has_tokenizer(model_dir) else None
         return cls(model, image_processor, tokenizer, batch_size=batch_size, device=device, name=model_dir.name, model_dir=model_dir)
 
