@@ -650,7 +650,8 @@ class LlavaDataCollator:
     across an item boundary. Given position_ids and no attention_mask, transformers' attention turns the
     restarts into document masking (a block-diagonal causal mask for SDPA / eager / FlexAttention,
     variable-length kernels for flash-attention), so every item attends only to itself: the loss and the
-    gradients equal the padded batch's, and no step computes a padding token.
+    gradients equal the padded batch's, and no step computes a padding token. The batch carries
+    use_cache=False: with a cache, transformers builds no packed-sequence mask.
 
     Images, in both modes: when any sample has an image, pixel_values [N, T, 3, H, W] (tiles zero-padded to
     the largest T; the model drops the padding using image_sizes) and image_sizes [N, 2], where N counts only
@@ -683,7 +684,10 @@ class LlavaDataCollator:
 
     def _text(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if self.packing:
-            return dict(self.flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]))
+            batch = dict(self.flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]))
+            # With a KV cache transformers does not look for packed sequences (the LM's use_cache is on by
+            # default, whatever the LLaVA config says): the samples would attend to each other.
+            return {**batch, "use_cache": False}
         input_ids = self._pad([f["input_ids"] for f in features], self.pad_token_id)
         labels = self._pad([f["labels"] for f in features], IGNORE_INDEX)
         attention_mask = self._pad([torch.ones_like(f["input_ids"]) for f in features], 0)
