@@ -61,6 +61,15 @@ def ours(dataset: LlavaConversationDataset, case: dict) -> tuple[list[int], list
     return [IMAGE_TOKEN_INDEX if token == dataset.image_token_id else token for token in ids], labels
 
 
+def check_length_bound(dataset, case) -> None:
+    """The pre-pass's cheap bound (UTF-8 bytes + 1 per piece, + BOS) is never below the tokens the row trains on."""
+    assert dataset._byte_bound_holds()
+    plan, pieces = dataset._plan_row(0, {key: value for key, value in case.items() if key != "refused"})
+    ids, _ = ours(dataset, case)
+    text_positions = len(ids) - ids.count(IMAGE_TOKEN_INDEX)
+    assert int(dataset.prepend_bos) + sum(len(p.encode("utf-8")) + 1 for p in pieces if p) >= text_positions, case["id"]
+
+
 def check_refusal(dataset, case) -> None:
     with pytest.raises(ValueError, match=f"sample '{case['id']}'.*{case['refused']}") as info:
         ours(dataset, case)
@@ -223,6 +232,7 @@ def test_llava15_templates_match_llava_torch(llava15, tmp_path, template, legacy
             assert not mismatch, case["id"]
             kind = "equal"
         assert ours(dataset, case) == (ids, meant), case["id"]
+        check_length_bound(dataset, case)
         counts["inserted_image" if case["id"] == "image_without_placeholder" else kind] += 1
     print(f"\n{template} (legacy={legacy}): {counts} of {len(CASES)} conversations")
     assert counts["equal"] + counts["llava_masks_off"] >= 15 and sum(counts.values()) == len(CASES)
@@ -373,6 +383,7 @@ def test_llava_next_templates_match_its_rules(tmp_path, template, family, refere
                 ours(datasets["answers"], case)
             counts["refused_as_reference"] += 1
             continue
+        check_length_bound(datasets["answers"], case)
         if template == "auto":
             assert ours(datasets["answers"], case) == (ids, labels), case["id"]
         else:

@@ -248,6 +248,7 @@ class _RowPlan:
     conversations: list[dict[str, Any]]
     image: Path | None
     text_tokens: int = 0
+    text_tokens_exact: bool = True
     image_tokens: int = 0
     image_tokens_exact: bool = True
     truncate: bool = False
@@ -255,6 +256,10 @@ class _RowPlan:
     @property
     def length(self) -> int:
         return self.text_tokens + self.image_tokens
+
+    @property
+    def exact(self) -> bool:
+        return self.text_tokens_exact and self.image_tokens_exact
 
 
 class LlavaConversationDataset(Dataset):
@@ -335,7 +340,8 @@ class LlavaConversationDataset(Dataset):
 
     @property
     def lengths(self) -> list[int]:
-        """Token length of every kept row (text + image tokens; an anyres image may count its upper bound)."""
+        """Exact token length of every kept row (text + image tokens), measuring the rows the pre-pass only bounded."""
+        self._resolve(self.plans)
         return [plan.length for plan in self.plans]
 
     # -- images ---------------------------------------------------------------------------------------
@@ -435,35 +441,48 @@ class LlavaConversationDataset(Dataset):
         has_image = bool(row.get("image"))
         image = self._image_path(row_id, row["image"]) if has_image else None
         plan = _RowPlan(index, row_id, self._conversations(row_id, row, has_image), image)
-        segments = self._segments(row_id, plan.conversations, None)
+        return plan, self._pieces(plan)
+
+    def _pieces(self, plan: _RowPlan) -> list[str]:
+        """The rendered text of a row cut at its image token: the pieces tokenize_segments tokenizes one by one."""
+        segments = self._segments(plan.row_id, plan.conversations, None)
         if not any(segment.supervised for segment in segments):
-            raise ValueError(f"sample {row_id!r}: no supervised (assistant) token; the row has no gpt answer")
-        pieces = [segment.text for segment in segments]
-        return plan, "".join(pieces).split(self.image_token)
+            raise ValueError(f"sample {plan.row_id!r}: no supervised (assistant) token; the row has no gpt answer")
+        return "".join(segment.text for segment in segments).split(self.image_token)
+
+    def _byte_bound_holds(self) -> bool:
+        """Whether `tokens <= UTF-8 bytes + 1 per piece` holds for this tokenizer: every token covers at least one
+        byte of the text (byte-level BPE, SentencePiece with byte fallback), except a `▁` prefix at the start of
+        a piece or after a special token, which the special token's own >= 2 bytes pay for. A normalizer that
+        can lengthen the text (NFKC, NFD, ...) voids it; only none and NFC are trusted."""
+        from tokenizers import normalizers
+
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return False
+        specials = [token for token in self.tokenizer.get_added_vocab() if len(token.encode("utf-8")) < 2]
+        return not specials and (backend.normalizer is None or isinstance(backend.normalizer, normalizers.NFC))
 
     def _length_pre_pass(self, rows: list[Any]) -> tuple[list[_RowPlan], LengthSummary]:
-        plans, chunks, owners = [], [], []
+        plans, to_count = [], []
+        bounded = self._byte_bound_holds()
+        image_bound, image_exact = self._image_token_bound()
         for index, row in enumerate(rows):
             plan, pieces = self._plan_row(index, row)
             plans.append(plan)
-            chunks += pieces
-            owners += [len(plans) - 1] * len(pieces)
-            plan.text_tokens = int(self.prepend_bos) + len(pieces) - 1  # BOS + the image tokens' own positions
+            if plan.image is not None:
+                plan.image_tokens, plan.image_tokens_exact = image_bound, image_exact
+            if bounded:  # an upper bound; the text is tokenized only where the bound could reach model_max_length
+                plan.text_tokens = int(self.prepend_bos) + sum(len(p.encode("utf-8")) + 1 for p in pieces if p)
+                plan.text_tokens_exact = False
+            if not bounded or plan.length > self.model_max_length:
+                to_count.append((plan, pieces))
+        self._count_text(to_count)
         missing = [plan for plan in plans if plan.image is not None and not plan.image.is_file()]
         if missing:
             raise FileNotFoundError(f"sample {missing[0].row_id!r}: image not found: {missing[0].image} "
                                     f"({len(missing)} of {len(plans)} rows miss their image file)")
-        # One batched call (the tokenizer's own threads) for the text of every row.
-        nonempty = [i for i, chunk in enumerate(chunks) if chunk]
-        encoded = self.tokenizer([chunks[i] for i in nonempty], add_special_tokens=False)["input_ids"] if nonempty else []
-        for i, ids in zip(nonempty, encoded):
-            plans[owners[i]].text_tokens += len(ids)
-        bound, exact = self._image_token_bound()
-        for plan in plans:
-            if plan.image is not None:
-                plan.text_tokens -= 1  # the image token's position is counted in image_tokens
-                plan.image_tokens, plan.image_tokens_exact = bound, exact
-        # Exact anyres counts (image headers) only where the bound says a row could be too long.
+        # Exact anyres counts (image headers) only where the bounds say a row could be too long.
         self._resolve_image_tokens([p for p in plans if p.length > self.model_max_length and not p.image_tokens_exact])
         summary = LengthSummary(rows=len(plans), with_image=sum(p.image is not None for p in plans),
                                 model_max_length=self.model_max_length, long_rows=self.long_rows)
@@ -491,6 +510,21 @@ class LlavaConversationDataset(Dataset):
         summary.skipped_ids = [plan.row_id for plan in over if plan.index in dropped][:10]
         return [plan for plan in plans if plan.index not in dropped], summary
 
+    def _count_text(self, rows: list[tuple[_RowPlan, list[str]]]) -> None:
+        """Exact text positions of rows (BOS + the pieces' tokens; each image token's own position is counted in
+        image_tokens), all pieces tokenized in one batched call (the tokenizer's own threads)."""
+        flat = [(row, piece) for row, (_, pieces) in enumerate(rows) for piece in pieces if piece]
+        # verbose=False: measuring over-long rows is the point, transformers' "longer than the maximum" is noise here.
+        encoded = self.tokenizer([piece for _, piece in flat], add_special_tokens=False, verbose=False)["input_ids"] if flat else []
+        counts = [int(self.prepend_bos)] * len(rows)
+        for (row, _), ids in zip(flat, encoded):
+            counts[row] += len(ids)
+        for (plan, _), count in zip(rows, counts):
+            plan.text_tokens, plan.text_tokens_exact = count, True
+
+    def _resolve_text(self, plans: list[_RowPlan]) -> None:
+        self._count_text([(plan, self._pieces(plan)) for plan in plans])
+
     def _resolve_image_tokens(self, plans: list[_RowPlan]) -> None:
         if not plans:
             return
@@ -499,17 +533,23 @@ class LlavaConversationDataset(Dataset):
         for plan, count in zip(plans, counts):
             plan.image_tokens, plan.image_tokens_exact = count, True
 
-    def _longest(self, plans: list[_RowPlan], reads: int = 64) -> tuple[int, bool]:
-        """The longest row's length, reading the image headers of the few candidates an upper bound leaves."""
+    def _resolve(self, plans: list[_RowPlan]) -> None:
+        self._resolve_text([p for p in plans if not p.text_tokens_exact])
+        self._resolve_image_tokens([p for p in plans if not p.image_tokens_exact])
+
+    def _longest(self, plans: list[_RowPlan], rounds: int = 16) -> tuple[int, bool]:
+        """The longest row's length: the rows an upper bound could make the longest are measured, a batch at a time."""
         if not plans:
             return 0, True
-        for _ in range(reads):
-            longest = max(plans, key=lambda p: p.length)
-            if longest.image_tokens_exact:
-                return longest.length, True
-            self._resolve_image_tokens([longest])
+        for _ in range(rounds):
+            candidates = sorted(plans, key=lambda p: p.length, reverse=True)[:64]
+            longest_exact = max((p.length for p in plans if p.exact), default=-1)
+            unsure = [p for p in candidates if not p.exact and p.length > longest_exact]
+            if not unsure:
+                return max(p.length for p in plans), True
+            self._resolve(unsure)
         longest = max(plans, key=lambda p: p.length)
-        return longest.length, longest.image_tokens_exact
+        return longest.length, longest.exact
 
     def _can_truncate(self, plan: _RowPlan) -> bool:
         """truncate_text keeps a row whose first model_max_length tokens hold all its image tokens and an answer."""
