@@ -62,12 +62,15 @@ def ours(dataset: LlavaConversationDataset, case: dict) -> tuple[list[int], list
 
 
 def check_length_bound(dataset, case) -> None:
-    """The pre-pass's cheap bound (UTF-8 bytes + 1 per piece, + BOS) is never below the tokens the row trains on."""
+    """The pre-pass counts exactly the text positions the row trains on (its one render of the whole
+    conversation), and its cheap bound (UTF-8 bytes + 1 per piece, + BOS) is never below them."""
     assert dataset._byte_bound_holds()
     plan, pieces = dataset._plan_row(0, {key: value for key, value in case.items() if key != "refused"})
     ids, _ = ours(dataset, case)
     text_positions = len(ids) - ids.count(IMAGE_TOKEN_INDEX)
     assert int(dataset.prepend_bos) + sum(len(p.encode("utf-8")) + 1 for p in pieces if p) >= text_positions, case["id"]
+    dataset._count_text([(plan, pieces)])
+    assert plan.text_tokens == text_positions, case["id"]
 
 
 def check_refusal(dataset, case) -> None:

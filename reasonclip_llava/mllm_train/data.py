@@ -445,10 +445,13 @@ class LlavaConversationDataset(Dataset):
 
     def _pieces(self, plan: _RowPlan) -> list[str]:
         """The rendered text of a row cut at its image token: the pieces tokenize_segments tokenizes one by one."""
-        segments = self._segments(plan.row_id, plan.conversations, None)
-        if not any(segment.supervised for segment in segments):
+        try:
+            text, supervised = self.template.render_text(plan.conversations, tokenizer=self.tokenizer)
+        except ValueError as error:
+            raise ValueError(f"sample {plan.row_id!r}: {error}") from None
+        if not supervised:
             raise ValueError(f"sample {plan.row_id!r}: no supervised (assistant) token; the row has no gpt answer")
-        return "".join(segment.text for segment in segments).split(self.image_token)
+        return text.replace(IMAGE_PLACEHOLDER, self.image_token).split(self.image_token)
 
     def _byte_bound_holds(self) -> bool:
         """Whether `tokens <= UTF-8 bytes + 1 per piece` holds for this tokenizer: every token covers at least one

@@ -142,6 +142,11 @@ class ConversationTemplate:
                 segments.append(Segment(self.assistant_suffix, self.supervise_assistant_header))
         return merge_segments(segments)
 
+    def render_text(self, conversations: list[dict[str, Any]], tokenizer: Any = None) -> tuple[str, bool]:
+        """(the rendered text, whether anything in it is supervised): what `render` gives, joined."""
+        segments = self.render(conversations, tokenizer=tokenizer)
+        return "".join(segment.text for segment in segments), any(segment.supervised for segment in segments)
+
     def _render_plain(self, turns: list[tuple[str, str]]) -> list[Segment]:
         # LLaVA preprocess_plain: exactly one (image, caption) pair; the human text is replaced by the image.
         if len(turns) != 2 or IMAGE_PLACEHOLDER not in turns[0][1]:
@@ -165,20 +170,32 @@ class TokenizerChatTemplate:
     image_placement = "llava_next"  # LLaVA-NeXT renders conversations with chat templates
     supervised_tokens: tuple[str, ...] = ()
 
-    def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None, max_length: int | None = None) -> list[Segment]:
+    @staticmethod
+    def _messages(conversations: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, str]]:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("template 'auto' needs a tokenizer with a chat_template")
         system, turns = normalize_conversation(conversations)
         messages = [] if system is None else [{"role": "system", "content": system}]
-        messages += [{"role": "user" if role == "human" else "assistant", "content": text} for role, text in turns]
+        return messages + [{"role": "user" if role == "human" else "assistant", "content": text} for role, text in turns]
+
+    @staticmethod
+    def _apply(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        except TemplateError as error:  # raise_exception(...) in the template: the conversation is refused
+            raise ValueError(f"the tokenizer's chat template refuses this conversation: {error}") from None
+
+    def render_text(self, conversations: list[dict[str, Any]], tokenizer: Any = None) -> tuple[str, bool]:
+        """(the rendered text, whether it holds an answer), from one render of the whole conversation: the
+        length pre-pass's view, linear in the conversation (`render` renders a prefix per answer)."""
+        messages = self._messages(conversations, tokenizer)
+        return self._apply(tokenizer, messages, False), any(m["role"] == "assistant" for m in messages)
+
+    def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None, max_length: int | None = None) -> list[Segment]:
+        messages = self._messages(conversations, tokenizer)
 
         def render_text(upto: int, generation_prompt: bool) -> str:
-            try:
-                return tokenizer.apply_chat_template(
-                    messages[:upto], tokenize=False, add_generation_prompt=generation_prompt
-                )
-            except TemplateError as error:  # raise_exception(...) in the template: the conversation is refused
-                raise ValueError(f"the tokenizer's chat template refuses this conversation: {error}") from None
+            return self._apply(tokenizer, messages[:upto], generation_prompt)
 
         def inconsistent() -> ValueError:
             return ValueError("the tokenizer's chat template does not render conversation prefixes consistently; use a named template")
