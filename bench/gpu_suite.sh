@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The speed rows of bench/RESULTS.md in one go on one Hopper GPU (H100/H200), one log per row, each row under
-# its own timeout (the timeouts add up to 8 minutes; the rows' expected times are below them):
+# its own timeout (the timeouts add up to 10 minutes; the rows' expected times are below them):
 #   bf16, CLIP ViT-L/14-336 batch 64 against open_clip_train at its best, ours eager / regional / step / fp8 x compile,
-#   the stage-1 and READ step ratios (compiled), SigLIP So400M/14-384 rows, and 200-step loss parity + verify.
+#   the stage-1 and READ step ratios (compiled), SigLIP So400M/14-384 rows, 200-step loss parity + verify, and
+#   padded vs length-grouped vs packed LLaVA batches.
 #   bash bench/gpu_suite.sh [LOG_DIR]                       # default bench/logs
 #   ONLY="vs_open_clip_l14 loss_parity_l14" bash bench/gpu_suite.sh   # a subset, by row name
 #   EXTRA=1 bash bench/gpu_suite.sh                         # also the parity rows of the earlier suite (+~2 min)
@@ -46,6 +47,11 @@ row so400m_fp8_regional 50 $PY bench/bench_pretrain_steps.py $SO400M --attention
 # ~80 s: 200 steps each of bf16 eager, step-compiled and fp8 + step on the same 8 batches (ViT-L/14-336 widths, 6 layers)
 row loss_parity_l14 90 $PY bench/bench_loss_parity.py --size l14-336 --layers 6 --batch 32 --steps 200 --device cuda --precision bf16 \
     --modes eager,step,fp8-tensorwise-step
+
+# ~60 s: padded / length-grouped / packed LLaVA batches on LLaVA-665K-shaped lengths (computed tokens, then tokens/s of a
+# 1024 x 8 Qwen2-shaped LM, bf16, flash_attention_2 when flash-attn is installed, else SDPA); the pre-pass is a CPU row
+row llava_packing 120 $PY bench/bench_llava_packing.py --device cuda --dtype bfloat16 --hidden 1024 --layers 8 --scale 1 \
+    --batch 16 --steps 8 --repeats 5 --threads 4 --prepass-rows 0
 
 if [[ -n "${EXTRA:-}" ]]; then
     row tower_parity 60 $PY bench/bench_tower_parity.py --size l14-336 --device cuda --dtype bfloat16 --batch 32 --repeats 50

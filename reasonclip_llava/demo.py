@@ -34,6 +34,7 @@ def run_demo(work_dir: str | Path = "reasonclip_demo", quick: bool = False) -> d
     from .data.synthetic_vqa import generate_synthetic_vqa
     from .encoder import export_encoder, verify_export
     from .pretrain.demo import learning_table, prepare_tiny_workspace, run_learning_stages
+    from .images import image_size
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -66,9 +67,7 @@ def run_demo(work_dir: str | Path = "reasonclip_demo", quick: bool = False) -> d
     step("LLaVA-NeXT: tiny Qwen2-style LM + the stage-2 encoder")
     # questions over exactly the images pretraining generated (same seed, count, size, held-out split)
     images = sorted((synthetic_root / "images").glob("*.png"))
-    from PIL import Image
-
-    vqa = generate_synthetic_vqa(synthetic_root, num_images=len(images), image_size=Image.open(images[0]).width)
+    vqa = generate_synthetic_vqa(synthetic_root, num_images=len(images), image_size=image_size(images[0])[0])
     llava = _train_llava_next(work / "llava", encoders["stage2"], vqa, synthetic_root, quick, lora=quick)
 
     step("answers from the merged checkpoint, loaded with plain transformers")

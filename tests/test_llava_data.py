@@ -114,6 +114,25 @@ def test_items_and_image_tokens_match_the_model(setup):
     assert processor.tokenizer.decode(supervised, skip_special_tokens=False) == "The cat is red.<|im_end|>On the left.<|im_end|>"
 
 
+def test_image_token_count_from_the_size_alone(setup):
+    """The pre-pass counts image tokens from an image's size (no pixels): equal to the features the model makes
+    of the image, and never above the pinpoint bound it uses to skip reading headers."""
+    root, lm_dir, processor = setup
+    dataset = LlavaConversationDataset(root / "data.json", root, processor, "qwen_1_5", model_max_length=512)
+    model = tiny_llava_next(lm_dir, processor)
+    bound, exact = dataset._image_token_bound()
+    assert not exact
+    rng = np.random.default_rng(0)
+    for width, height in [(64, 32), (32, 64), (64, 64), (1, 1), *rng.integers(8, 200, size=(12, 2)).tolist()]:
+        count = dataset.architecture.num_image_tokens(processor, height, width, "anyres")
+        pixels = processor.image_processor(images=[random_image(width, height, 0)], return_tensors="pt")
+        with torch.no_grad():
+            features = model.model.get_image_features(
+                pixels["pixel_values"], pixels["image_sizes"], vision_feature_layer=-2, vision_feature_select_strategy="default",
+            ).pooler_output
+        assert count == sum(f.shape[0] for f in features) <= bound, (width, height)
+
+
 @pytest.mark.parametrize("pair", [("wide", "text"), ("wide", "big")])
 def test_collated_batch_trains_tiny_llava_next(setup, pair):
     root, lm_dir, processor = setup
@@ -191,28 +210,71 @@ def test_pad_mode_single_tile_matches_llava(setup):
     assert square["pixel_values"].shape == (1, 3, 32, 32) and not square["pixel_values"].equal(wide["pixel_values"])
 
 
-def test_jsonl_plain_template_and_truncation(setup):
+def test_jsonl_plain_template_and_long_rows(setup, capsys):
     root, _, processor = setup
     path = root / "pretrain.jsonl"
     path.write_text("\n".join(json.dumps(row) for row in [
         {"id": "p0", "image": "wide.png", "conversations": [
             {"from": "human", "value": "Render a caption.\n<image>"}, {"from": "gpt", "value": "A red cat on a mat."}]},
+        {"id": "p1", "image": "wide.png", "conversations": [
+            {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "Red."}]},
     ]) + "\n")
-    item = LlavaConversationDataset(path, root, processor, "plain", 512)[0]
+    dataset = LlavaConversationDataset(path, root, processor, "plain", 512)
+    item, short = dataset[0], dataset[1]
     ids, labels = item["input_ids"].tolist(), item["labels"].tolist()
     n_image = ids.count(processor.image_token_id)
     # plain: image tokens, then the caption + "\n", all of it supervised; the human text is dropped.
     assert ids[:n_image] == [processor.image_token_id] * n_image and labels[:n_image] == [IGNORE_INDEX] * n_image
     assert labels[n_image:] == ids[n_image:]
     assert processor.tokenizer.decode(ids[n_image:]) == "A red cat on a mat.\n"
+    # The pre-pass measured exactly what the items hold (anyres image tokens included), and said so in one line.
+    assert dataset.lengths == [len(ids), len(short["input_ids"])] and len(short["input_ids"]) < len(ids)
+    assert dataset.length_summary.longest == len(ids) and dataset.length_summary.longest_exact
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line == f"{path}: 2 rows (2 with an image), longest {len(ids)} tokens, 0 over model_max_length 512 " \
+                   "(long_rows=skip: 0 skipped); 2 rows train"
 
-    # Truncation keeps the image and cuts the answer; not enough room for the image -> named error.
-    cut = LlavaConversationDataset(path, root, processor, "plain", n_image + 2)[0]
-    assert cut["input_ids"].tolist() == ids[: n_image + 2]
-    with pytest.raises(ValueError, match=r"sample 'p0': its \d+ image tokens end at position"):
-        LlavaConversationDataset(path, root, processor, "plain", n_image - 1)[0]
-    with pytest.raises(ValueError, match="sample 'p0': no supervised"):
-        LlavaConversationDataset(path, root, processor, "plain", n_image)[0]
+    limit = len(short["input_ids"])  # p1 fits exactly, p0 is over
+    skipped = LlavaConversationDataset(path, root, processor, "plain", limit)
+    assert len(skipped) == 1 and skipped[0]["id"] == "p1" and torch.equal(skipped[0]["input_ids"], short["input_ids"])
+    summary = skipped.length_summary
+    assert (summary.over_length, summary.skipped, summary.truncated, summary.skipped_ids) == (1, 1, 0, ["p0"])
+    assert "1 over model_max_length" in capsys.readouterr().out
+    # truncate_text keeps the image and cuts the caption.
+    cut = LlavaConversationDataset(path, root, processor, "plain", n_image + 2, long_rows="truncate_text")
+    assert [cut[i]["id"] for i in range(len(cut))] == ["p0", "p1"] and cut.length_summary.truncated == sum(n > n_image + 2 for n in dataset.lengths)
+    assert cut[0]["input_ids"].tolist() == ids[: n_image + 2] and cut[0]["labels"].tolist() == labels[: n_image + 2]
+    with pytest.raises(ValueError, match=rf"pretrain\.jsonl: 1 rows are longer than model_max_length {limit} "
+                                         rf"\(longest: sample 'p0', {len(ids)} tokens\); set long_rows"):
+        LlavaConversationDataset(path, root, processor, "plain", limit, long_rows="error")
+    # Room for the image but for no answer token, or not even for the image: nothing left to train on.
+    for limit in (n_image, n_image - 1):
+        with pytest.raises(ValueError, match=rf"all 2 rows are longer than model_max_length {limit} \(long_rows=truncate_text\)"):
+            LlavaConversationDataset(path, root, processor, "plain", limit, long_rows="truncate_text")
+
+
+def test_truncate_text_never_cuts_an_image(setup):
+    root, _, processor = setup
+    chat = [{"from": "human", "value": "How many birds are there? " * 12}, {"from": "gpt", "value": "Three."}]
+    rows = [
+        {"id": "late_image", "image": "wide.png", "conversations": [*chat, {"from": "human", "value": "<image>\nAnd now?"},
+                                                                    {"from": "gpt", "value": "Red."}]},
+        {"id": "early_image", "image": "wide.png", "conversations": [{"from": "human", "value": "<image>\nColour?"},
+                                                                     {"from": "gpt", "value": "Red. " * 40}]},
+        {"id": "text", "conversations": chat},
+    ]
+    path = write_rows(root, "truncate.json", rows)
+    full = LlavaConversationDataset(path, root, processor, "qwen_1_5", 4096)
+    late, early, text = (full[i]["input_ids"].tolist() for i in range(3))
+    image_id = processor.image_token_id
+    limit = late.index(image_id) + 5  # inside late_image's image tokens; after early_image's
+    assert early.index(image_id) + early.count(image_id) < limit < len(early) and len(text) <= limit
+    cut = LlavaConversationDataset(path, root, processor, "qwen_1_5", limit, long_rows="truncate_text")
+    assert [cut[i]["id"] for i in range(len(cut))] == ["early_image", "text"]
+    assert (cut.length_summary.truncated, cut.length_summary.skipped_ids) == (1, ["late_image"])
+    item = cut[0]
+    assert item["input_ids"].tolist() == early[:limit] and item["input_ids"].tolist().count(image_id) == early.count(image_id)
+    assert len(cut[1]["input_ids"]) == len(text)
 
 
 def write_rows(root, name, rows):
@@ -233,10 +295,9 @@ def test_bad_rows_are_named(setup):
         ({"id": "t1", "conversations": good_turns}, ValueError, r"sample 't1': text contains <image>"),
         ({"id": "r1", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]}, ValueError, r"sample 'r1'.*alternate"),
     ]
-    for row, error, pattern in cases:
-        dataset = LlavaConversationDataset(write_rows(root, "bad.json", [row]), root, processor, "qwen_1_5", 512)
+    for row, error, pattern in cases:  # found by the pre-pass, before any step
         with pytest.raises(error, match=pattern) as info:
-            dataset[0]
+            LlavaConversationDataset(write_rows(root, "bad.json", [row]), root, processor, "qwen_1_5", 512)
         assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="image_aspect_ratio 'crop'"):
         LlavaConversationDataset(root / "data.json", root, processor, "qwen_1_5", 512, image_aspect_ratio="crop")
@@ -247,9 +308,8 @@ def test_mismatch_guard_in_dataset(setup):
     bad = ConversationTemplate(name="chatml_space", user_format="<|im_start|>user\n{content}<|im_end|>\n",
                                assistant_prefix="<|im_start|>assistant\nSure, ", assistant_format="{content}<|im_end|>")
     rows = [{"id": "mm-3", "conversations": [{"from": "human", "value": "Colour?"}, {"from": "gpt", "value": "the cat is red."}]}]
-    dataset = LlavaConversationDataset(write_rows(root, "mm.json", rows), root, processor, bad, 512)
     with pytest.raises(ValueError, match="tokenization mismatch in sample 'mm-3' with template 'chatml_space'"):
-        dataset[0]
+        LlavaConversationDataset(write_rows(root, "mm.json", rows), root, processor, bad, 512)[0]
 
 
 def test_tokenizer_without_image_token_is_rejected(setup):
@@ -347,7 +407,8 @@ def test_a_600_turn_sample_costs_about_what_a_6_turn_one_does(setup, template):
 
     root, _, processor = setup
     rows = [{"id": "short", "conversations": _long_rows(6)}, {"id": "long", "conversations": _long_rows(600)}]
-    dataset = LlavaConversationDataset(write_rows(root, f"long_{template}.json", rows), root, processor, template, 128)
+    dataset = LlavaConversationDataset(write_rows(root, f"long_{template}.json", rows), root, processor, template, 128,
+                                       long_rows="truncate_text")
 
     def best_time(index: int) -> float:
         times = []

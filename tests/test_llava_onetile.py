@@ -174,7 +174,7 @@ def test_flags_the_architecture_cannot_do_get_one_line(setup, tmp_path, capsys):
         LlavaTrainConfig(**base, arch="llava", mm_patch_merge_type="spatial_unpad").validate()
     with pytest.raises(ValueError, match="unknown LLaVA architecture 'llava2'"):
         LlavaTrainConfig(**base, arch="llava2").validate()
-    with pytest.raises(ValueError, match="label_masking 'llava_next' is LLaVA-NeXT's preprocess_qwen rule"):
+    with pytest.raises(ValueError, match="label_masking 'llava_next' is LLaVA-NeXT's preprocess_qwen / preprocess_llama3 rule .*'vicuna_v1' is not one"):
         _, processor = build_llava(setup["lm"], setup["encoder"], arch="llava")
         LlavaConversationDataset(setup["pretrain"]["data_path"], None, processor, "vicuna_v1", 64,
                                  image_aspect_ratio="pad", label_masking="llava_next")

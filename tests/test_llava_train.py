@@ -298,5 +298,6 @@ def test_training_shows_a_bar_and_one_summary_line_not_a_dict_per_step(setup, tm
     printed = capfd.readouterr()
     assert "{'loss'" not in printed.out + printed.err
     assert "2/2" in printed.err  # the bar
-    assert sum(line.startswith(f"{out_dir}: 2 steps, mean loss") for line in printed.out.splitlines()) == 1
+    assert sum(line.startswith(f"{out_dir}: 2 steps, 4 rows, mean loss") for line in printed.out.splitlines()) == 1
+    assert sum(line.endswith("; 4 rows train") for line in printed.out.splitlines()) == 1  # the length pre-pass
     assert len(losses(out_dir)) == 2

@@ -38,21 +38,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
+from ..images import IMAGE_ERRORS, load_image
 from .rows import LiteSchema, ProSchema, ReadSchema, RowTable
 
 logger = logging.getLogger(__name__)
 _MAX_WARNINGS = 10
 SAMPLE_MODES = ("per_image", "all_pairs")
-IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def open_image(source: Any) -> Image.Image:
-    """Fully decoded RGB image from a path or a file object (raises one of IMAGE_ERRORS when unreadable)."""
-    with Image.open(source) as image:
-        return image.convert("RGB")
+# Earlier names of images.load_image, the one image-loading rule (kept for code written against them).
+open_image = open_image_or_raise = load_image
 
 
 def make_sample(index: int, texts: dict[str, Any], image: Image.Image, image_processor: Callable | None) -> dict[str, Any]:
@@ -60,17 +56,6 @@ def make_sample(index: int, texts: dict[str, Any], image: Image.Image, image_pro
     if image_processor is None:
         return {"index": index, **texts, "image": image}
     return {"index": index, **texts, "pixel_values": pixel_values(image, image_processor)}
-
-
-def open_image_or_raise(path: str | Path, owner: str | None = None) -> Image.Image:
-    """open_image where a bad image is the caller's error: one line naming `owner` (a sample, question or item) and the path."""
-    prefix = f"{owner}: " if owner else ""
-    try:
-        return open_image(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{prefix}image not found: {path}") from None
-    except IMAGE_ERRORS as error:
-        raise ValueError(f"{prefix}cannot read image {path}: {error}") from None
 
 
 def pixel_values(image: Image.Image, image_processor: Callable) -> Any:
@@ -152,7 +137,7 @@ class ImageTextDataset(Dataset):
         texts = self.schema.texts(row, self.rows.where(row_index), key=row_index, epoch=self.epoch, seed=self.seed, pair=pair)
         path = self.image_path(row_index, row)
         try:
-            image = open_image(path)
+            image = load_image(path)
         except IMAGE_ERRORS as err:
             self._skip(self.rows.where(row_index), path, err)
             return None

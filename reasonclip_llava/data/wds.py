@@ -46,7 +46,8 @@ import pyarrow.parquet as pq
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .datasets import IMAGE_ERRORS, make_sample, open_image
+from ..images import IMAGE_ERRORS, load_image
+from .datasets import make_sample
 from .hard_negatives import stable_seed
 from .rows import PARQUET_SUFFIXES, LiteSchema, ProSchema, ReadSchema, RowTable
 from .sampler import dist_rank_world
@@ -172,7 +173,7 @@ class WdsReasonDataset(IterableDataset):
         try:
             if data is None:
                 raise ValueError("no image member")
-            image = open_image(io.BytesIO(data))
+            image = load_image(io.BytesIO(data))
         except IMAGE_ERRORS as err:
             self.skipped += 1
             if self.skipped <= 10:

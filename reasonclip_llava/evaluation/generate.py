@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..data.datasets import open_image_or_raise
+from ..images import load_image
 from ..io_utils import atomic_write_text
 from .answers import (
     check_single_identity,
@@ -505,7 +505,7 @@ def _check_images_exist(questions: Sequence[VQAQuestion]) -> None:
 
 
 def _open_image(question: VQAQuestion) -> Image.Image:
-    return open_image_or_raise(question.image, owner=f"question {question.question_id}")
+    return load_image(question.image, owner=f"question {question.question_id}")
 
 
 def _stop_token_ids(model: LlavaNextForConditionalGeneration, tokenizer: Any) -> list[int] | None:

@@ -1,19 +1,26 @@
-"""LLaVA conversation data for LlavaNext / Llava ForConditionalGeneration: dataset, length-grouped sampler, collator.
+"""LLaVA conversation data for LlavaNext / Llava ForConditionalGeneration: dataset, length pre-pass,
+length-grouped sampler, collator (padded or packed).
 
 Rows follow LLaVA's JSON (or JSONL) format::
 
     {"id": "000001", "image": "coco/0001.jpg",                 # image optional, relative to image_folder
      "conversations": [{"from": "human", "value": "<image>\\nWhat is this?"}, {"from": "gpt", "value": "A cat."}]}
 
-Each sample is rendered by a conversation template (templates.py), tokenized, and its ``<image>``
-placeholder expanded to exactly the number of image tokens the model consumes for that image size: the
-processor's own count (LlavaNextProcessor: anyres tiles + spatial_unpad + image_newline; LlavaProcessor:
-one tile, e.g. 576). Labels are -100 everywhere except on assistant answers and their end-of-turn token
-(`label_masking="llava_next"`: LLaVA-NeXT's preprocess_qwen labels, see templates.published_qwen_masking).
+Each sample is rendered by a conversation template (templates.py) and tokenized as LLaVA's own
+preprocessing does (docs/LLAVA_RECIPES.md): the `<image>` placeholder is placed by the template's code
+base rule (LLaVA-1.5 or LLaVA-NeXT `preprocess_multimodal`), the text on either side of an image is
+tokenized separately (`tokenizer_image_token`), and the placeholder is expanded to exactly the number of
+image tokens the model consumes for that image size: the processor's own count (LlavaNextProcessor: anyres
+tiles + spatial_unpad + image_newline; LlavaProcessor: one tile, e.g. 576). Labels are -100 everywhere except
+on assistant answers and their end-of-turn token (`label_masking="llava_next"`: LLaVA-NeXT's
+preprocess_qwen / preprocess_llama3 labels, see templates.published_masking).
 
-Long samples: a sample longer than `model_max_length` is truncated at the right, unless its image tokens
-would be cut; then `__getitem__` raises ValueError naming the sample id (filter such rows beforehand; a
-silent skip would change the epoch length under a distributed sampler).
+Length pre-pass: building the dataset measures every row (text tokens + the image tokens the architecture
+inserts, anyres tiles included), prints one summary line and applies `long_rows` to the rows longer than
+`model_max_length` (`skip`, default; `error`; `truncate_text`: cut the text at the right, never inside an
+image's tokens, else the row is skipped). A malformed row (roles, placeholders, a missing image file, no
+answer) is an error naming it, before step 1. So no row can stop a run mid-way except an image file that is
+unreadable when it is first decoded.
 """
 
 from __future__ import annotations
@@ -22,27 +29,34 @@ import bisect
 import itertools
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
+from transformers import DataCollatorWithFlattening
 
-from ..data.datasets import open_image_or_raise
+from ..images import image_size, load_image
 from ..io_utils import read_utf8
 from ..vlm.architectures import IMAGE_ASPECT_RATIOS, architecture_of, expand2square  # noqa: F401 (re-exported)
 from .templates import (
     IMAGE_PLACEHOLDER,
     LABEL_MASKINGS,
     ConversationTemplate,
+    Segment,
     TokenizerChatTemplate,
     get_template,
-    published_qwen_masking,
+    place_image,
+    published_masking,
     supervised_token_ids,
 )
 
 IGNORE_INDEX = -100
+LONG_ROWS = ("skip", "error", "truncate_text")
 
 
 def load_rows(data_path: str | Path) -> list[dict[str, Any]]:
@@ -71,6 +85,21 @@ def load_rows(data_path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def split_at_token(segments: list[Segment], token: str | None) -> list[list[Segment]]:
+    """The segments cut at every occurrence of `token` (the image token): the chunks LLaVA's
+    `tokenizer_image_token` tokenizes one by one, between which the token's id goes."""
+    if token is None:
+        return [segments]
+    chunks: list[list[Segment]] = [[]]
+    for segment in segments:
+        for position, piece in enumerate(segment.text.split(token)):
+            if position:
+                chunks.append([])
+            if piece:
+                chunks[-1].append(Segment(piece, segment.supervised))
+    return chunks
+
+
 def tokenize_segments(
     segments: list,
     tokenizer: Any,
@@ -78,25 +107,64 @@ def tokenize_segments(
     template_name: str,
     prepend_bos: bool = False,
     max_length: int | None = None,
+    boundary_token: str | None = None,
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels for rendered segments, with the tokenization-mismatch guard.
 
-    The rendered text is tokenized once, in context (SentencePiece-style tokenizers add a prefix space
-    at the start of a string, so pieces tokenized alone would differ), with character offsets: a token
-    belongs to the segment its last character lies in. A token whose characters start in an earlier
-    segment spans a supervised/unsupervised boundary (e.g. a template whose answer starts after a space
-    that BPE merges into the answer's first word); the labels would be misaligned, so this raises
-    instead of training on a zero or shifted loss. A token's characters run from the previous token's
-    end, so offsets trimmed of their leading space still count that space.
+    boundary_token: a token (the image token) at which the text is cut; the pieces between are tokenized
+    separately, as LLaVA's `tokenizer_image_token` does (a SentencePiece tokenizer then starts the text after
+    an image with its prefix space, as LLaVA trained), and the token's own id is put between them, unsupervised.
+
+    Each piece is tokenized once, in context (SentencePiece-style tokenizers add a prefix space at the start
+    of a string, so segments tokenized alone would differ), with character offsets: a token belongs to the
+    segment its last character lies in. A token whose characters start in an earlier segment spans a
+    supervised/unsupervised boundary (e.g. a template whose answer starts after a space that BPE merges into
+    the answer's first word); the labels would be misaligned, so this raises instead of training on a zero
+    or shifted loss. A token's characters run from the previous token's end, so offsets trimmed of their
+    leading space still count that space.
 
     max_length: only the first max_length ids are wanted (the caller truncates there). The text is then
     tokenized in growing prefixes cut at segment boundaries (doubling the segment count), stopping once
     max_length ids lie before the prefix's last segment, so the cost is linear in what is kept, not in
     the conversation's length. The result is then at most max_length long.
     """
-    if not getattr(tokenizer, "is_fast", False):
-        return _tokenize_by_prefixes(segments, tokenizer, sample_id, template_name, prepend_bos)
     budget = None if max_length is None else max(max_length - int(prepend_bos), 0)
+    boundary_id = None if boundary_token is None else tokenizer.convert_tokens_to_ids(boundary_token)
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for position, chunk in enumerate(split_at_token(segments, boundary_token)):
+        if position:
+            input_ids.append(boundary_id)
+            labels.append(IGNORE_INDEX)
+        remaining = None if budget is None else budget - len(input_ids)
+        if remaining is not None and remaining <= 0:
+            break
+        if not chunk:
+            continue
+        if getattr(tokenizer, "is_fast", False):
+            chunk_ids, chunk_labels = _tokenize_with_offsets(chunk, tokenizer, sample_id, template_name, remaining)
+        else:
+            chunk_ids, chunk_labels = _tokenize_by_prefixes(chunk, tokenizer, sample_id, template_name, False)
+        input_ids += chunk_ids
+        labels += chunk_labels
+    if budget is not None:
+        input_ids, labels = input_ids[:budget], labels[:budget]
+    if prepend_bos:
+        input_ids = [tokenizer.bos_token_id] + input_ids
+        labels = [IGNORE_INDEX] + labels
+    return input_ids, labels
+
+
+def _mismatch(sample_id: str, template_name: str, segment: Segment) -> ValueError:
+    return ValueError(
+        f"tokenization mismatch in sample {sample_id!r} with template {template_name!r}: a token crosses the "
+        f"boundary after {segment.text[-30:]!r}; the template does not fit this tokenizer"
+    )
+
+
+def _tokenize_with_offsets(segments: list, tokenizer: Any, sample_id: str, template_name: str,
+                           budget: int | None) -> tuple[list[int], list[int]]:
+    """One piece of tokenize_segments with a fast tokenizer's character offsets (see there)."""
     count = len(segments) if budget is None else min(len(segments), 8)
     while True:
         texts = [segment.text for segment in segments[:count]]
@@ -116,15 +184,9 @@ def tokenize_segments(
         start = min(start, previous_end)
         first, last = bisect.bisect_right(ends, start), bisect.bisect_right(ends, max(end - 1, start))
         if first != last and end > start:
-            raise ValueError(
-                f"tokenization mismatch in sample {sample_id!r} with template {template_name!r}: a token crosses the "
-                f"boundary after {segments[first].text[-30:]!r}; the template does not fit this tokenizer"
-            )
+            raise _mismatch(sample_id, template_name, segments[first])
         labels.append(token if segments[min(last, count - 1)].supervised else IGNORE_INDEX)
         previous_end = max(previous_end, end)
-    if prepend_bos:
-        input_ids = [tokenizer.bos_token_id] + input_ids
-        labels = [IGNORE_INDEX] + labels
     return input_ids, labels
 
 
@@ -140,16 +202,64 @@ def _tokenize_by_prefixes(segments: list, tokenizer: Any, sample_id: str, templa
         prefix += segment.text
         prefix_ids = input_ids if position == len(segments) - 1 else encode(prefix)
         if input_ids[: len(prefix_ids)] != prefix_ids or len(prefix_ids) < len(labels):
-            raise ValueError(
-                f"tokenization mismatch in sample {sample_id!r} with template {template_name!r}: a token crosses the "
-                f"boundary after {segment.text[-30:]!r}; the template does not fit this tokenizer"
-            )
+            raise _mismatch(sample_id, template_name, segment)
         new_ids = prefix_ids[len(labels):]
         labels += new_ids if segment.supervised else [IGNORE_INDEX] * len(new_ids)
     if prepend_bos:
         input_ids = [tokenizer.bos_token_id] + input_ids
         labels = [IGNORE_INDEX] + labels
     return input_ids, labels
+
+
+@dataclass
+class LengthSummary:
+    """What the length pre-pass found (printed as one line; kept in trainer_state.json)."""
+
+    rows: int
+    with_image: int
+    model_max_length: int
+    long_rows: str
+    over_length: int = 0
+    longest: int = 0
+    longest_exact: bool = True  # False: `longest` is an upper bound (anyres image sizes left unread)
+    skipped: int = 0  # over-length rows left out (skip, or truncate_text that would cut an image / every answer)
+    truncated: int = 0  # over-length rows kept with their text cut (truncate_text)
+    skipped_ids: list[str] = field(default_factory=list)  # the first few
+
+    def line(self, source: str) -> str:
+        longest = f"{self.longest}" if self.longest_exact else f"<= {self.longest}"
+        kept = self.rows - self.skipped
+        action = {"skip": f"{self.skipped} skipped", "error": "refused",
+                  "truncate_text": f"{self.truncated} truncated, {self.skipped} skipped"}[self.long_rows]
+        return (f"{source}: {self.rows} rows ({self.with_image} with an image), longest {longest} tokens, "
+                f"{self.over_length} over model_max_length {self.model_max_length} (long_rows={self.long_rows}: "
+                f"{action}); {kept} rows train")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _RowPlan:
+    """A row as the pre-pass found it: its position in the file, id, conversations, image path, text length."""
+
+    index: int
+    row_id: str
+    conversations: list[dict[str, Any]]
+    image: Path | None
+    text_tokens: int = 0
+    text_tokens_exact: bool = True
+    image_tokens: int = 0
+    image_tokens_exact: bool = True
+    truncate: bool = False
+
+    @property
+    def length(self) -> int:
+        return self.text_tokens + self.image_tokens
+
+    @property
+    def exact(self) -> bool:
+        return self.text_tokens_exact and self.image_tokens_exact
 
 
 class LlavaConversationDataset(Dataset):
@@ -163,7 +273,10 @@ class LlavaConversationDataset(Dataset):
         [1 + tiles, 3, H, W]) or 'pad' / 'square' (one tile [1, 3, H, W]: the image padded to a square
         with the mean colour, or centre-cropped; the LLaVA-1.5 format of LlavaForConditionalGeneration).
         A LlavaProcessor takes 'pad' / 'square' only (its own do_pad rule), and items carry no image_sizes.
-    label_masking: 'answers' (ours) or 'llava_next' (LLaVA-NeXT's preprocess_qwen, ChatML templates).
+    label_masking: 'answers' (ours) or 'llava_next' (LLaVA-NeXT's preprocess_qwen / preprocess_llama3).
+    long_rows: what the length pre-pass does with rows longer than model_max_length: 'skip' (default),
+        'error', or 'truncate_text' (keep the first model_max_length tokens when that cuts no image and keeps
+        an answer token; else skip). `length_summary` says what it did.
     """
 
     def __init__(
@@ -175,27 +288,31 @@ class LlavaConversationDataset(Dataset):
         model_max_length: int,
         image_aspect_ratio: str = "anyres",
         label_masking: str = "answers",
+        long_rows: str = "skip",
     ) -> None:
         if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
             raise ValueError(f"unknown image_aspect_ratio {image_aspect_ratio!r}; valid: {', '.join(IMAGE_ASPECT_RATIOS)}")
         if label_masking not in LABEL_MASKINGS:
             raise ValueError(f"unknown label_masking {label_masking!r}; valid: {', '.join(LABEL_MASKINGS)}")
+        if long_rows not in LONG_ROWS:
+            raise ValueError(f"unknown long_rows {long_rows!r}; valid: {', '.join(LONG_ROWS)}")
         self.architecture = architecture_of(processor)
         if image_aspect_ratio not in self.architecture.processor_aspect_ratios:
             raise ValueError(
                 f"image_aspect_ratio {image_aspect_ratio!r}: a {type(processor).__name__} prepares "
                 f"{'/'.join(self.architecture.processor_aspect_ratios)} images"
             )
-        self.rows = load_rows(data_path)
+        self.data_path = Path(data_path)
         self.image_folder = Path(image_folder) if image_folder is not None else None
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.template = get_template(template) if isinstance(template, str) else template
         if label_masking == "llava_next":
-            self.template = published_qwen_masking(self.template)
+            self.template = published_masking(self.template)
         self.always_supervised = supervised_token_ids(self.template, processor.tokenizer)
         self.model_max_length = int(model_max_length)
         self.image_aspect_ratio = image_aspect_ratio
+        self.long_rows = long_rows
         self.image_token = processor.image_token
         self.image_token_id = processor.image_token_id
         if self.image_token_id is None or self.tokenizer.convert_ids_to_tokens(self.image_token_id) != self.image_token:
@@ -205,32 +322,56 @@ class LlavaConversationDataset(Dataset):
         bos_id = self.tokenizer.bos_token_id
         adds_bos = bos_id is not None and self.tokenizer("a")["input_ids"][:1] == [bos_id]
         self.prepend_bos = bool(self.template.prefix_bos and adds_bos)
+        self.plans, self.length_summary = self._length_pre_pass(load_rows(self.data_path))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(self.length_summary.line(str(self.data_path)), flush=True)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.plans)
 
     @property
     def modality_lengths(self) -> list[int]:
         """LLaVA's cheap length proxy (words in the conversation): positive with an image, negative without."""
         lengths = []
-        for row in self.rows:
-            words = sum(len(str(turn.get("value", "")).split()) for turn in row.get("conversations") or [])
-            lengths.append(max(words, 1) if row.get("image") else -max(words, 1))
+        for plan in self.plans:
+            words = sum(len(str(turn.get("value", "")).split()) for turn in plan.conversations if isinstance(turn, dict))
+            lengths.append(max(words, 1) if plan.image is not None else -max(words, 1))
         return lengths
 
+    @property
+    def lengths(self) -> list[int]:
+        """Exact token length of every kept row (text + image tokens), measuring the rows the pre-pass only bounded."""
+        self._resolve(self.plans)
+        return [plan.length for plan in self.plans]
+
     # -- images ---------------------------------------------------------------------------------------
-    def _load_image(self, row_id: str, relative: Any) -> Image.Image:
+    def _image_path(self, row_id: str, relative: Any) -> Path:
         if isinstance(relative, list):
             if len(relative) != 1:
                 raise ValueError(f"sample {row_id!r}: {len(relative)} images; only single-image samples are supported")
             relative = relative[0]
-        path = (self.image_folder / relative) if self.image_folder is not None else Path(relative)
-        return open_image_or_raise(path, owner=f"sample {row_id!r}")
+        if not isinstance(relative, str):
+            raise ValueError(f"sample {row_id!r}: 'image' must be a path string, got {type(relative).__name__}")
+        return (self.image_folder / relative) if self.image_folder is not None else Path(relative)
 
     def _preprocess_image(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         """(pixel_values [tiles, 3, H, W], image_sizes [2] or None, number of image tokens): the architecture's rule."""
         pixel_values, image_sizes, num_tokens = self.architecture.prepare_image(self.processor, image, self.image_aspect_ratio)
         return pixel_values.float(), image_sizes, num_tokens
+
+    def _image_tokens_of(self, path: Path, row_id: str) -> int:
+        width, height = image_size(path, owner=f"sample {row_id!r}")
+        return self.architecture.num_image_tokens(self.processor, height, width, self.image_aspect_ratio)
+
+    def _image_token_bound(self) -> tuple[int, bool]:
+        """(image tokens an image can take at most, whether every image takes exactly that)."""
+        if self.image_aspect_ratio != "anyres":
+            return self.architecture.num_image_tokens(self.processor, 1, 1, self.image_aspect_ratio), True
+        # An image's anyres grid is one of the pinpoints with padding removed, so a pinpoint-shaped image
+        # (no padding) takes the most tokens.
+        pinpoints = self.processor.image_processor.image_grid_pinpoints
+        counts = [self.architecture.num_image_tokens(self.processor, h, w, "anyres") for h, w in pinpoints]
+        return max(counts), False
 
     # -- text -----------------------------------------------------------------------------------------
     def _conversations(self, row_id: str, row: dict[str, Any], has_image: bool) -> list[dict[str, Any]]:
@@ -243,76 +384,206 @@ class LlavaConversationDataset(Dataset):
             if with_placeholder:
                 raise ValueError(f"sample {row_id!r}: text contains {IMAGE_PLACEHOLDER} but the row has no 'image'")
             return messages
-        if len(with_placeholder) > 1:
-            raise ValueError(f"sample {row_id!r}: {IMAGE_PLACEHOLDER} appears in {len(with_placeholder)} messages; expected one")
-        # LLaVA preprocess_multimodal: the placeholder goes first in its message, followed by a newline.
-        # A row with an image but no placeholder gets it in the first human message, as LLaVA-NeXT does.
+        count = sum(str(m["value"]).count(IMAGE_PLACEHOLDER) for m in with_placeholder)
+        if count > 1:
+            # LLaVA-1.5 would collapse them into one, LLaVA-NeXT keep all for one image: both train on a wrong row.
+            raise ValueError(f"sample {row_id!r}: {IMAGE_PLACEHOLDER} appears {count} times for one image; expected once")
+        if with_placeholder and with_placeholder[0].get("from") not in ("human", "user"):
+            raise ValueError(f"sample {row_id!r}: {IMAGE_PLACEHOLDER} is in a {with_placeholder[0].get('from')!r} turn; "
+                             "it belongs in a human turn")
+        # A row with an image but no placeholder gets one in its first human message (LLaVA would drop the image).
         target = with_placeholder[0] if with_placeholder else next(
             (m for m in messages if isinstance(m, dict) and m.get("from") in ("human", "user")), None
         )
         if target is None:
             raise ValueError(f"sample {row_id!r}: no human message to attach the image to")
-        target["value"] = IMAGE_PLACEHOLDER + "\n" + str(target["value"]).replace(IMAGE_PLACEHOLDER, "").strip()
+        value = str(target["value"]) if with_placeholder else IMAGE_PLACEHOLDER + "\n" + str(target["value"])
+        target["value"] = place_image(value, self.template.image_placement)
         return messages
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.rows[index]
+    def _segments(self, row_id: str, conversations: list[dict[str, Any]], max_length: int | None) -> list[Segment]:
+        try:
+            segments = self.template.render(conversations, tokenizer=self.tokenizer, max_length=max_length)
+        except ValueError as error:
+            raise ValueError(f"sample {row_id!r}: {error}") from None
+        # The placeholder becomes the processor's image token (one id), expanded later as LLaVA's
+        # tokenizer_image_token does.
+        return [Segment(s.text.replace(IMAGE_PLACEHOLDER, self.image_token), s.supervised) for s in segments]
+
+    def encode_text(self, plan: _RowPlan, max_length: int | None = None) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) of a row with ONE image token per image; max_length: only that many wanted."""
+        conversations = plan.conversations
+        if max_length is not None:
+            # Every round renders to at least one token, so rounds past max_length + 2 cannot reach the
+            # kept tokens (one spare round keeps the cut away from them): they are neither rendered nor tokenized.
+            conversations = conversations[: 2 * (max_length + 2)]
+        segments = self._segments(plan.row_id, conversations, max_length)
+        input_ids, labels = tokenize_segments(
+            segments, self.tokenizer, plan.row_id, self.template.name, prepend_bos=self.prepend_bos,
+            max_length=max_length, boundary_token=self.image_token,
+        )
+        if self.always_supervised:  # LLaVA-NeXT's published labels: structural tokens supervised in every turn
+            labels = [token if token in self.always_supervised else label for token, label in zip(input_ids, labels)]
+        return input_ids, labels
+
+    def encode_row(self, row: dict[str, Any], index: int = 0) -> tuple[list[int], list[int]]:
+        """The input_ids and labels this dataset trains on for `row`, with ONE image token per image (no image
+        is read): what LLaVA's preprocess functions return, image token for IMAGE_TOKEN_INDEX."""
+        plan, _ = self._plan_row(index, row)
+        return self.encode_text(plan)
+
+    # -- the length pre-pass ----------------------------------------------------------------------------
+    def _plan_row(self, index: int, row: Any) -> tuple[_RowPlan, list[str]]:
+        """A row's plan and its text pieces (between image tokens), checked; one-line errors naming it."""
         if not isinstance(row, dict):
             raise ValueError(f"row {index}: expected an object, got {type(row).__name__}")
         row_id = str(row.get("id", f"#{index}"))
         has_image = bool(row.get("image"))
-        conversations = self._conversations(row_id, row, has_image)
-        # Every round renders to at least one token, so rounds past model_max_length + 2 cannot reach the
-        # kept tokens (one spare round keeps the cut away from them): they are neither rendered nor tokenized.
-        conversations = conversations[: 2 * (self.model_max_length + 2)]
-        try:
-            segments = self.template.render(conversations, tokenizer=self.tokenizer, max_length=self.model_max_length)
-        except ValueError as error:
-            raise ValueError(f"sample {row_id!r}: {error}") from None
-        # The placeholder becomes the processor's image token (one id), expanded below as LLaVA's
-        # tokenizer_image_token does; it is a special token, so the text around it tokenizes the same.
-        segments = [type(s)(s.text.replace(IMAGE_PLACEHOLDER, self.image_token), s.supervised) for s in segments]
-        input_ids, labels = tokenize_segments(
-            segments, self.tokenizer, row_id, self.template.name, prepend_bos=self.prepend_bos,
-            max_length=self.model_max_length,  # later tokens are truncated anyway: not tokenized at all
-        )
-        if self.always_supervised:  # LLaVA-NeXT preprocess_qwen: structural tokens supervised in every turn
-            labels = [token if token in self.always_supervised else label for token, label in zip(input_ids, labels)]
+        image = self._image_path(row_id, row["image"]) if has_image else None
+        plan = _RowPlan(index, row_id, self._conversations(row_id, row, has_image), image)
+        return plan, self._pieces(plan)
 
+    def _pieces(self, plan: _RowPlan) -> list[str]:
+        """The rendered text of a row cut at its image token: the pieces tokenize_segments tokenizes one by one."""
+        try:
+            text, supervised = self.template.render_text(plan.conversations, tokenizer=self.tokenizer)
+        except ValueError as error:
+            raise ValueError(f"sample {plan.row_id!r}: {error}") from None
+        if not supervised:
+            raise ValueError(f"sample {plan.row_id!r}: no supervised (assistant) token; the row has no gpt answer")
+        return text.replace(IMAGE_PLACEHOLDER, self.image_token).split(self.image_token)
+
+    def _byte_bound_holds(self) -> bool:
+        """Whether `tokens <= UTF-8 bytes + 1 per piece` holds for this tokenizer: every token covers at least one
+        byte of the text (byte-level BPE, SentencePiece with byte fallback), except a `▁` prefix at the start of
+        a piece or after a special token, which the special token's own >= 2 bytes pay for. A normalizer that
+        can lengthen the text (NFKC, NFD, ...) voids it; only none and NFC are trusted."""
+        from tokenizers import normalizers
+
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return False
+        specials = [token for token in self.tokenizer.get_added_vocab() if len(token.encode("utf-8")) < 2]
+        return not specials and (backend.normalizer is None or isinstance(backend.normalizer, normalizers.NFC))
+
+    def _length_pre_pass(self, rows: list[Any]) -> tuple[list[_RowPlan], LengthSummary]:
+        plans, to_count = [], []
+        bounded = self._byte_bound_holds()
+        image_bound, image_exact = self._image_token_bound()
+        for index, row in enumerate(rows):
+            plan, pieces = self._plan_row(index, row)
+            plans.append(plan)
+            if plan.image is not None:
+                plan.image_tokens, plan.image_tokens_exact = image_bound, image_exact
+            if bounded:  # an upper bound; the text is tokenized only where the bound could reach model_max_length
+                plan.text_tokens = int(self.prepend_bos) + sum(len(p.encode("utf-8")) + 1 for p in pieces if p)
+                plan.text_tokens_exact = False
+            if not bounded or plan.length > self.model_max_length:
+                to_count.append((plan, pieces))
+        self._count_text(to_count)
+        missing = [plan for plan in plans if plan.image is not None and not plan.image.is_file()]
+        if missing:
+            raise FileNotFoundError(f"sample {missing[0].row_id!r}: image not found: {missing[0].image} "
+                                    f"({len(missing)} of {len(plans)} rows miss their image file)")
+        # Exact anyres counts (image headers) only where the bounds say a row could be too long.
+        self._resolve_image_tokens([p for p in plans if p.length > self.model_max_length and not p.image_tokens_exact])
+        summary = LengthSummary(rows=len(plans), with_image=sum(p.image is not None for p in plans),
+                                model_max_length=self.model_max_length, long_rows=self.long_rows)
+        summary.longest, summary.longest_exact = self._longest(plans)
+        over = [plan for plan in plans if plan.length > self.model_max_length]
+        summary.over_length = len(over)
+        if over and self.long_rows == "error":
+            longest = max(over, key=lambda p: p.length)
+            raise ValueError(
+                f"{self.data_path}: {len(over)} rows are longer than model_max_length {self.model_max_length} "
+                f"(longest: sample {longest.row_id!r}, {longest.length} tokens); set long_rows to skip or "
+                "truncate_text, or raise model_max_length"
+            )
+        dropped = set()
+        for plan in over:
+            if self.long_rows == "truncate_text" and self._can_truncate(plan):
+                plan.truncate = True
+                summary.truncated += 1
+            else:
+                dropped.add(plan.index)
+        summary.skipped = len(dropped)
+        if plans and len(dropped) == len(plans):
+            raise ValueError(f"{self.data_path}: all {len(plans)} rows are longer than model_max_length "
+                             f"{self.model_max_length} (long_rows={self.long_rows}); raise model_max_length")
+        summary.skipped_ids = [plan.row_id for plan in over if plan.index in dropped][:10]
+        return [plan for plan in plans if plan.index not in dropped], summary
+
+    def _count_text(self, rows: list[tuple[_RowPlan, list[str]]]) -> None:
+        """Exact text positions of rows (BOS + the pieces' tokens; each image token's own position is counted in
+        image_tokens), all pieces tokenized in one batched call (the tokenizer's own threads)."""
+        flat = [(row, piece) for row, (_, pieces) in enumerate(rows) for piece in pieces if piece]
+        # verbose=False: measuring over-long rows is the point, transformers' "longer than the maximum" is noise here.
+        encoded = self.tokenizer([piece for _, piece in flat], add_special_tokens=False, verbose=False)["input_ids"] if flat else []
+        counts = [int(self.prepend_bos)] * len(rows)
+        for (row, _), ids in zip(flat, encoded):
+            counts[row] += len(ids)
+        for (plan, _), count in zip(rows, counts):
+            plan.text_tokens, plan.text_tokens_exact = count, True
+
+    def _resolve_text(self, plans: list[_RowPlan]) -> None:
+        self._count_text([(plan, self._pieces(plan)) for plan in plans])
+
+    def _resolve_image_tokens(self, plans: list[_RowPlan]) -> None:
+        if not plans:
+            return
+        with ThreadPoolExecutor(max_workers=8) as pool:  # header reads: I/O bound
+            counts = list(pool.map(lambda plan: self._image_tokens_of(plan.image, plan.row_id), plans))
+        for plan, count in zip(plans, counts):
+            plan.image_tokens, plan.image_tokens_exact = count, True
+
+    def _resolve(self, plans: list[_RowPlan]) -> None:
+        self._resolve_text([p for p in plans if not p.text_tokens_exact])
+        self._resolve_image_tokens([p for p in plans if not p.image_tokens_exact])
+
+    def _longest(self, plans: list[_RowPlan], rounds: int = 16) -> tuple[int, bool]:
+        """The longest row's length: the rows an upper bound could make the longest are measured, a batch at a time."""
+        if not plans:
+            return 0, True
+        for _ in range(rounds):
+            candidates = sorted(plans, key=lambda p: p.length, reverse=True)[:64]
+            longest_exact = max((p.length for p in plans if p.exact), default=-1)
+            unsure = [p for p in candidates if not p.exact and p.length > longest_exact]
+            if not unsure:
+                return max(p.length for p in plans), True
+            self._resolve(unsure)
+        longest = max(plans, key=lambda p: p.length)
+        return longest.length, longest.exact
+
+    def _can_truncate(self, plan: _RowPlan) -> bool:
+        """truncate_text keeps a row whose first model_max_length tokens hold all its image tokens and an answer."""
+        input_ids, labels = self.encode_text(plan, max_length=self.model_max_length)
+        if plan.image is not None:
+            if self.image_token_id not in input_ids:
+                return False
+            at = input_ids.index(self.image_token_id)
+            if at + plan.image_tokens > self.model_max_length:
+                return False
+            labels = labels[: self.model_max_length - plan.image_tokens + 1]
+        return any(label != IGNORE_INDEX for label in labels)
+
+    # -- items ----------------------------------------------------------------------------------------
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        plan = self.plans[index]
+        input_ids, labels = self.encode_text(plan, max_length=self.model_max_length if plan.truncate else None)
         pixel_values = image_sizes = None
-        if has_image:
-            image = self._load_image(row_id, row["image"])
+        if plan.image is not None:
+            image = load_image(plan.image, owner=f"sample {plan.row_id!r}")
             pixel_values, image_sizes, num_tokens = self._preprocess_image(image)
-            positions = [i for i, token in enumerate(input_ids) if token == self.image_token_id]
-            if not positions and len(input_ids) >= self.model_max_length:
-                raise ValueError(
-                    f"sample {row_id!r}: its image token lies beyond model_max_length {self.model_max_length}; "
-                    "drop the row or raise model_max_length"
-                )
-            if len(positions) != 1:
-                raise ValueError(f"sample {row_id!r}: expected one image token after rendering, found {len(positions)}")
-            at = positions[0]
+            at = input_ids.index(self.image_token_id)  # the pre-pass checked it is there, once
             input_ids = input_ids[:at] + [self.image_token_id] * num_tokens + input_ids[at + 1:]
             labels = labels[:at] + [IGNORE_INDEX] * num_tokens + labels[at + 1:]
-            if at + num_tokens > self.model_max_length:
-                raise ValueError(
-                    f"sample {row_id!r}: its {num_tokens} image tokens end at position {at + num_tokens}, beyond "
-                    f"model_max_length {self.model_max_length}; drop the row or raise model_max_length"
-                )
-        elif self.image_token_id in input_ids:
-            raise ValueError(f"sample {row_id!r}: text contains the image token {self.image_token!r} but the row has no image")
-
         input_ids, labels = input_ids[: self.model_max_length], labels[: self.model_max_length]
-        if all(label == IGNORE_INDEX for label in labels):
-            raise ValueError(
-                f"sample {row_id!r}: no supervised (assistant) token within model_max_length {self.model_max_length}"
-            )
         return dict(
             input_ids=torch.tensor(input_ids, dtype=torch.long),
             labels=torch.tensor(labels, dtype=torch.long),
             pixel_values=pixel_values,
             image_sizes=image_sizes,
-            id=row_id,
+            id=plan.row_id,
         )
 
 
@@ -413,24 +684,36 @@ class LengthGroupedSampler(Sampler[int]):
 
 # -- collation -------------------------------------------------------------------------------------------
 class LlavaDataCollator:
-    """Pads a list of dataset items into a LlavaNextForConditionalGeneration batch.
+    """Turns a list of dataset items into a LlavaNext / Llava ForConditionalGeneration batch, padded or packed.
 
-    Returns input_ids / labels / attention_mask [B, L] (pad id, -100, 0 on padding) and, when any sample
-    has an image, pixel_values [N, T, 3, H, W] (tiles zero-padded to the largest T; the model drops the
-    padding using image_sizes) and image_sizes [N, 2], where N counts only the samples WITH an image, in
-    batch order. LlavaNext scatters all image features, image after image, into the image-token positions
-    of the whole batch, so text-only rows simply contribute no image and no image token. If every image
-    in the batch is a single tile ('pad'/'square' data), pixel_values is [N, 3, H, W] (LlavaForConditionalGeneration).
-    Batches without images have no pixel_values / image_sizes keys.
+    Padded (default): input_ids / labels / attention_mask [B, L] (pad id, -100, 0 on padding).
+    Packed (`packing=True`, padding-free): the items are concatenated into one row, input_ids / labels /
+    position_ids [1, sum of lengths] with no attention_mask, by transformers' DataCollatorWithFlattening:
+    positions restart at 0 for every item and each item's first label is -100, so no label is predicted
+    across an item boundary. Given position_ids and no attention_mask, transformers' attention turns the
+    restarts into document masking (a block-diagonal causal mask for SDPA / eager / FlexAttention,
+    variable-length kernels for flash-attention), so every item attends only to itself: the loss and the
+    gradients equal the padded batch's, and no step computes a padding token. The batch carries
+    use_cache=False: with a cache, transformers builds no packed-sequence mask.
+
+    Images, in both modes: when any sample has an image, pixel_values [N, T, 3, H, W] (tiles zero-padded to
+    the largest T; the model drops the padding using image_sizes) and image_sizes [N, 2], where N counts only
+    the samples WITH an image, in batch order. The model scatters all image features, image after image, into
+    the image-token positions of the whole batch, so text-only items contribute no image and no image token,
+    and a packed row gets each image at its own placeholder. If every image in the batch is a single tile
+    ('pad'/'square' data), pixel_values is [N, 3, H, W] (LlavaForConditionalGeneration). Batches without
+    images have no pixel_values / image_sizes keys.
     """
 
-    def __init__(self, pad_token_id: int, padding_side: str = "right") -> None:
+    def __init__(self, pad_token_id: int, padding_side: str = "right", packing: bool = False) -> None:
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
         if pad_token_id is None:
             raise ValueError("pad_token_id is None; set tokenizer.pad_token")
         self.pad_token_id = int(pad_token_id)
         self.padding_side = padding_side
+        self.packing = packing
+        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
 
     def _pad(self, sequences: list[torch.Tensor], value: int) -> torch.Tensor:
         longest = max(len(s) for s in sequences)
@@ -442,11 +725,19 @@ class LlavaDataCollator:
                 out[row, longest - len(sequence):] = sequence
         return out
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def _text(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.packing:
+            batch = dict(self.flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]))
+            # With a KV cache transformers does not look for packed sequences (the LM's use_cache is on by
+            # default, whatever the LLaVA config says): the samples would attend to each other.
+            return {**batch, "use_cache": False}
         input_ids = self._pad([f["input_ids"] for f in features], self.pad_token_id)
         labels = self._pad([f["labels"] for f in features], IGNORE_INDEX)
         attention_mask = self._pad([torch.ones_like(f["input_ids"]) for f in features], 0)
-        batch = dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask)
+        return dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self._text(features)
         images = [f for f in features if f.get("pixel_values") is not None]
         if images:
             tiles = [f["pixel_values"] for f in images]

@@ -3,16 +3,26 @@
 A template turns a LLaVA conversation (`[{"from": "human"|"gpt", "value": ...}, ...]`) into text segments,
 each marked supervised or not. Supervised = what the model must generate after the assistant header:
 the answer plus the end-of-turn token (`</s>`, `<|im_end|>`, `<|eot_id|>`), as in LLaVA's `preprocess_v1`
-/ `preprocess_llama_2` / LLaVA-NeXT's `preprocess_qwen` / `preprocess_llama3`. LLaVA-NeXT's preprocess_qwen
-additionally supervises the assistant header and the structural tokens of every turn; here they stay
-masked unless `published_qwen_masking` asks for that rule (the training option `label_masking: llava_next`).
+/ `preprocess_llama_2` / `preprocess_mpt` / LLaVA-NeXT's `preprocess_qwen` / `preprocess_llama3`. LLaVA-NeXT's
+preprocess_qwen / preprocess_llama3 additionally supervise the assistant header and the structural tokens of
+every turn; here they stay masked unless `published_masking` asks for that rule (the training option
+`label_masking: llava_next`).
+
+Each template also carries the rule of the code base it comes from (docs/LLAVA_RECIPES.md):
+
+* ``image_placement``: how the one ``<image>`` placeholder of a row is moved, LLaVA-1.5's
+  `preprocess_multimodal` ("llava": always ``<image>\n`` + the stripped rest) or LLaVA-NeXT's ("llava_next":
+  a message that already starts with ``<image>`` is left as written).
+* ``refuse_empty_answer``: LLaVA's `Conversation.get_prompt` renders an empty message as a generation
+  prompt (no separator), which merges two rounds; such templates refuse an empty gpt turn.
 
 The strings reproduce LLaVA's `conversation.py` (haotian-liu/LLaVA, LLaVA-VL/LLaVA-NeXT):
 
 * ``plain``             projector pretraining: ``<image>`` + caption + ``\\n``; the human text is dropped.
-* ``vicuna_v1`` (``v1``) ``{system} USER: {q} ASSISTANT: {a}</s>USER: ...``
-* ``llama_3``           Llama-3-Instruct headers with LLaVA-NeXT's system prompt.
-* ``qwen_1_5`` (``qwen``, ``chatml``) ChatML with newlines, system "You are a helpful assistant."
+* ``vicuna_v1`` (``v1``) ``{system} USER: {q} ASSISTANT: {a}</s>USER: ...``; ``llava_v1`` the same with
+  LLaVA's "curious human" system prompt.
+* ``llama_3`` (``llava_llama_3``) Llama-3-Instruct headers with LLaVA-NeXT's system prompt.
+* ``qwen_1_5`` (``qwen``, ``qwen_2``, ``chatml``) ChatML with newlines, system "You are a helpful assistant."
 * ``chatml_direct``     LLaVA-1.6-34B ChatML without newlines between turns, system "Answer the questions."
 * ``mistral_instruct`` (``mistral``) ``[INST] {q} [/INST] {a} </s>[INST] ...``
 * ``auto``              the tokenizer's own chat template (`tokenizer.apply_chat_template`).
@@ -25,6 +35,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Any
+
+from jinja2 import TemplateError
 
 IMAGE_PLACEHOLDER = "<image>"
 ROLE_ALIASES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
@@ -100,16 +112,27 @@ class ConversationTemplate:
     plain: bool = False
     supervise_assistant_header: bool = False  # assistant_prefix / assistant_suffix supervised too
     supervised_tokens: tuple[str, ...] = ()  # tokens supervised wherever they occur (system and user turns too)
+    image_placement: str = "llava"  # "llava" (LLaVA-1.5 preprocess_multimodal) | "llava_next"
+    refuse_empty_answer: bool = False  # LLaVA's get_prompt drops the separator after an empty message
+    published_unmasked: tuple[str, ...] = ()  # LLaVA-NeXT's unmask_tokens for label_masking 'llava_next'
 
     def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None, max_length: int | None = None) -> list[Segment]:
         """Segments of the conversation (linear in its length; `max_length` is not needed here)."""
         system, turns = normalize_conversation(conversations)
         if self.plain:
+            # LLaVA's preprocess_plain takes exactly (human with the image, gpt): no leading gpt turn dropped.
+            if sum(1 for message in conversations if ROLE_ALIASES.get(message["from"]) != "system") != 2:
+                turns = []
             return self._render_plain(turns)
         if system is not None and "{system}" not in self.system_format:
             raise ValueError(f"template {self.name!r} has no system prompt slot; drop the system message")
         segments = [Segment(self.system_format.format(system=self.system if system is None else system), False)]
-        for role, text in turns:
+        for position, (role, text) in enumerate(turns):
+            if self.refuse_empty_answer and role == "gpt" and not text:
+                raise ValueError(
+                    f"turn {position} is an empty gpt answer; template {self.name!r} (LLaVA's conversation.py) would "
+                    "render it as a generation prompt without its separator and merge two rounds"
+                )
             text = text.strip() if self.strip_content else text
             if role == "human":
                 segments.append(Segment(self.user_format.format(content=text), False))
@@ -118,6 +141,11 @@ class ConversationTemplate:
                 segments.append(Segment(self.assistant_format.format(content=text), True))
                 segments.append(Segment(self.assistant_suffix, self.supervise_assistant_header))
         return merge_segments(segments)
+
+    def render_text(self, conversations: list[dict[str, Any]], tokenizer: Any = None) -> tuple[str, bool]:
+        """(the rendered text, whether anything in it is supervised): what `render` gives, joined."""
+        segments = self.render(conversations, tokenizer=tokenizer)
+        return "".join(segment.text for segment in segments), any(segment.supervised for segment in segments)
 
     def _render_plain(self, turns: list[tuple[str, str]]) -> list[Segment]:
         # LLaVA preprocess_plain: exactly one (image, caption) pair; the human text is replaced by the image.
@@ -139,18 +167,35 @@ class TokenizerChatTemplate:
 
     name = "auto"
     prefix_bos = False  # chat templates write bos_token themselves
+    image_placement = "llava_next"  # LLaVA-NeXT renders conversations with chat templates
+    supervised_tokens: tuple[str, ...] = ()
 
-    def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None, max_length: int | None = None) -> list[Segment]:
+    @staticmethod
+    def _messages(conversations: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, str]]:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("template 'auto' needs a tokenizer with a chat_template")
         system, turns = normalize_conversation(conversations)
         messages = [] if system is None else [{"role": "system", "content": system}]
-        messages += [{"role": "user" if role == "human" else "assistant", "content": text} for role, text in turns]
+        return messages + [{"role": "user" if role == "human" else "assistant", "content": text} for role, text in turns]
+
+    @staticmethod
+    def _apply(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        except TemplateError as error:  # raise_exception(...) in the template: the conversation is refused
+            raise ValueError(f"the tokenizer's chat template refuses this conversation: {error}") from None
+
+    def render_text(self, conversations: list[dict[str, Any]], tokenizer: Any = None) -> tuple[str, bool]:
+        """(the rendered text, whether it holds an answer), from one render of the whole conversation: the
+        length pre-pass's view, linear in the conversation (`render` renders a prefix per answer)."""
+        messages = self._messages(conversations, tokenizer)
+        return self._apply(tokenizer, messages, False), any(m["role"] == "assistant" for m in messages)
+
+    def render(self, conversations: list[dict[str, Any]], tokenizer: Any = None, max_length: int | None = None) -> list[Segment]:
+        messages = self._messages(conversations, tokenizer)
 
         def render_text(upto: int, generation_prompt: bool) -> str:
-            return tokenizer.apply_chat_template(
-                messages[:upto], tokenize=False, add_generation_prompt=generation_prompt
-            )
+            return self._apply(tokenizer, messages[:upto], generation_prompt)
 
         def inconsistent() -> ValueError:
             return ValueError("the tokenizer's chat template does not render conversation prefixes consistently; use a named template")
@@ -195,6 +240,7 @@ TEMPLATES: dict[str, ConversationTemplate | TokenizerChatTemplate] = {
         user_format="USER: {content} ",
         assistant_prefix="ASSISTANT:",
         assistant_format=" {content}</s>",
+        refuse_empty_answer=True,
     ),
     "llama_3": ConversationTemplate(
         name="llama_3",
@@ -205,6 +251,10 @@ TEMPLATES: dict[str, ConversationTemplate | TokenizerChatTemplate] = {
         assistant_format="{content}<|eot_id|>",
         strip_content=True,
         prefix_bos=False,
+        image_placement="llava_next",
+        # preprocess_llama3 also lists "\n\n", but convert_tokens_to_ids("\n\n") finds no byte-level token
+        # of that spelling, so LLaVA-NeXT never unmasks it.
+        published_unmasked=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
     ),
     "qwen_1_5": ConversationTemplate(
         name="qwen_1_5",
@@ -214,6 +264,9 @@ TEMPLATES: dict[str, ConversationTemplate | TokenizerChatTemplate] = {
         assistant_prefix="<|im_start|>assistant\n",
         assistant_format="{content}<|im_end|>",
         assistant_suffix="\n",
+        image_placement="llava_next",
+        # preprocess_qwen: `unmask_tokens_idx = [198, im_start, im_end]`, 198 being "\n" in Qwen's vocabulary.
+        published_unmasked=("\n", "<|im_start|>", "<|im_end|>"),
     ),
     "chatml_direct": ConversationTemplate(
         name="chatml_direct",
@@ -222,32 +275,52 @@ TEMPLATES: dict[str, ConversationTemplate | TokenizerChatTemplate] = {
         user_format="<|im_start|>user\n{content}<|im_end|>",
         assistant_prefix="<|im_start|>assistant\n",
         assistant_format="{content}<|im_end|>",
+        refuse_empty_answer=True,
     ),
     "mistral_instruct": ConversationTemplate(
         name="mistral_instruct",
         user_format="[INST] {content} [/INST]",
         assistant_format=" {content} </s>",
+        refuse_empty_answer=True,
     ),
     "auto": TokenizerChatTemplate(),
 }
-ALIASES = {"v1": "vicuna_v1", "qwen": "qwen_1_5", "chatml": "qwen_1_5", "mistral": "mistral_instruct"}
+# LLaVA's llava_v1: vicuna_v1's format with the "curious human" system prompt.
+TEMPLATES["llava_v1"] = replace(
+    TEMPLATES["vicuna_v1"], name="llava_v1",
+    system="A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions.",
+)
+ALIASES = {"v1": "vicuna_v1", "qwen": "qwen_1_5", "qwen_2": "qwen_1_5", "chatml": "qwen_1_5",
+           "llava_llama_3": "llama_3", "mistral": "mistral_instruct"}
 
 
 LABEL_MASKINGS = ("answers", "llava_next")
-# LLaVA-NeXT preprocess_qwen: `unmask_tokens_idx = [198, im_start, im_end]`, 198 being "\n" in Qwen's vocabulary.
-LLAVA_NEXT_QWEN_UNMASKED = ("\n", "<|im_start|>", "<|im_end|>")
 
 
-def published_qwen_masking(template: ConversationTemplate | TokenizerChatTemplate) -> ConversationTemplate:
-    """LLaVA-NeXT's preprocess_qwen labels on a ChatML template: the whole assistant turn is supervised
-    (header `<|im_start|>assistant\\n`, answer, `<|im_end|>`, the `\\n` after it), and so is every `\\n`,
-    `<|im_start|>` and `<|im_end|>` token anywhere, system and user turns included."""
-    if not isinstance(template, ConversationTemplate) or "<|im_start|>" not in template.user_format:
+def published_masking(template: ConversationTemplate | TokenizerChatTemplate) -> ConversationTemplate:
+    """LLaVA-NeXT's preprocess_qwen / preprocess_llama3 labels: the whole assistant turn is supervised (header,
+    answer, end-of-turn token and, for ChatML, the `\\n` after it), and so is every one of the template's
+    `published_unmasked` tokens anywhere, system and user turns included."""
+    if not isinstance(template, ConversationTemplate) or not template.published_unmasked:
         raise ValueError(
-            f"label_masking 'llava_next' is LLaVA-NeXT's preprocess_qwen rule for ChatML templates (qwen_1_5); "
+            f"label_masking 'llava_next' is LLaVA-NeXT's preprocess_qwen / preprocess_llama3 rule (templates "
+            f"{', '.join(n for n, t in TEMPLATES.items() if getattr(t, 'published_unmasked', ()))}); "
             f"template {template.name!r} is not one"
         )
-    return replace(template, supervise_assistant_header=True, supervised_tokens=LLAVA_NEXT_QWEN_UNMASKED)
+    return replace(template, supervise_assistant_header=True, supervised_tokens=template.published_unmasked)
+
+
+def place_image(text: str, placement: str) -> str:
+    """The message holding a row's one `<image>` placeholder, as LLaVA's preprocess_multimodal leaves it.
+
+    LLaVA-1.5 ("llava"): the placeholder is removed, the rest stripped, and `<image>\\n` put in front (the
+    result stripped once more, so a message of only `<image>` stays `<image>`). LLaVA-NeXT ("llava_next"):
+    the same, except that a message already starting with `<image>` is left exactly as written.
+    """
+    if placement == "llava_next" and text.startswith(IMAGE_PLACEHOLDER):
+        return text
+    return (IMAGE_PLACEHOLDER + "\n" + text.replace(IMAGE_PLACEHOLDER, "").strip()).strip()
 
 
 def supervised_token_ids(template: ConversationTemplate | TokenizerChatTemplate, tokenizer: Any) -> set[int]:

@@ -34,7 +34,9 @@ from typing import Any, Sequence
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
-from transformers import PreTrainedModel, ProcessorMixin, ProgressCallback, Trainer, TrainingArguments
+from transformers import PreTrainedModel, ProcessorMixin, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ExportableState
+from transformers.utils import is_flash_attn_2_available
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from ..config_utils import LAUNCHER_KEYS, coerce, parse_overrides, read_yaml_mapping
@@ -46,7 +48,7 @@ from .checkpoints import (
     RUN_CONFIG_NAME, STAGING_DIR, check_checkpoint, check_run_output_dir, clear_output_dir, latest_checkpoint,
     write_checkpoint_atomically,
 )
-from .data import LengthGroupedSampler, LlavaConversationDataset, LlavaDataCollator
+from .data import LONG_ROWS, LengthGroupedSampler, LlavaConversationDataset, LlavaDataCollator
 from .templates import LABEL_MASKINGS
 from ..vlm.tower_check import (
     require_saved_tower,
@@ -62,6 +64,9 @@ TRAIN_CONFIG_NAME = RUN_CONFIG_NAME
 TRAINING_ARGS_JSON = "training_args.json"  # instead of the Trainer's training_args.bin (a pickle of TrainingArguments)
 PROJECTOR_KEYS = ("multi_modal_projector", "image_newline")
 TOWER_KEYS = ("vision_tower",)
+# Attention implementations whose transformers mask (or kernel) separates the samples of a packed row by
+# their position_ids: a block-diagonal causal mask (sdpa, eager), a BlockMask (flex), varlen kernels (flash).
+PACKED_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 # Numeric options with a meaningful range (None = not set); model_max_length is also checked against
 # the LM's positions once the model is loaded, the select layer against the tower's layers in build.
 VALUE_RANGES: tuple[tuple[str, str], ...] = (
@@ -93,7 +98,10 @@ class LlavaTrainConfig:
     image_aspect_ratio: str | None = None  # anyres (llava_next) | pad | square (llava); None = the arch's default
     mm_patch_merge_type: str | None = None  # spatial_unpad (llava_next) | flat (llava); None = the arch's default
     model_max_length: int = 2048
+    long_rows: str = "skip"  # rows over model_max_length, found before step 1: skip | error | truncate_text
     group_by_modality_length: bool = False
+    packing: bool = False  # padding-free: each micro-batch is one row, document-masked attention (data.LlavaDataCollator)
+    attn_implementation: str | None = None  # sdpa | flash_attention_2 | flex_attention | eager; None: see packing_attention
     dataloader_num_workers: int = 0
     # what trains, and how fast
     mm_tunable_parts: str = "mm_mlp_adapter"
@@ -161,6 +169,10 @@ class LlavaTrainConfig:
         self.image_flags()
         if self.label_masking not in LABEL_MASKINGS:
             raise ValueError(f"label_masking {self.label_masking!r}: expected one of {', '.join(LABEL_MASKINGS)}")
+        if self.long_rows not in LONG_ROWS:
+            raise ValueError(f"long_rows {self.long_rows!r}: expected one of {', '.join(LONG_ROWS)}")
+        if self.attn_implementation is not None and self.attn_implementation not in PACKED_ATTENTION:
+            raise ValueError(f"attn_implementation {self.attn_implementation!r}: expected one of {', '.join(PACKED_ATTENTION)}")
         if self.lora_enable and "mm_language_model" not in parts:
             raise ValueError("lora_enable trains the language model through LoRA: add mm_language_model to mm_tunable_parts")
         for name in ("data_path", "deepspeed"):
@@ -293,7 +305,28 @@ def uses_cpu_offload(deepspeed_config: str | None) -> bool:
     return zero.get("offload_optimizer", {}).get("device") == "cpu"
 
 
+def packing_attention(config: LlavaTrainConfig) -> str | None:
+    """The attention to train with: `attn_implementation` if set; with packing on a GPU, bf16 and flash-attn
+    installed, flash_attention_2 (variable-length kernels, no mask); otherwise None = the model's own (SDPA,
+    which transformers gives a block-diagonal mask built from the packed position_ids)."""
+    if config.attn_implementation is not None:
+        return config.attn_implementation
+    if config.packing and config.bf16 and torch.cuda.is_available() and is_flash_attn_2_available():
+        return "flash_attention_2"
+    return None
+
+
 # ---- trainer --------------------------------------------------------------------------------------------
+
+class DataSummary(TrainerCallback, ExportableState):
+    """The length pre-pass's summary (rows, over-length rows and what became of them), kept in trainer_state.json."""
+
+    def __init__(self, summary: dict | None = None) -> None:
+        self.summary = dict(summary or {})
+
+    def state(self) -> dict:
+        return {"args": {"summary": self.summary}, "attributes": {}}
+
 
 class LossInProgressBar(ProgressCallback):
     """Trainer's tqdm bar with the latest loss beside it, instead of one printed dict per logging step."""
@@ -475,6 +508,9 @@ def build_trainer(config: LlavaTrainConfig) -> LlavaTrainer:
     check_max_length(config.model_max_length, getattr(model.config.text_config, "max_position_embeddings", None),
                      "model_max_length", "the language model")
     model.config.use_cache = False
+    attention = packing_attention(config)
+    if attention is not None:
+        model.set_attn_implementation(attention)
     parts = config.tunable_parts
     set_tunable_parts(model, parts)
     if config.lora_enable:
@@ -484,17 +520,19 @@ def build_trainer(config: LlavaTrainConfig) -> LlavaTrainer:
     dataset = LlavaConversationDataset(
         config.data_path, config.image_folder, processor, config.template,
         config.model_max_length, image_aspect_ratio=config.image_flags()[0], label_masking=config.label_masking,
+        long_rows=config.long_rows,
     )
     trainer = LlavaTrainer(
         model=model,
         args=training_arguments(config),
         train_dataset=dataset,
-        data_collator=LlavaDataCollator(pad_token_id=processor.tokenizer.pad_token_id),
+        data_collator=LlavaDataCollator(pad_token_id=processor.tokenizer.pad_token_id, packing=config.packing),
         processing_class=processor,
         llava_config=config,
     )
     trainer.pop_callback(ProgressCallback)
     trainer.add_callback(LossInProgressBar)
+    trainer.add_callback(DataSummary(dataset.length_summary.as_dict()))
     return trainer
 
 
@@ -522,7 +560,11 @@ def _train(config: LlavaTrainConfig, resume: str | None) -> Path:
     trainer = build_trainer(config)
     result = trainer.train(resume_from_checkpoint=resume)
     if trainer.is_world_process_zero():
-        print(f"{config.output_dir}: {result.global_step} steps, mean loss {result.training_loss:.4f}, "
+        summary = trainer.train_dataset.length_summary
+        rows = f"{len(trainer.train_dataset)} rows" + (
+            f" ({summary.skipped} over model_max_length skipped, {summary.truncated} truncated)"
+            if summary.over_length else "")
+        print(f"{config.output_dir}: {result.global_step} steps, {rows}, mean loss {result.training_loss:.4f}, "
               f"{result.metrics.get('train_runtime', 0.0):.0f} s")
     model = trainer.model
     (model.get_base_model() if is_peft(model) else model).config.use_cache = True

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..data.hard_negatives import stable_seed
+from ..images import load_image
 from ..evaluation.encoder.embed import _features as projected
 from ..data.synthetic import BENCH_SCHEMA, DEFAULT_SPACE, TEMPLATES, SceneSpace, _a, make_item, rclip_bench_row, rclip_items
 
@@ -125,7 +126,7 @@ def measure(checkpoint: str | Path, paths: dict[str, Path], blank_image: bool = 
     root = Path(paths["root"])
 
     def embed_images(image_paths: list[str]) -> torch.Tensor:
-        images = [Image.open(root / p).convert("RGB") for p in image_paths]
+        images = [load_image(root / p) for p in image_paths]
         if blank_image:
             images = [Image.new("RGB", image.size, (255, 255, 255)) for image in images]
         pixels = processor(images=images, return_tensors="pt")["pixel_values"]
@@ -170,7 +171,7 @@ def measure_heads(checkpoint: str | Path, paths: dict[str, Path]) -> dict[str, f
     model, processor = CLIPModel.from_pretrained(checkpoint).eval(), CLIPProcessor.from_pretrained(checkpoint)
     held_out = pq.read_table(paths["eval"]).to_pylist()
     root = Path(paths["root"])
-    pixels = processor(images=[Image.open(root / r["image_path"]).convert("RGB") for r in held_out], return_tensors="pt")["pixel_values"]
+    pixels = processor(images=[load_image(root / r["image_path"]) for r in held_out], return_tensors="pt")["pixel_values"]
     image = F.normalize(projected(model.get_image_features(pixel_values=pixels)), dim=-1)
     text = F.normalize(projected(model.get_text_features(**processor(text=[r["reason"] for r in held_out], padding=True, return_tensors="pt"))), dim=-1)
     text_logits = text @ heads["category_heads.text_head.weight"].T + heads["category_heads.text_head.bias"]

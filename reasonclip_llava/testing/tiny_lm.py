@@ -7,6 +7,7 @@ Mistral-Instruct), and a byte-level BPE tokenizer trained here on a small embedd
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from transformers import (
     AutoModelForCausalLM,
     GenerationConfig,
     LlamaConfig,
+    LlamaTokenizer,
     MistralConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -152,6 +154,30 @@ def build_tiny_tokenizer(family: str = "qwen2", vocab_size: int = TINY_LM_VOCAB)
         model_max_length=TINY_LM_SIZE["max_position_embeddings"],
     )
     tokenizer.chat_template = spec["chat_template"]
+    return tokenizer
+
+
+def build_tiny_sentencepiece_tokenizer(legacy: bool = True, vocab_size: int = 900) -> LlamaTokenizer:
+    """A Llama-2 / Vicuna / Mistral-v0.2-style tokenizer: transformers' own LlamaTokenizer (SentencePiece-style
+    BPE with byte fallback, `▁` word prefix, BOS added), with a vocabulary trained here on CORPUS.
+
+    legacy=True prepends `▁` to the text after a special token as well (the original Llama behaviour);
+    legacy=False only at the start of a string. Pad = unk, as LLaVA pads Llama-family LMs.
+    """
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=[chr(c) for c in range(33, 127)], show_progress=False)
+    backend.train_from_iterator([line for line in CORPUS if line.strip()], trainer=trainer)
+    model = json.loads(backend.to_str())["model"]
+    # Llama's layout: <unk> <s> </s>, the 256 byte-fallback pieces, then the learned pieces.
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{byte:02X}>": 3 + byte for byte in range(256)}}
+    for piece, _ in sorted(model["vocab"].items(), key=lambda item: item[1]):
+        vocab.setdefault(piece, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=merges, legacy=legacy, add_bos_token=True,
+                               model_max_length=TINY_LM_SIZE["max_position_embeddings"])
+    tokenizer.pad_token = tokenizer.unk_token
     return tokenizer
 
 

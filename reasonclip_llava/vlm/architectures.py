@@ -120,6 +120,13 @@ class LlavaArchitecture:
         takes none, number of image tokens the model consumes for this image: the processor's own count)."""
         raise NotImplementedError
 
+    def num_image_tokens(self, processor: ProcessorMixin, height: int, width: int, image_aspect_ratio: str) -> int:
+        """Image tokens of an image of this (height, width), without its pixels: the count `prepare_image` gives.
+
+        The training data's length pre-pass asks this for every over-long candidate; this default prepares a
+        blank image of the size (an architecture with a closed-form count overrides it)."""
+        return self.prepare_image(processor, Image.new("RGB", (width, height)), image_aspect_ratio)[2]
+
     def load(self, path: str | Path, dtype: torch.dtype | None = None,
              what: str = "model") -> tuple[PreTrainedModel, ProcessorMixin]:
         """Model (in `dtype`, else transformers' default) + processor, with the plain transformers classes.
@@ -174,9 +181,6 @@ class LlavaNextArchitecture(LlavaArchitecture):
         original_size = torch.tensor([image.height, image.width], dtype=torch.long)
         if image_aspect_ratio == "anyres":
             pixel_values = image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
-            tile_height, tile_width = pixel_values.shape[-2:]
-            # The processor's own expansion rule (LlavaNextProcessor.replace_image_token).
-            num_tokens = processor._get_number_of_features(image.height, image.width, tile_height, tile_width)
         else:
             # One tile from a LlavaNext processor (data prepared for LlavaForConditionalGeneration by hand).
             tile_height, tile_width = tile_size(image_processor)
@@ -188,11 +192,17 @@ class LlavaNextArchitecture(LlavaArchitecture):
             # processor's resize/rescale/normalize rather than re-implementing them.
             out = image_processor(images=[image], image_grid_pinpoints=[[tile_height, tile_width]], return_tensors="pt")
             pixel_values = out["pixel_values"][0][:1]
+        return pixel_values, original_size, self.num_image_tokens(processor, *original_size.tolist(), image_aspect_ratio)
+
+    def num_image_tokens(self, processor, height, width, image_aspect_ratio):
+        tile_height, tile_width = tile_size(processor.image_processor)
+        if image_aspect_ratio == "anyres":
+            # The processor's own expansion rule (LlavaNextProcessor.replace_image_token).
+            num_tokens = processor._get_number_of_features(height, width, tile_height, tile_width)
+        else:
             patch = processor.patch_size
             num_tokens = (tile_height // patch) * (tile_width // patch) + processor.num_additional_image_tokens
-        if processor.vision_feature_select_strategy == "default":
-            num_tokens -= 1
-        return pixel_values, original_size, int(num_tokens)
+        return int(num_tokens) - int(processor.vision_feature_select_strategy == "default")
 
 
 class LlavaOneTileArchitecture(LlavaArchitecture):
@@ -212,12 +222,14 @@ class LlavaOneTileArchitecture(LlavaArchitecture):
         # square: resize the short side + centre crop; pad: expand2square first (do_pad), as LLaVA-1.5.
         pixel_values = processor.image_processor(
             images=[image], do_pad=image_aspect_ratio == "pad", return_tensors="pt")["pixel_values"]
-        height, width = pixel_values.shape[-2:]
-        # LlavaProcessor's own count for one tile (patches + CLS - 1 with strategy 'default').
-        num_tokens = processor._get_num_multimodal_tokens(
-            image_sizes=[[height, width]], crop_size={"height": height, "width": width})["num_image_tokens"][0]
         # No image_sizes: LlavaForConditionalGeneration would split the features by them (Pixtral's rule).
-        return pixel_values, None, int(num_tokens)
+        return pixel_values, None, self.num_image_tokens(processor, image.height, image.width, image_aspect_ratio)
+
+    def num_image_tokens(self, processor, height, width, image_aspect_ratio):
+        # LlavaProcessor's own count for its one tile (patches + CLS - 1 with strategy 'default'), whatever the image.
+        tile_height, tile_width = tile_size(processor.image_processor)
+        crop = {"height": tile_height, "width": tile_width}
+        return int(processor._get_num_multimodal_tokens(image_sizes=[[tile_height, tile_width]], crop_size=crop)["num_image_tokens"][0])
 
 
 ARCHITECTURES: dict[str, LlavaArchitecture] = {

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ...data.datasets import IMAGE_ERRORS, open_image_or_raise
+from ...images import load_image
 from ...encoder.text import TextRule, tokenize
 
 
@@ -35,13 +35,9 @@ class ImageRef:
 
     def load(self) -> Image.Image:
         if self.data is not None:
-            try:
-                with Image.open(io.BytesIO(self.data)) as raw:
-                    image = raw.convert("RGB")
-            except IMAGE_ERRORS as error:
-                raise ValueError(f"{self.path}: cannot decode the embedded image bytes: {error}") from None
+            image = load_image(io.BytesIO(self.data), owner=str(self.path))
         else:
-            image = open_image_or_raise(self.path)
+            image = load_image(self.path)
         if self.box is not None:
             x, y, width, height = self.box
             image = image.crop((x, y, x + width, y + height))
