@@ -29,9 +29,12 @@ from jinja2 import TemplateError
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+from transformers import BatchFeature
 
 from ..images import load_image
 from ..io_utils import atomic_write_text
+from ..mllm_train.data import tokenize_prompt, tokenizer_adds_bos
+from ..vlm.architectures import LlavaArchitecture, architecture_of
 from .answers import (
     check_single_identity,
     data_fingerprint,
@@ -44,11 +47,12 @@ from .answers import (
 from .settings import GenerationSettings
 
 if TYPE_CHECKING:
-    from transformers import BatchFeature, LlavaNextForConditionalGeneration, ProcessorMixin
+    from transformers import LlavaNextForConditionalGeneration, ProcessorMixin
 
     from .benchmarks import VQAQuestion
 
 PLAIN_TEMPLATE = "plain"
+SPECIAL_TOKENS = ("once", "always")  # how a prompt becomes ids: LLaVA's eval scripts, lmms-eval's llava_hf
 
 
 @dataclass(frozen=True)
@@ -297,8 +301,14 @@ def prepare_inputs(
 ) -> BatchFeature:
     """Left-padded model inputs (input_ids, attention_mask, and pixel_values/image_sizes with images).
 
-    special_tokens: "once" leaves out the tokenizer's BOS where the chat template already starts with it;
-    "always" adds the tokenizer's special tokens as lmms-eval's llava_hf does."""
+    special_tokens (`GenerationSettings.special_tokens`) names how each harness turns the prompt into ids:
+    "once" (`--prompts llava`) as LLaVA's eval scripts and this package's training do (`llava_prompt_inputs`:
+    the text on each side of the image tokenized separately, BOS left out where the chat template already
+    starts with it); "always" (`--prompts lmms_eval`) as lmms-eval's llava_hf does: the processor on the whole
+    prompt, the tokenizer's special tokens added. A processor of another VLM family than LLaVA's two takes
+    the processor path in both (LLaVA's rule is LLaVA's)."""
+    if special_tokens not in SPECIAL_TOKENS:
+        raise ValueError(f"special_tokens must be one of {SPECIAL_TOKENS}, got {special_tokens!r}")
     has_image = {q.image is not None for q in questions}
     if len(has_image) != 1:
         raise ValueError("a batch must be all image questions or all text-only questions")
@@ -308,10 +318,68 @@ def prepare_inputs(
     images = [_open_image(q) for q in questions] if has_image.pop() else None
     # A template that already starts with BOS must not get a second one from the tokenizer.
     add_special_tokens = special_tokens == "always" or not (tokenizer.bos_token and prompts[0].startswith(tokenizer.bos_token))
+    if special_tokens == "once" and _llava_architecture(processor) is not None:
+        return llava_prompt_inputs(processor, prompts, images, add_special_tokens=add_special_tokens,
+                                   owners=[f"question {q.question_id}" for q in questions])
     # Left padding: generation appends on the right, so the real tokens must end every row. Passed per
     # call rather than set on the tokenizer, which stays as it was.
     return processor(text=prompts, images=images, padding=True, padding_side="left", return_tensors="pt",
                      add_special_tokens=add_special_tokens)
+
+
+def llava_prompt_inputs(
+    processor: ProcessorMixin, prompts: Sequence[str], images: Sequence[Image.Image] | None = None, *,
+    add_special_tokens: bool = True, owners: Sequence[str] | None = None,
+) -> BatchFeature:
+    """Left-padded inputs for prompts with the image placeholder (one per prompt when `images` are given), as
+    LLaVA's eval scripts feed them (`tokenizer_image_token`) and as training tokenizes the same turn.
+
+    The text on each side of the image is tokenized separately by training's own code
+    (`mllm_train.data.tokenize_prompt`: a SentencePiece tokenizer then starts the text after the image with
+    its `▁`, which tokenizing the whole prompt in context drops when `legacy=False`); BOS is prepended when
+    `add_special_tokens` and the tokenizer adds one; the one image token is expanded to the count the model
+    consumes for that image (the architecture's `num_image_tokens`, the processor's own rule); pixel inputs
+    are the processor's. owners name the prompts in errors.
+    """
+    architecture = _llava_architecture(processor)
+    if architecture is None:
+        raise ValueError(f"{type(processor).__name__} is not a LLaVA processor; its prompts go through the processor")
+    tokenizer, image_token_id = processor.tokenizer, processor.image_token_id
+    if images is not None and len(images) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts for {len(images)} images; expected one image per prompt")
+    prepend_bos = add_special_tokens and tokenizer_adds_bos(tokenizer)
+    expected = 0 if images is None else 1
+    rows = []
+    for position, prompt in enumerate(prompts):
+        ids = tokenize_prompt(prompt, tokenizer, processor.image_token, prepend_bos)
+        found = ids.count(image_token_id)
+        if found != expected:
+            owner = owners[position] if owners else f"prompt {position}"
+            raise ValueError(f"{owner}: the prompt holds {found} {processor.image_token} tokens for {expected} image(s)")
+        if images is not None:
+            at = ids.index(image_token_id)
+            # The architecture's serving rule: anyres for LLaVA-NeXT; LLaVA-1.5's one tile counts the same whatever the aspect.
+            count = architecture.num_image_tokens(processor, images[position].height, images[position].width,
+                                                  architecture.image_aspect_ratios[0])
+            ids = ids[:at] + [image_token_id] * count + ids[at + 1:]
+        rows.append(ids)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max((len(ids) for ids in rows), default=0)
+    # Left padding: generation appends on the right, so the real tokens must end every row.
+    features: dict[str, Any] = {
+        "input_ids": torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in rows], dtype=torch.long),
+        "attention_mask": torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows], dtype=torch.long),
+    }
+    if images is not None:
+        features.update(processor(images=list(images), return_tensors="pt"))  # the processor's own pixel inputs
+    return BatchFeature(features)
+
+
+def _llava_architecture(processor: ProcessorMixin) -> LlavaArchitecture | None:
+    try:
+        return architecture_of(processor)
+    except ValueError:
+        return None
 
 
 def build_prompt(processor: ProcessorMixin, prompt: str, has_image: bool, conv_template: str | None = None) -> str:

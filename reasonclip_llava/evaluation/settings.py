@@ -32,7 +32,9 @@ class GenerationSettings:
     until: tuple[str, ...] = ()       # the task's stop strings, recorded (llava_hf does not apply them)
     strip: bool = True                # LLaVA strips the decoded answer; llava_hf keeps it as decoded
     stop: str = "checkpoint"          # eos ids: "checkpoint" (generation config + tokenizer) or "tokenizer" (llava_hf)
-    special_tokens: str = "once"      # "once": no second BOS after a template's own; "always": the tokenizer's default
+    special_tokens: str = "once"      # how the prompt becomes ids (generate.prepare_inputs): "once": LLaVA's eval scripts
+    #                                   (text on each side of the image tokenized apart, as in training; no second BOS after
+    #                                   a template's own); "always": llava_hf (the processor on the whole prompt, special tokens)
     source: str = ""                  # where the numbers come from
 
     def __post_init__(self) -> None:

@@ -155,6 +155,20 @@ def tokenize_segments(
     return input_ids, labels
 
 
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
+    """Whether `tokenizer(text)` starts with its BOS, as LLaVA gets it (Llama-2, Mistral, Llama-3; Qwen adds none)."""
+    bos_id = tokenizer.bos_token_id
+    return bos_id is not None and tokenizer("a")["input_ids"][:1] == [bos_id]
+
+
+def tokenize_prompt(text: str, tokenizer: Any, image_token: str, prepend_bos: bool) -> list[int]:
+    """The ids training gives `text` as an unsupervised span (a prompt), ONE image-token id per image: the
+    pieces between image tokens tokenized separately, as LLaVA's `tokenizer_image_token` (`tokenize_segments`).
+    Evaluation in LLaVA's style feeds a prompt with this, so a model is asked in the ids it trained on."""
+    return tokenize_segments([Segment(text, False)], tokenizer, "prompt", "prompt", prepend_bos=prepend_bos,
+                             boundary_token=image_token)[0]
+
+
 def _mismatch(sample_id: str, template_name: str, segment: Segment) -> ValueError:
     return ValueError(
         f"tokenization mismatch in sample {sample_id!r} with template {template_name!r}: a token crosses the "
@@ -319,9 +333,7 @@ class LlavaConversationDataset(Dataset):
             raise ValueError(f"the processor's tokenizer has no {self.image_token!r} token; add it as a special token first")
         if getattr(processor, "patch_size", None) is None or getattr(processor, "vision_feature_select_strategy", None) is None:
             raise ValueError("processor.patch_size and processor.vision_feature_select_strategy must be set (they fix the image token count)")
-        bos_id = self.tokenizer.bos_token_id
-        adds_bos = bos_id is not None and self.tokenizer("a")["input_ids"][:1] == [bos_id]
-        self.prepend_bos = bool(self.template.prefix_bos and adds_bos)
+        self.prepend_bos = bool(self.template.prefix_bos and tokenizer_adds_bos(self.tokenizer))
         self.plans, self.length_summary = self._length_pre_pass(load_rows(self.data_path))
         if int(os.environ.get("RANK", "0")) == 0:
             print(self.length_summary.line(str(self.data_path)), flush=True)
