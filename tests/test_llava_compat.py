@@ -170,6 +170,18 @@ def test_local_siglip_export_builds_our_tower_in_installed_llava(tiny_siglip_dir
     assert (tower.hidden_size, tower.num_patches) == (1152, 729)
 
 
+def test_tower_with_trained_weights_loads_at_once_under_delay_load(tiny_siglip_dir):
+    """LLaVA-NeXT's towers (clip_encoder.py, siglip_encoder.py) load in __init__ despite delay_load when
+    `unfreeze_mm_vision_tower` is set or `mm_tunable_parts` contains 'mm_vision_tower' (OneVision's stage 2),
+    so that the checkpoint's trained tower weights have modules to go into."""
+    def tower(**args):
+        return ReasonCLIPVisionTower(tiny_siglip_dir, args=SimpleNamespace(mm_vision_select_layer=-2, **args), delay_load=True)
+
+    assert tower(mm_tunable_parts="mm_vision_tower,mm_mlp_adapter,mm_language_model").is_loaded
+    assert tower(unfreeze_mm_vision_tower=True).is_loaded
+    assert not tower(mm_tunable_parts="mm_mlp_adapter").is_loaded and not tower().is_loaded
+
+
 # LLaVA-NeXT's builder module path and rule (llava/model/multimodal_encoder/{builder,clip_encoder,siglip_encoder}.py,
 # LLaVA-VL/LLaVA-NeXT), restated: an existing path -> CLIPVisionTower, then a name containing 'siglip' ->
 # SigLipVisionTower, whose config defaults are So400M/14-384.
