@@ -284,6 +284,10 @@ def test_llava_next_builder_routes_every_local_siglip_to_our_tower(stub_llava, t
     assert llava_arch.build_vision_tower is builder.build_vision_tower  # the reference llava_arch calls
     # not ours: a local CLIP export and a SigLIP Hub name keep LLaVA-NeXT's own classes
     assert tower_route(str(renamed_clip)) is None
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path / "not_a_tower")
+    assert tower_route(str(tmp_path / "not_a_tower")) is None and tower_route(str(tmp_path / "empty_dir_absent")) is None
     assert type(builder.build_vision_tower(_llava_args(str(renamed_clip)))).__name__ == "CLIPVisionTower"
     hub_name = "google/siglip-so400m-patch14-384"
     assert type(builder.build_vision_tower(_llava_args(hub_name), delay_load=True)).__name__ == "SigLipVisionTower"

@@ -42,13 +42,18 @@ def tower_route(name: str) -> str | None:
     """The one decision point: 'reasonclip' (our tower) or None (LLaVA's own rule).
 
     Ours: a ReasonCLIP name or alias (CLIP or SigLIP), or a local SigLIP export of any size. A local CLIP
-    export that is not named ours stays with LLaVA's CLIP tower, which takes it unchanged.
+    export that is not named ours stays with LLaVA's CLIP tower, which takes it unchanged, and a local folder
+    that is no CLIP / SigLIP checkpoint stays with LLaVA's rule.
     """
     if name in REGISTERED_TOWERS or any(marker in name.lower() for marker in OUR_NAME_MARKERS):
         return "reasonclip"
-    if os.path.isdir(name) and load_vision_config(name).model_type == "siglip_vision_model":
-        return "reasonclip"
-    return None
+    if not os.path.isdir(name):
+        return None
+    try:
+        model_type = load_vision_config(name).model_type
+    except (ValueError, FileNotFoundError):  # not a CLIP / SigLIP checkpoint: LLaVA's rule decides, as unregistered
+        return None
+    return "reasonclip" if model_type == "siglip_vision_model" else None
 
 
 def is_reasonclip_tower(name: str) -> bool:
