@@ -310,8 +310,17 @@ class LlavaOnevisionArchitecture(LlavaArchitecture):
         return LlavaOnevisionImageProcessor(image_grid_pinpoints=image_grid_pinpoints, do_pad=True, **settings)
 
     def build_processor(self, image_processor, tokenizer, vision_config, strategy, chat_template):
+        # transformers (5.25) constructs LlavaOnevisionProcessor only with its video processor, which is
+        # torchvision-only; training and eval here are images-only, but the processor cannot be had without it.
+        if not is_torchvision_available():
+            raise ValueError(f"architecture {self.name!r}: transformers' {self.processor_class.__name__} needs a "
+                             "video processor, which needs torchvision: install the torchvision build of your torch")
+        from transformers import LlavaOnevisionVideoProcessor
+
+        normalisation = {key: getattr(image_processor, key) for key in ("image_mean", "image_std", "resample", "size")}
         return self.processor_class(
-            image_processor=image_processor, tokenizer=tokenizer, video_processor=None,  # images only here
+            image_processor=image_processor, tokenizer=tokenizer,
+            video_processor=LlavaOnevisionVideoProcessor(**normalisation),  # videos: the tower's own preprocessing
             num_image_tokens=tokens_per_tile(vision_config, strategy), vision_feature_select_strategy=strategy,
             image_token=IMAGE_TOKEN, video_token=VIDEO_TOKEN, vision_aspect_ratio=self.image_aspect_ratios[0],
             chat_template=chat_template,
