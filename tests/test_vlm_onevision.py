@@ -136,6 +136,21 @@ def test_token_count_is_what_the_model_consumes(parts, no_processor):
     assert len(set(counts)) == len(counts)  # the sizes exercise different grids / the downscale
 
 
+def test_token_bound_holds_where_the_largest_count_is_not_a_pinpoint():
+    """anyres_max_9 keeps an unpadded grid up to 1.1^2 x 9 tiles: off-pinpoint images can take more tokens
+    than any pinpoint-shaped one, and the pre-pass bound must still cover them (384 px, 27 x 27 patches)."""
+    from transformers import LlavaOnevisionImageProcessorPil
+
+    published = LlavaOnevisionConfig()
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": 384, "width": 384}, crop_size={"height": 384, "width": 384},
+                                                      image_grid_pinpoints=published.image_grid_pinpoints)
+    rule = count_rule(image_processor, published.vision_config)
+    bound, _ = ONEVISION.max_image_tokens(rule, "anyres_max_9")
+    at_pinpoints = max(ONEVISION.num_image_tokens(rule, h, w, "anyres_max_9") for h, w in published.image_grid_pinpoints)
+    sweep = max(ONEVISION.num_image_tokens(rule, h, w, "anyres_max_9") for h in range(16, 2600, 37) for w in range(16, 2600, 41))
+    assert at_pinpoints < sweep <= bound
+
+
 def test_onevision_takes_siglip_only(parts, tiny_clip_dir):
     with pytest.raises(ValueError, match="llava_onevision.*siglip_vision_model tower, not clip_vision_model"):
         build_llava(parts["lm"], tiny_clip_dir, arch="llava_onevision")
