@@ -270,22 +270,20 @@ def test_so400m_goes_through_both_stages_and_into_the_onevision_build(tmp_path, 
 @pytest.mark.slow
 @pytest.mark.skipif(not is_torchvision_available(), reason="transformers builds LlavaOnevisionProcessor only with torchvision")
 def test_both_stages_reload_plainly_and_answer(parts, tmp_path):
-    from llava_train_helpers import write_conversations
+    from llava_train_helpers import tiny_llava_stages
     from reasonclip_llava.evaluation.benchmarks import VQAQuestion
     from reasonclip_llava.evaluation.generate import generate_answers
     from reasonclip_llava.mllm_train.train import LlavaTrainConfig, train_llava
     from reasonclip_llava.vlm.tower_check import TOWER_CHECK_NAME
 
-    data, images = write_conversations(tmp_path / "data", n_images=4, n_text=1)
-    common = dict(data_path=str(data), image_folder=str(images), per_device_train_batch_size=2, max_steps=2,
-                  save_steps=100, report_to="none", warmup_ratio=0.0)
-    stage_a = train_llava(LlavaTrainConfig(arch="llava_onevision", language_model=str(parts["lm"]),
-                                           vision_tower=str(parts["encoder"]), template="plain",
-                                           output_dir=str(tmp_path / "a"), **common))
+    setup = tiny_llava_stages(tmp_path, parts["encoder"])
+    common = dict(per_device_train_batch_size=2, max_steps=2, save_steps=100, report_to="none", warmup_ratio=0.0)
+    stage_a = train_llava(LlavaTrainConfig(arch="llava_onevision", language_model=setup["lm"], vision_tower=setup["encoder"],
+                                           template="plain", output_dir=str(tmp_path / "a"), **setup["pretrain"], **common))
     recipe = load_train_config(REPO / "train/llava_onevision_finetune.yaml")
     stage_b = train_llava(LlavaTrainConfig(
-        model_name_or_path=str(stage_a), template="qwen_1_5", mm_tunable_parts=recipe.mm_tunable_parts,
-        learning_rate=1e-3, mm_vision_tower_lr=1e-3, output_dir=str(tmp_path / "b"), **common))
+        model_name_or_path=str(stage_a), template=recipe.template, mm_tunable_parts=recipe.mm_tunable_parts,
+        learning_rate=1e-3, mm_vision_tower_lr=1e-3, output_dir=str(tmp_path / "b"), **setup["instruct"], **common))
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(stage_b)
     processor = LlavaOnevisionProcessor.from_pretrained(stage_b)
     assert json.loads((stage_b / TOWER_CHECK_NAME).read_text())["bitwise_equal"]
@@ -295,7 +293,8 @@ def test_both_stages_reload_plainly_and_answer(parts, tmp_path):
         image = Image.new("RGB", (width, height), (30, 30, 220))
         ids = processor(images=image, text="<image>\nWhat?", return_tensors="pt")["input_ids"]
         assert int((ids == processor.image_token_id).sum()) == ONEVISION.num_image_tokens(processor, height, width, "anyres_max_9")
-    questions = [VQAQuestion("q0", str(images / "0.png"), "What colour is the square?", max_new_tokens=4)]
+    image = str(Path(setup["instruct"]["image_folder"]) / "0.png")
+    questions = [VQAQuestion("q0", image, "What colour is the square?", max_new_tokens=4)]
     out = generate_answers(stage_b, questions, tmp_path / "answers.jsonl", batch_size=1, progress=False)
     rows = [json.loads(line) for line in out.read_text().splitlines() if "header" not in line]
     assert [row["question_id"] for row in rows] == ["q0"]
