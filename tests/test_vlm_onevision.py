@@ -55,6 +55,7 @@ def no_processor(monkeypatch):
     the model alone: everything below the processor is what these tests check."""
     if not is_torchvision_available():
         monkeypatch.setattr(type(ONEVISION), "build_processor", lambda self, *args: None)
+        monkeypatch.setattr(type(ONEVISION), "check_available", lambda self: None)
 
 
 def count_rule(image_processor, vision_config) -> types.SimpleNamespace:
@@ -151,7 +152,18 @@ def test_token_bound_holds_where_the_largest_count_is_not_a_pinpoint():
     assert at_pinpoints < sweep <= bound
 
 
-def test_onevision_takes_siglip_only(parts, tiny_clip_dir):
+@pytest.mark.skipif(is_torchvision_available(), reason="the refusal is for environments without torchvision")
+def test_without_torchvision_the_build_stops_in_one_line_before_loading(parts, tmp_path, capsys):
+    from reasonclip_llava.cli import main as cli_main
+
+    out = tmp_path / "ov"
+    assert cli_main(["llava-build", "--lm", str(parts["lm"]), "--encoder", str(parts["encoder"]), "--out", str(out),
+                     "--arch", "llava_onevision"]) == 2
+    assert "LlavaOnevisionProcessor needs a video processor, which needs torchvision" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_onevision_takes_siglip_only(parts, tiny_clip_dir, no_processor):
     with pytest.raises(ValueError, match="llava_onevision.*siglip_vision_model tower, not clip_vision_model"):
         build_llava(parts["lm"], tiny_clip_dir, arch="llava_onevision")
     with pytest.raises(ValueError, match="architecture 'llava_onevision'.*takes anyres_max_9"):

@@ -168,6 +168,7 @@ class LlavaTrainConfig:
             if part not in TUNABLE_PARTS:
                 raise ValueError(f"mm_tunable_parts: unknown part {part!r}; valid: {', '.join(TUNABLE_PARTS)}")
         self.image_flags()
+        self.architecture().check_available()
         if self.label_masking not in LABEL_MASKINGS:
             raise ValueError(f"label_masking {self.label_masking!r}: expected one of {', '.join(LABEL_MASKINGS)}")
         if self.long_rows not in LONG_ROWS:

@@ -128,6 +128,9 @@ class LlavaArchitecture:
             )
         return aspect, merge
 
+    def check_available(self) -> None:
+        """One line naming what this environment lacks to build or load this architecture's processor."""
+
     def check_encoder(self, vision_config: PretrainedConfig, encoder: str | Path) -> None:
         """One line naming the encoder if this architecture cannot take its tower type."""
         if vision_config.model_type not in self.encoder_types:
@@ -309,12 +312,15 @@ class LlavaOnevisionArchitecture(LlavaArchitecture):
         settings["do_center_crop"] = False
         return LlavaOnevisionImageProcessor(image_grid_pinpoints=image_grid_pinpoints, do_pad=True, **settings)
 
-    def build_processor(self, image_processor, tokenizer, vision_config, strategy, chat_template):
+    def check_available(self):
         # transformers (5.25) constructs LlavaOnevisionProcessor only with its video processor, which is
         # torchvision-only; training and eval here are images-only, but the processor cannot be had without it.
         if not is_torchvision_available():
             raise ValueError(f"architecture {self.name!r}: transformers' {self.processor_class.__name__} needs a "
                              "video processor, which needs torchvision: install the torchvision build of your torch")
+
+    def build_processor(self, image_processor, tokenizer, vision_config, strategy, chat_template):
+        self.check_available()
         from transformers import LlavaOnevisionVideoProcessor
 
         normalisation = {key: getattr(image_processor, key) for key in ("image_mean", "image_std", "resample", "size")}

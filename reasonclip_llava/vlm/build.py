@@ -187,6 +187,7 @@ def build_llava(
     """
     architecture = get_architecture(arch)
     aspect, _ = architecture.resolve_image_flags(image_aspect_ratio, mm_patch_merge_type)
+    architecture.check_available()  # before the (slow) loads
     dtype = resolve_dtype(torch_dtype)
     tower = load_vision_model(encoder, dtype=dtype)
     architecture.check_encoder(tower.config, encoder)
