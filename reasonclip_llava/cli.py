@@ -98,7 +98,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _llava_build(args: argparse.Namespace) -> int:
     from .vlm.build import build_and_save
 
-    pinpoints = json.loads(args.grid_pinpoints) if args.grid_pinpoints else None
+    pinpoints = args.grid_pinpoints  # build reads a JSON list or a "(1x1),...,(6x6)" range
     print(build_and_save(args.lm, args.encoder, args.out, arch=args.arch, image_aspect_ratio=args.image_aspect_ratio, image_grid_pinpoints=pinpoints, vision_feature_layer=args.select_layer, vision_feature_select_strategy=args.strategy, torch_dtype=args.dtype, overwrite=args.overwrite))
     return 0
 
@@ -232,9 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm", required=True, help="causal LM id or path (Llama / Qwen / Mistral family)")
     p.add_argument("--encoder", required=True, help="CLIP/SigLIP (e.g. ReasonCLIP export) id or path")
     p.add_argument("--out", required=True)
-    p.add_argument("--arch", default="llava_next", choices=["llava_next", "llava"], help="llava_next: anyres LlavaNext; llava: one-tile LLaVA-1.5 format (ReasonCLIP's published MLLM)")
-    p.add_argument("--image-aspect-ratio", default=None, choices=["anyres", "pad", "square"], help="processor setting; default: anyres (llava_next), pad (llava)")
-    p.add_argument("--grid-pinpoints", default=None, help="JSON list of [h, w]; default: LLaVA-NeXT's, scaled to the tower")
+    p.add_argument("--arch", default="llava_next", choices=["llava_next", "llava", "llava_onevision"], help="llava_next: anyres LlavaNext; llava: one-tile LLaVA-1.5 format (ReasonCLIP's published MLLM); llava_onevision: LlavaOnevision (SigLIP, anyres_max_9)")
+    p.add_argument("--image-aspect-ratio", default=None, choices=["anyres", "anyres_max_9", "pad", "square"], help="processor setting; default: anyres (llava_next), pad (llava), anyres_max_9 (llava_onevision)")
+    p.add_argument("--grid-pinpoints", default=None, help="JSON list of [h, w] or LLaVA-NeXT's range '(1x1),...,(6x6)'; default: the arch's grid, scaled to the tower")
     p.add_argument("--select-layer", type=int, default=-2)
     p.add_argument("--strategy", default=None, choices=["default", "full"], help="default: 'default' for CLIP, 'full' for SigLIP")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
