@@ -16,6 +16,7 @@ the model type and the tower type: those VLMs carry their own ViT.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -30,9 +31,9 @@ from transformers import PretrainedConfig, PreTrainedModel
 TOWER_TYPES: dict[str, tuple[str, str]] = {
     "clip_vision_model": ("clip_vision_model", "CLIPVisionModel"),
     "siglip_vision_model": ("siglip_vision_model", "SiglipVisionModel"),
-    "idefics2_vision": ("siglip_vision_model", "Idefics2VisionTransformer"),
-    "idefics3_vision": ("siglip_vision_model", "Idefics3VisionTransformer"),
-    "smolvlm_vision": ("siglip_vision_model", "SmolVLMVisionTransformer"),
+    "idefics2_vision": ("siglip_vision_model", "idefics2.modeling_idefics2.Idefics2VisionTransformer"),
+    "idefics3_vision": ("siglip_vision_model", "idefics3.modeling_idefics3.Idefics3VisionTransformer"),
+    "smolvlm_vision": ("siglip_vision_model", "smolvlm.modeling_smolvlm.SmolVLMVisionTransformer"),
 }
 ENCODER_NAMES = {"clip_vision_model": "CLIP", "siglip_vision_model": "SigLIP"}
 # Known VLMs with their own vision transformer (no shared names with CLIP / SigLIP): why they are refused.
@@ -107,6 +108,7 @@ class VLMFamily:
     probe_kind: str = "image"  # image: 4-D; tiles: 5-D + image_sizes; idefics: 5-D + mask; video_llava
     normalisation_fields: tuple[str, ...] = ("image_mean", "image_std")
     title: str = ""
+    all_tokens_towers: tuple[str, ...] = ()  # towers read with every token whatever the strategy (VideoLlava's video)
 
     @property
     def model_class(self) -> type[PreTrainedModel]:
@@ -116,15 +118,16 @@ class VLMFamily:
     def config_class(self) -> type[PretrainedConfig]:
         return self.model_class.config_class
 
-    def feature_rule(self, config: PretrainedConfig) -> FeatureRule:
-        """What this family's projector reads, from the VLM config (e.g. hidden_states[-2][:, 1:])."""
+    def feature_rule(self, config: PretrainedConfig, tower_path: str | None = None) -> FeatureRule:
+        """What this family's projector reads from a tower (default: the first), from the VLM config."""
         if self.rule_kind == "last":
             return FeatureRule(None)
         if self.rule_kind == "vipllava":
             return FeatureRule(tuple(config.vision_feature_layers), drop_cls=True)
         layer = config.vision_feature_layer
         layers = (layer,) if isinstance(layer, int) else tuple(layer)
-        return FeatureRule(layers, drop_cls=config.vision_feature_select_strategy == "default")
+        drop_cls = config.vision_feature_select_strategy == "default" and tower_path not in self.all_tokens_towers
+        return FeatureRule(layers, drop_cls=drop_cls)
 
     def towers(self, model: PreTrainedModel) -> dict[str, torch.nn.Module]:
         """{tower path: module} of a model of this family (a PeftModel is unwrapped)."""
@@ -187,7 +190,8 @@ FAMILIES: dict[str, VLMFamily] = {family.name: family for family in (
             probe_kind="tiles"),
     _family("vipllava", "VipLlavaForConditionalGeneration", ("clip_vision_model",), "ViP-LLaVA", rule_kind="vipllava"),
     _family("video_llava", "VideoLlavaForConditionalGeneration", ("clip_vision_model",), "Video-LLaVA",
-            tower_paths=("model.image_tower", "model.video_tower"), probe_kind="video_llava"),
+            tower_paths=("model.image_tower", "model.video_tower"), probe_kind="video_llava",
+            all_tokens_towers=("model.video_tower",)),
     _family("paligemma", "PaliGemmaForConditionalGeneration", _SIGLIP, "PaliGemma", rule_kind="last"),
     _family("gemma3", "Gemma3ForConditionalGeneration", _SIGLIP, "Gemma 3", rule_kind="last"),
     _family("aya_vision", "AyaVisionForConditionalGeneration", _SIGLIP, "Aya Vision"),
@@ -258,7 +262,8 @@ class TowerMap:
 def tower_class(tower_config: PretrainedConfig) -> type[torch.nn.Module]:
     if tower_config.model_type not in TOWER_TYPES:
         raise ValueError(f"tower model_type {tower_config.model_type!r} is not a CLIP/SigLIP tower ({', '.join(TOWER_TYPES)})")
-    return getattr(transformers, TOWER_TYPES[tower_config.model_type][1])
+    module, _, name = TOWER_TYPES[tower_config.model_type][1].rpartition(".")
+    return getattr(importlib.import_module(f"transformers.models.{module}") if module else transformers, name)
 
 
 def tower_shapes(tower_config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
@@ -269,14 +274,16 @@ def tower_shapes(tower_config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
 
 
 def fit_mismatch(encoder_config: PretrainedConfig, tower_config: PretrainedConfig) -> str | None:
-    """The first field that keeps the encoder out of the tower ('image_size 384 vs 896'), else None."""
+    """The first field that keeps the encoder out of the tower, as 'tower value vs encoder value'
+    ('image_size 896 vs 384'), else None."""
     taken = TOWER_TYPES.get(tower_config.model_type, (None,))[0]
     if encoder_config.model_type != taken:
-        return f"model_type {encoder_config.model_type} vs {tower_config.model_type} (which takes {taken})"
+        extra = "" if taken == tower_config.model_type else f" (the tower takes {taken} encoders)"
+        return f"model_type {tower_config.model_type} vs {encoder_config.model_type}{extra}"
     for name in SHAPE_FIELDS:
-        a, b = getattr(encoder_config, name, None), getattr(tower_config, name, None)
-        if a is not None and b is not None and a != b:
-            return f"{name} {a} vs {b}"
+        tower, encoder = getattr(tower_config, name, None), getattr(encoder_config, name, None)
+        if tower is not None and encoder is not None and tower != encoder:
+            return f"{name} {tower} vs {encoder}"
     return None
 
 
