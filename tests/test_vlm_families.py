@@ -97,7 +97,7 @@ def probe_calls(model, name):
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
-def test_swap_is_bitwise_at_the_projector_input(name, swapped, tmp_path):
+def test_swap_is_bitwise_at_the_projector_input(name, swapped):
     class_name, kind, rule = EXPECTED[name]
     original_dir, swapped_dir, encoder = swapped[name]
     model_class = getattr(transformers, class_name)
@@ -128,15 +128,10 @@ def test_swap_is_bitwise_at_the_projector_input(name, swapped, tmp_path):
     assert report["verdict"] == "equal" and report["ok"], report
     assert [t["path"] for t in report["towers"]] == [f"model.{t}" for t in TOWERS.get(name, ("vision_tower",))]
 
-    # generate runs; save -> reload keeps the tower bitwise
+    # generate runs (the tower checks above already read the saved files back: save -> reload is bitwise)
     inputs = generate_inputs(model)
     out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 2
-    model.save_pretrained(tmp_path / "again")
-    again = model_class.from_pretrained(tmp_path / "again")
-    for tower in TOWERS.get(name, ("vision_tower",)):
-        state = getattr(again.model, tower).state_dict()
-        assert all(torch.equal(state[k], v) for k, v in reference.items())
 
 
 def test_swap_takes_the_neutral_flag_and_refuses_other_vlms(tmp_path, tiny_clip_dir, capsys):

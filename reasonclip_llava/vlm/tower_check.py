@@ -237,12 +237,18 @@ def verify_vlm_tower(vlm_dir: str | Path, encoder: str | Path, expect_different:
     `require_equal`.
     """
     from ..encoder.tower import load_vision_config, load_vision_model
-    from ..io_utils import load_pretrained_strict
+    from ..io_utils import check_model_files, short_key_report
     from .families import FeatureRule, family_of, map_encoder_to_tower
 
     load_vision_config(encoder)  # a missing / non-CLIP encoder is bad input (one line, exit 2)
+    check_model_files(vlm_dir, "VLM")
     family = family_of(vlm_dir)
-    model = load_pretrained_strict(family.model_class, vlm_dir, "VLM").eval()
+    # Strict about names (a missing tower tensor would be random), not about values: a NaN is reported below.
+    model, info = family.model_class.from_pretrained(str(vlm_dir), output_loading_info=True)
+    problems = {kind: info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)}
+    if problems:
+        raise ValueError(f"VLM {vlm_dir}: weights do not match {family.class_name}: {short_key_report(problems)}")
+    model.eval()
     towers = family.towers(model)
     stored = {path: next(tower.parameters()).dtype for path, tower in towers.items()}
     report: dict[str, Any] = {"vlm": str(vlm_dir), "encoder": str(encoder), "architecture": family.name,
