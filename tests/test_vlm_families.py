@@ -194,3 +194,15 @@ def test_a_tower_the_encoder_cannot_fill_is_refused(tmp_path, tiny_clip_dir, tin
     assert main(["swap", "--llava", str(vlm), "--encoder", str(tiny_siglip_dir), "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
     shutil.rmtree(vlm)
+
+
+def test_the_eval_loader_goes_through_the_registry(tmp_path):
+    from reasonclip_llava.evaluation.generate import load_llava_next
+
+    vlm = save_tiny_vlm(tmp_path / "smol", "smolvlm")
+    with pytest.raises(FileNotFoundError, match="no processor files"):  # loaded strictly, then asks for its processor
+        load_llava_next(vlm)
+    qwen = tmp_path / "qwen"
+    transformers.Qwen2VLConfig().save_pretrained(qwen)
+    with pytest.raises(ValueError, match="'qwen2_vl_vision'"):
+        load_llava_next(qwen)

@@ -43,6 +43,7 @@ OWN_VIT = {
     "llava_onevision_1_5": "RICE-ViT", "glm4v": "GLM-4V ViT", "phi4_multimodal": "Phi-4 ViT",
     "janus": "Janus SigLIP variant (projection_layer for out_proj; 341 of 389 names)",
     "lfm2_vl": "SigLIP 2 NaFlex (Linear patch embedding, other position count)",
+    "siglip2_vision_model": "SigLIP 2 NaFlex", "timm_wrapper": "timm ViT",
 }
 # Fields that decide the tower's tensors and computation; depth and model_type are checked separately.
 SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_channels", "image_size",
@@ -214,7 +215,8 @@ def get_family(model_type: str) -> VLMFamily:
     raise ValueError(f"model_type {model_type!r} is not a registered VLM family ({', '.join(FAMILIES)})")
 
 
-def _read_config(source: str | Path) -> tuple[str | None, str | None, str]:
+def checkpoint_types(source: str | Path) -> tuple[str | None, str | None, str]:
+    """(model_type, vision_config.model_type, origin) from a checkpoint's config.json, without building it."""
     config_file = Path(source) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"no VLM checkpoint (config.json) in {source}")
@@ -228,7 +230,7 @@ def _read_config(source: str | Path) -> tuple[str | None, str | None, str]:
 def family_of(source: str | Path | PretrainedConfig | PreTrainedModel) -> VLMFamily:
     """The family of a checkpoint dir, config or model; one line naming the model and tower types otherwise."""
     if isinstance(source, (str, Path)):
-        model_type, tower_type, origin = _read_config(source)
+        model_type, tower_type, origin = checkpoint_types(source)
     else:
         config = source if isinstance(source, PretrainedConfig) else source.config
         vision = getattr(config, "vision_config", None)
@@ -236,7 +238,10 @@ def family_of(source: str | Path | PretrainedConfig | PreTrainedModel) -> VLMFam
     family = next((f for f in FAMILIES.values() if model_type in f.model_types), None)
     supported = ", ".join(FAMILIES)
     if family is None:
-        why = OWN_VIT.get(model_type) or OWN_VIT.get(str(tower_type)) or "no CLIP/SigLIP vision_config"
+        why = OWN_VIT.get(model_type) or OWN_VIT.get(str(tower_type))
+        if why is None:
+            raise ValueError(f"{origin}: model_type {model_type!r} (tower {tower_type!r}) is not a VLM family that "
+                             f"takes a CLIP/SigLIP tower; expected one of {supported}")
         raise ValueError(f"{origin}: model_type {model_type!r} with tower {tower_type!r} ({why}): own ViT, not a "
                          f"CLIP/SigLIP tower; swap/verify take {supported}")
     if tower_type not in family.tower_types:
