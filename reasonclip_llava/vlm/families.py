@@ -292,18 +292,21 @@ def fit_mismatch(encoder_config: PretrainedConfig, tower_config: PretrainedConfi
     return None
 
 
-def _encoder_state(encoder: str | Path | dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], PretrainedConfig | None]:
+def _encoder_state(encoder: str | Path | dict[str, torch.Tensor] | PreTrainedModel,
+                   ) -> tuple[dict[str, torch.Tensor], PretrainedConfig | None]:
     if isinstance(encoder, dict):
         return {name.removeprefix("vision_model."): tensor for name, tensor in encoder.items()}, None
+    if isinstance(encoder, PreTrainedModel):  # an already loaded CLIPVisionModel / SiglipVisionModel
+        return {name: tensor.detach() for name, tensor in encoder.state_dict().items()}, encoder.config
     from ..encoder.tower import load_vision_model
 
     model = load_vision_model(encoder)
     return {name: tensor.detach() for name, tensor in model.state_dict().items()}, model.config
 
 
-def map_encoder_to_tower(encoder: str | Path | dict[str, torch.Tensor], family: VLMFamily,
+def map_encoder_to_tower(encoder: str | Path | dict[str, torch.Tensor] | PreTrainedModel, family: VLMFamily,
                          vlm_config: PretrainedConfig, what: str = "encoder") -> TowerMap:
-    """The encoder (dir, or a vision state dict) as a state dict for `vlm_config`'s tower; one line otherwise.
+    """The encoder (dir, loaded vision model, or a vision state dict) as a state dict for `vlm_config`'s tower; one line otherwise.
 
     Dropped without error: `head.*` when the tower has none (Idefics towers, vision_use_head=False) -- no
     family reads the pooled output -- and encoder layers past the tower's depth when the family's rule reads
@@ -313,26 +316,27 @@ def map_encoder_to_tower(encoder: str | Path | dict[str, torch.Tensor], family: 
     """
     tower_config = vlm_config.vision_config
     state, encoder_config = _encoder_state(encoder)
+    who = f"{what} {encoder}" if isinstance(encoder, (str, Path)) else what
     if encoder_config is not None:
         mismatch = fit_mismatch(encoder_config, tower_config)
         if mismatch:
-            raise ValueError(f"{what} {encoder}: does not fit the {family.title} tower: {mismatch} "
+            raise ValueError(f"{who}: does not fit the {family.title} tower: {mismatch} "
                              "(swap needs the same width, image and patch size: no interpolation)")
     expected = tower_shapes(tower_config)
     layers = {int(m.group(1)) for name in state if (m := _LAYER_KEY.match(name))}
     encoder_layers, tower_layers = (max(layers) + 1 if layers else 0), tower_config.num_hidden_layers
     rule = family.feature_rule(vlm_config)
     if encoder_layers < tower_layers:
-        raise ValueError(f"{what} {encoder}: {encoder_layers} layers, the {family.title} tower {tower_layers}: "
+        raise ValueError(f"{who}: {encoder_layers} layers, the {family.title} tower {tower_layers}: "
                          f"tower layers {encoder_layers}..{tower_layers - 1} have no encoder weights")
     if encoder_layers > tower_layers:
         if rule.reads_last_hidden_state:
-            raise ValueError(f"{what} {encoder}: {encoder_layers} layers, the {family.title} tower {tower_layers}, and "
+            raise ValueError(f"{who}: {encoder_layers} layers, the {family.title} tower {tower_layers}, and "
                              f"{family.class_name} reads last_hidden_state: it would read layer {tower_layers} through "
                              "post_layernorm, which is not an output of the encoder")
         for layer in rule.absolute(tower_layers).layers:
             if not 0 <= layer <= tower_layers:
-                raise ValueError(f"{what} {encoder}: {family.class_name} reads {rule.describe()}, outside a "
+                raise ValueError(f"{who}: {family.class_name} reads {rule.describe()}, outside a "
                                  f"{tower_layers}-layer tower")
     mapped, dropped = {}, []
     for name, tensor in state.items():
@@ -343,14 +347,14 @@ def map_encoder_to_tower(encoder: str | Path | dict[str, torch.Tensor], family: 
         if name.startswith("head.") or (match and int(match.group(1)) >= tower_layers):
             dropped.append(name)
             continue
-        raise ValueError(f"{what} {encoder}: tensor {name!r} has no place in the {family.title} tower")
+        raise ValueError(f"{who}: tensor {name!r} has no place in the {family.title} tower")
     missing = sorted(expected.keys() - mapped.keys())
     if missing:
-        raise ValueError(f"{what} {encoder}: the {family.title} tower needs {len(missing)} tensors the encoder lacks "
+        raise ValueError(f"{who}: the {family.title} tower needs {len(missing)} tensors the encoder lacks "
                          f"({missing[:3]})")
     for name, tensor in mapped.items():
         if tuple(tensor.shape) != expected[name]:
-            raise ValueError(f"{what} {encoder}: {name} is {list(tensor.shape)}, the {family.title} tower takes "
+            raise ValueError(f"{who}: {name} is {list(tensor.shape)}, the {family.title} tower takes "
                              f"{list(expected[name])}")
     return TowerMap(mapped, dropped, encoder_layers, tower_layers)
 

@@ -253,8 +253,10 @@ def verify_vlm_tower(vlm_dir: str | Path, encoder: str | Path, expect_different:
     stored = {path: next(tower.parameters()).dtype for path, tower in towers.items()}
     report: dict[str, Any] = {"vlm": str(vlm_dir), "encoder": str(encoder), "architecture": family.name,
                               "class": family.class_name, "tower_paths": list(family.tower_paths)}
+    encoder_model = load_vision_model(encoder).eval()
+    encoder_weights = {n: t.detach().clone() for n, t in encoder_model.state_dict().items()}
     try:
-        tower_map = map_encoder_to_tower(encoder, family, model.config)
+        tower_map = map_encoder_to_tower(encoder_model, family, model.config, f"encoder {encoder}")
     except ValueError as error:
         verdict = "not ENC"
         failed = [] if expect_different else ["not_encoder"]
@@ -269,8 +271,6 @@ def verify_vlm_tower(vlm_dir: str | Path, encoder: str | Path, expect_different:
 
     # The standalone encoder, at the checkpoint's precision, run in fp32 on the pixels each tower got.
     model.float()
-    encoder_model = load_vision_model(encoder).eval()
-    encoder_weights = {n: t.detach().clone() for n, t in encoder_model.state_dict().items()}
     depth, encoder_depth = model.config.vision_config.num_hidden_layers, tower_map.encoder_layers
     probe = family.probe_inputs(model.config)
     tower_reports = []
