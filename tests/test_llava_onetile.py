@@ -23,7 +23,7 @@ from transformers import (
 from reasonclip_llava.cli import main
 from reasonclip_llava.evaluation.benchmarks import VQAQuestion
 from reasonclip_llava.evaluation.generate import generate_answers
-from reasonclip_llava.vlm.architectures import LlavaImageProcessor, get_architecture, tokens_per_tile
+from reasonclip_llava.vlm.architectures import LlavaImageProcessor, tokens_per_tile
 from reasonclip_llava.vlm.build import build_llava, save_llava
 from reasonclip_llava.mllm_train.data import IGNORE_INDEX, LlavaConversationDataset
 from reasonclip_llava.mllm_train.merge import merge_and_export
