@@ -206,3 +206,22 @@ def test_the_eval_loader_goes_through_the_registry(tmp_path):
     transformers.Qwen2VLConfig().save_pretrained(qwen)
     with pytest.raises(ValueError, match="'qwen2_vl_vision'"):
         load_llava_next(qwen)
+
+
+def test_swap_carries_the_encoders_normalisation_into_the_processor(tmp_path):
+    import json
+
+    from reasonclip_llava.testing.tiny import save_tiny_clip
+    from reasonclip_llava.testing.tiny_llava import save_tiny_llava_next
+
+    vlm = save_tiny_llava_next(tmp_path / "next")
+    encoder = save_tiny_clip(tmp_path / "enc", num_hidden_layers=2)
+    settings = json.loads((encoder / "preprocessor_config.json").read_text())
+    settings.update(image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25])
+    (encoder / "preprocessor_config.json").write_text(json.dumps(settings))
+    before = transformers.LlavaNextProcessor.from_pretrained(vlm).image_processor
+    assert list(before.image_mean) != [0.5, 0.5, 0.5]
+    out = swap_vision_tower(vlm, encoder, tmp_path / "out")
+    after = transformers.LlavaNextProcessor.from_pretrained(out).image_processor
+    assert list(after.image_mean) == [0.5, 0.5, 0.5] and list(after.image_std) == [0.25, 0.25, 0.25]
+    assert after.image_grid_pinpoints == before.image_grid_pinpoints
