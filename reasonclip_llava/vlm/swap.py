@@ -70,7 +70,7 @@ def swap_vision_tower(
 
     Raises ValueError in one line: not a registered family (naming the model and tower types), a tower the
     encoder does not fit (e.g. 'image_size 384 vs 896': no interpolation), a depth it cannot take.
-    `reinit_projector` (LLaVA families) starts the projector and image_newline afresh (from `seed`, else
+    `reinit_projector` (the llava-build architectures) starts the projector and image_newline afresh (from `seed`, else
     torch's RNG). A non-empty out_dir is refused unless `overwrite`. The encoder's image mean/std replace
     the processor's (the tower was trained with them).
     """
@@ -87,9 +87,12 @@ def swap_vision_tower(
     shapes_before = parameter_shapes(model)
     dropped = load_encoder_into(model, family, encoder_dir)
     if reinit_projector:
-        if not family.name.startswith("llava"):
-            raise ValueError(f"--reinit-projector: {family.class_name}'s projector is not LLaVA's mlp2x_gelu")
+        from .architectures import model_types
         from .build import reset_projector
+
+        if family.name not in model_types():
+            raise ValueError(f"--reinit-projector: takes the architectures llava-build builds ({', '.join(model_types())}), "
+                             f"not {family.class_name}")
 
         reset_projector(model, seed=seed)
     if parameter_shapes(model) != shapes_before:  # load_state_dict(strict) already guarantees it; keep the promise explicit
