@@ -383,6 +383,9 @@ def test_both_stages_reload_plainly_and_answer(stages, video_processor, tmp_path
             packed = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).pooler_output
         assert int((ids == processor.image_token_id).sum()) == packed[0].shape[0]
     answer_once(stage_b, setup["instruct"]["image_folder"], tmp_path / "answers.jsonl")
+    if video_processor is ImageOnlyVideoProcessor:  # the stand-in takes no videos
+        with pytest.raises(AssertionError, match="images only"):
+            processor(videos=[np.zeros((2, 32, 32, 3), np.uint8)], text="<video>\nWhat?", return_tensors="pt")
 
 
 @pytest.mark.slow

@@ -323,7 +323,8 @@ class LlavaOnevisionArchitecture(LlavaArchitecture):
 
     def check_available(self):
         # transformers (5.25) constructs LlavaOnevisionProcessor only with its video processor, which is
-        # torchvision-only; training and eval here are images-only, but the processor cannot be had without it.
+        # torchvision-only (the lookup gives None without it); training and eval here are images-only, but
+        # the processor cannot be had without one.
         if self.video_processor_class() is None:
             raise ValueError(f"architecture {self.name!r}: transformers' {self.processor_class.__name__} needs a "
                              "video processor, which needs torchvision: install the torchvision build of your torch")
