@@ -26,7 +26,10 @@ from transformers import (
     SiglipImageProcessor,
     SiglipVisionModel,
 )
+from transformers import processing_utils
+from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING, AutoVideoProcessor
 from transformers.utils import is_torchvision_available
+from transformers.video_processing_utils import VideoProcessorMixin
 
 from reasonclip_llava.mllm_train.train import LlavaTrainer, load_train_config, set_tunable_parts, training_arguments
 from reasonclip_llava.testing.real_shapes import real_shape_config
@@ -276,37 +279,153 @@ def test_so400m_goes_through_both_stages_and_into_the_onevision_build(tmp_path, 
     assert len(model.model.vision_tower.encoder.layers) == 26
 
 
-# ---- end to end: both stages, plain reload, eval (needs LlavaOnevisionProcessor: torchvision) ------------
+# ---- end to end: both stages (full and LoRA), merge, plain reload, eval ------------------------------
+
+
+class ImageOnlyVideoProcessor(VideoProcessorMixin):
+    """Stands in for transformers' LlavaOnevisionVideoProcessor where torchvision is absent; refuses videos."""
+
+    def preprocess(self, videos, **kwargs):
+        raise AssertionError("the OneVision tests feed images only; the stand-in video processor was given videos")
+
+
+# Saved under the real class's name, so the checkpoints these tests write name what a torchvision reader loads.
+ImageOnlyVideoProcessor.__name__ = ImageOnlyVideoProcessor.__qualname__ = "LlavaOnevisionVideoProcessor"
+
+
+@pytest.fixture(scope="module")
+def video_processor():
+    """The video processor the end-to-end tests run with, in both environments.
+
+    With torchvision: the real LlavaOnevisionVideoProcessor, nothing replaced. Without it, transformers 5.25
+    maps llava_onevision to no video processor (VIDEO_PROCESSOR_MAPPING gives {"torchvision": None}), so
+    LlavaOnevisionProcessor can be neither built (our build_processor asks that lookup) nor loaded
+    (`from_pretrained` resolves its `video_processor` attribute through AutoVideoProcessor, i.e. the same
+    lookup). The stand-in is registered there with transformers' documented `AutoVideoProcessor.register`
+    (config class -> video processor class): it replaces only the `video_processor` attribute of
+    LlavaOnevisionProcessor. It subclasses VideoProcessorMixin, the class ProcessorMixin checks that attribute
+    against by its top-level name (`check_argument_for_proper_class` -> `get_possibly_dynamic_module`); the
+    torchvision build of transformers exports that name and this one does not, so the real class is exported
+    for the test as well (nothing else). Images never touch it: LlavaOnevisionProcessor.__call__ sends `images` to the image
+    processor and only `videos` to the video processor (ProcessorMixin._process_videos), and these tests
+    pass no videos; its preprocess raises if anything does. The model classes, the image processor, the
+    tokenizer and every load (`LlavaOnevisionForConditionalGeneration.from_pretrained`) stay plain.
+    """
+    if is_torchvision_available():
+        yield ONEVISION.video_processor_class()
+        return
+    previous = VIDEO_PROCESSOR_MAPPING._extra_content.get(LlavaOnevisionConfig)
+    AutoVideoProcessor.register(LlavaOnevisionConfig, ImageOnlyVideoProcessor, exist_ok=True)
+    export = pytest.MonkeyPatch()
+    export.setattr(processing_utils.transformers_module, "VideoProcessorMixin", VideoProcessorMixin, raising=False)
+    try:
+        yield ImageOnlyVideoProcessor
+    finally:  # both are process-wide: later tests see transformers as it was
+        export.undo()
+        if previous is None:
+            VIDEO_PROCESSOR_MAPPING._extra_content.pop(LlavaOnevisionConfig, None)
+        else:
+            VIDEO_PROCESSOR_MAPPING._extra_content[LlavaOnevisionConfig] = previous
+
+
+E2E = dict(per_device_train_batch_size=2, max_steps=2, save_steps=100, report_to="none", warmup_ratio=0.0)
+
+
+@pytest.fixture(scope="module")
+def stages(parts, video_processor):
+    """Stage A (projector, plain template) of a tiny OneVision build, and the data of both stages."""
+    from llava_train_helpers import tiny_llava_stages
+    from reasonclip_llava.mllm_train.train import LlavaTrainConfig, train_llava
+
+    setup = tiny_llava_stages(parts["root"] / "e2e", parts["encoder"])
+    stage_a = train_llava(LlavaTrainConfig(arch="llava_onevision", language_model=setup["lm"], vision_tower=setup["encoder"],
+                                           template="plain", output_dir=str(setup["root"] / "a"), **setup["pretrain"], **E2E))
+    return setup, stage_a
+
+
+def answer_once(model_dir: Path, image_folder: str, out: Path) -> None:
+    """`eval vqa`'s generation path on model_dir: one question, one answer row."""
+    from reasonclip_llava.evaluation.benchmarks import VQAQuestion
+    from reasonclip_llava.evaluation.generate import generate_answers
+
+    questions = [VQAQuestion("q0", str(Path(image_folder) / "0.png"), "What colour is the square?", max_new_tokens=4)]
+    rows = [json.loads(line) for line in generate_answers(model_dir, questions, out, batch_size=1, progress=False)
+            .read_text().splitlines() if "header" not in line]
+    assert [row["question_id"] for row in rows] == ["q0"]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not is_torchvision_available(), reason="transformers builds LlavaOnevisionProcessor only with torchvision")
-def test_both_stages_reload_plainly_and_answer(parts, tmp_path):
-    from llava_train_helpers import tiny_llava_stages
-    from reasonclip_llava.evaluation.benchmarks import VQAQuestion
-    from reasonclip_llava.evaluation.generate import generate_answers
+def test_both_stages_reload_plainly_and_answer(stages, video_processor, tmp_path):
     from reasonclip_llava.mllm_train.train import LlavaTrainConfig, train_llava
     from reasonclip_llava.vlm.tower_check import TOWER_CHECK_NAME
 
-    setup = tiny_llava_stages(tmp_path, parts["encoder"])
-    common = dict(per_device_train_batch_size=2, max_steps=2, save_steps=100, report_to="none", warmup_ratio=0.0)
-    stage_a = train_llava(LlavaTrainConfig(arch="llava_onevision", language_model=setup["lm"], vision_tower=setup["encoder"],
-                                           template="plain", output_dir=str(tmp_path / "a"), **setup["pretrain"], **common))
+    setup, stage_a = stages
     recipe = load_train_config(REPO / "train/llava_onevision_finetune.yaml")
     stage_b = train_llava(LlavaTrainConfig(
         model_name_or_path=str(stage_a), template=recipe.template, mm_tunable_parts=recipe.mm_tunable_parts,
-        learning_rate=1e-3, mm_vision_tower_lr=1e-3, output_dir=str(tmp_path / "b"), **setup["instruct"], **common))
-    model = LlavaOnevisionForConditionalGeneration.from_pretrained(stage_b)
+        learning_rate=1e-3, mm_vision_tower_lr=1e-3, output_dir=str(tmp_path / "b"), **setup["instruct"], **E2E))
+    model, info = LlavaOnevisionForConditionalGeneration.from_pretrained(stage_b, output_loading_info=True)
+    assert not any(info.values()), info
     processor = LlavaOnevisionProcessor.from_pretrained(stage_b)
+    assert type(processor.video_processor) is video_processor
+    # what a torchvision reader resolves the saved video processor to
+    assert json.loads((stage_b / "processor_config.json").read_text())["video_processor"]["video_processor_type"] == \
+        "LlavaOnevisionVideoProcessor"
     assert json.loads((stage_b / TOWER_CHECK_NAME).read_text())["bitwise_equal"]
     before = LlavaOnevisionForConditionalGeneration.from_pretrained(stage_a).model.vision_tower.state_dict()
     assert any(not torch.equal(before[k], v) for k, v in model.model.vision_tower.state_dict().items())
     for height, width in IMAGE_SIZES:
         image = Image.new("RGB", (width, height), (30, 30, 220))
-        ids = processor(images=image, text="<image>\nWhat?", return_tensors="pt")["input_ids"]
+        inputs = processor(images=image, text="<image>\nWhat?", return_tensors="pt")
+        ids = inputs["input_ids"]
         assert int((ids == processor.image_token_id).sum()) == ONEVISION.num_image_tokens(processor, height, width, "anyres_max_9")
-    image = str(Path(setup["instruct"]["image_folder"]) / "0.png")
-    questions = [VQAQuestion("q0", image, "What colour is the square?", max_new_tokens=4)]
-    out = generate_answers(stage_b, questions, tmp_path / "answers.jsonl", batch_size=1, progress=False)
-    rows = [json.loads(line) for line in out.read_text().splitlines() if "header" not in line]
-    assert [row["question_id"] for row in rows] == ["q0"]
+        with torch.no_grad():  # the plain model's own packed feature length for this image
+            packed = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).pooler_output
+        assert int((ids == processor.image_token_id).sum()) == packed[0].shape[0]
+    answer_once(stage_b, setup["instruct"]["image_folder"], tmp_path / "answers.jsonl")
+    if video_processor is ImageOnlyVideoProcessor:  # the stand-in takes no videos
+        with pytest.raises(AssertionError, match="images only"):
+            processor(videos=[np.zeros((2, 32, 32, 3), np.uint8)], text="<video>\nWhat?", return_tensors="pt")
+
+
+@pytest.mark.slow
+def test_lora_stage_b_merges_reloads_plainly_and_answers(stages, video_processor, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from reasonclip_llava.cli import main as cli_main
+    from reasonclip_llava.mllm_train.train import NON_LORA_TRAINABLES, LlavaTrainConfig, train_llava
+    from reasonclip_llava.vlm.tower_check import TOWER_CHECK_NAME
+
+    setup, stage_a = stages
+    recipe = load_train_config(REPO / "train/llava_onevision_finetune.yaml")  # tower, projector and LM (LoRA)
+    run = train_llava(LlavaTrainConfig(
+        model_name_or_path=str(stage_a), template=recipe.template, mm_tunable_parts=recipe.mm_tunable_parts,
+        lora_enable=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-2, mm_vision_tower_lr=1e-3,
+        output_dir=str(tmp_path / "lora"), **setup["instruct"], **E2E))
+    adapter = load_file(run / "adapter_model.safetensors")
+    assert adapter and all(".language_model." in name and "lora_" in name for name in adapter)
+    side = load_file(run / NON_LORA_TRAINABLES)  # the parts trained outside LoRA, as the run saved them
+    tower_side = {k[len("model.vision_tower."):]: v for k, v in side.items() if k.startswith("model.vision_tower.")}
+    assert tower_side and "model.image_newline" in side and "model.multi_modal_projector.linear_1.weight" in side
+
+    merged_dir = tmp_path / "merged"
+    assert cli_main(["llava-merge", str(run), str(merged_dir)]) == 0, capsys.readouterr().err
+    merged, info = LlavaOnevisionForConditionalGeneration.from_pretrained(merged_dir, output_loading_info=True)
+    assert not any(info.values()), info  # strict: nothing missing, unexpected or mismatched
+    assert not any("lora" in name for name in merged.state_dict())
+    base = LlavaOnevisionForConditionalGeneration.from_pretrained(stage_a)
+    # W_merged = W_base + (alpha / r) * B @ A, computed here from the adapter file
+    prefix = "base_model.model.model.language_model.layers.0.self_attn.q_proj"
+    delta = (8 / 4) * adapter[f"{prefix}.lora_B.weight"] @ adapter[f"{prefix}.lora_A.weight"]
+    assert delta.abs().max() > 0
+    expected = base.model.language_model.layers[0].self_attn.q_proj.weight + delta
+    assert torch.allclose(merged.model.language_model.layers[0].self_attn.q_proj.weight, expected, atol=1e-6)
+    # the tower is the trained one from the side file, bitwise, and not stage A's
+    tower = merged.model.vision_tower.state_dict()
+    assert tower.keys() == tower_side.keys() and all(torch.equal(tower[k], tower_side[k]) for k in tower)
+    assert any(not torch.equal(base.model.vision_tower.state_dict()[k], v) for k, v in tower.items())
+    assert json.loads((merged_dir / TOWER_CHECK_NAME).read_text())["bitwise_equal"]
+    assert torch.equal(merged.model.multi_modal_projector.linear_1.weight, side["model.multi_modal_projector.linear_1.weight"])
+    assert torch.equal(merged.model.image_newline, side["model.image_newline"])
+    assert type(LlavaOnevisionProcessor.from_pretrained(merged_dir).video_processor) is video_processor
+    answer_once(merged_dir, setup["instruct"]["image_folder"], tmp_path / "answers.jsonl")

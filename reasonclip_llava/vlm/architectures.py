@@ -312,21 +312,29 @@ class LlavaOnevisionArchitecture(LlavaArchitecture):
         settings["do_center_crop"] = False
         return LlavaOnevisionImageProcessor(image_grid_pinpoints=image_grid_pinpoints, do_pad=True, **settings)
 
+    def video_processor_class(self) -> type | None:
+        """The video processor transformers' own lookup gives llava_onevision (what
+        `LlavaOnevisionProcessor.from_pretrained` loads): LlavaOnevisionVideoProcessor, None without torchvision,
+        or one registered with `AutoVideoProcessor.register`. Asking that lookup keeps build and load agreeing."""
+        # the module ProcessorMixin loads sub-processors through (the top-level name is a dummy without torchvision)
+        from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
+
+        return (VIDEO_PROCESSOR_MAPPING.get(LlavaOnevisionConfig, None) or {}).get("torchvision")
+
     def check_available(self):
         # transformers (5.25) constructs LlavaOnevisionProcessor only with its video processor, which is
-        # torchvision-only; training and eval here are images-only, but the processor cannot be had without it.
-        if not is_torchvision_available():
+        # torchvision-only (the lookup gives None without it); training and eval here are images-only, but
+        # the processor cannot be had without one.
+        if self.video_processor_class() is None:
             raise ValueError(f"architecture {self.name!r}: transformers' {self.processor_class.__name__} needs a "
                              "video processor, which needs torchvision: install the torchvision build of your torch")
 
     def build_processor(self, image_processor, tokenizer, vision_config, strategy, chat_template):
         self.check_available()
-        from transformers import LlavaOnevisionVideoProcessor
-
         normalisation = {key: getattr(image_processor, key) for key in ("image_mean", "image_std", "resample", "size")}
         return self.processor_class(
             image_processor=image_processor, tokenizer=tokenizer,
-            video_processor=LlavaOnevisionVideoProcessor(**normalisation),  # videos: the tower's own preprocessing
+            video_processor=self.video_processor_class()(**normalisation),  # videos: the tower's own preprocessing
             num_image_tokens=tokens_per_tile(vision_config, strategy), vision_feature_select_strategy=strategy,
             image_token=IMAGE_TOKEN, video_token=VIDEO_TOKEN, vision_aspect_ratio=self.image_aspect_ratios[0],
             chat_template=chat_template,
