@@ -258,6 +258,7 @@ def test_so400m_goes_through_both_stages_and_into_the_onevision_build(tmp_path, 
                 f"--model.name_or_path={encoder}", f"--model.tokenizer={ws['t5']}", f"--data.train={data}",
                 "--data.image_root=", "--data.sources=", "--data.num_workers=0", "--data.batch_size=4",
                 f"--runtime.output_dir={tmp_path / stage}"]
+        capsys.readouterr()  # what the set-up printed (DeepSpeed's import notice before the CLI quiets it)
         assert cli_main(argv) == 0, capsys.readouterr().err
         plan = json.loads(capsys.readouterr().out)
         assert (plan["stage"], plan["model"]["family"]) == (stage, "siglip")
