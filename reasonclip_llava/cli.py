@@ -53,7 +53,7 @@ def _compare(args: argparse.Namespace) -> int:
                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, overwrite=args.overwrite)
     if record:  # rank 0 prints; the other ranks of a torchrun launch return quietly
         print(comparison_markdown(record) + "\n" + reading(record))
-        print(f"written: {Path(args.out) / 'comparison.md'}, comparison.json, comparison.png, recipes/")
+        print(f"written: {os.path.join(args.out, 'comparison.md')}, comparison.json, comparison.png, recipes/")
     return 0
 
 
