@@ -42,7 +42,8 @@ FORMAT = "reasonclip.compare/1"
 KIND_FIELDS = {"gqa": "semantic", "pope": "split", "mme": "subtask", "mmbench": "category"}
 # config keys an arm sets itself; every other key must be equal across arms
 ARM_KEYS = ("model_name_or_path", "output_dir", "seed", "language_model", "vision_tower", "resume_from_checkpoint", "overwrite")
-CHANCE_RULE = "chance = a uniform guess among the kind's distinct gold answers"
+CHANCE_RULE = ("chance = a uniform guess among the kind's distinct gold answers (the 'all' row: each item at its kind's "
+               "chance)")
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -346,7 +347,7 @@ def summarise(arms: list[Arm], benchmarks: list[str], names: list[str], seeds: l
         for kind in ["all", *kinds] if len(kinds) > 1 else ["all"]:
             ids = [qid for qid, row in reference.items() if kind == "all" or _kind(row, benchmark) == kind]
             scores = {name: [100.0 * _mean([items[(name, s)][q]["score"] for q in ids]) for s in seeds] for name in names}
-            entry = {"benchmark": benchmark, "kind": kind, "n": len(ids), "chance": chance_level([reference[q] for q in ids]),
+            entry = {"benchmark": benchmark, "kind": kind, "n": len(ids), "chance": _chance(reference, ids, kinds, kind, benchmark),
                      "scores": {name: {"mean": _mean(v), "per_seed": v} for name, v in scores.items()}, "diff": {}}
             for name in names[1:]:
                 per_seed = [b - a for a, b in zip(scores[names[0]], scores[name])]
@@ -360,6 +361,16 @@ def summarise(arms: list[Arm], benchmarks: list[str], names: list[str], seeds: l
             rows.append(entry)
     return {"format": FORMAT, "encoders": names, "seeds": seeds, "spread": spread, "chance_rule": CHANCE_RULE,
             "arms": {arm.label: str(arm.root) for arm in arms}, "rows": rows}
+
+
+def _chance(reference: dict[str, dict], ids: list[str], kinds: list[str], kind: str, benchmark: str) -> float | None:
+    # "all" over several kinds: each item at its own kind's chance (a guess among all answers would be too low)
+    if kind != "all" or len(kinds) < 2:
+        return chance_level([reference[q] for q in ids])
+    per_kind = {k: chance_level([row for row in reference.values() if _kind(row, benchmark) == k]) for k in kinds}
+    if None in per_kind.values():
+        return None
+    return _mean([per_kind[_kind(reference[q], benchmark)] for q in ids])
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -403,7 +414,7 @@ def reading(record: dict[str, Any]) -> str:
 
 def write_comparison(record: dict[str, Any], out_dir: str | Path, title: str) -> tuple[Path, Path, Path]:
     """comparison.md (title, table, reading, figure), comparison.json and comparison.png in out_dir."""
-    from .evaluation.report import grouped_bar_chart
+    from .evaluation.report import VQA_LABELS, grouped_bar_chart
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -411,10 +422,10 @@ def write_comparison(record: dict[str, Any], out_dir: str | Path, title: str) ->
     (out / "comparison.md").write_text(markdown, encoding="utf-8")
     (out / "comparison.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     names = record["encoders"]
-    groups = [f"{row['benchmark']}\n{row['kind']}" for row in record["rows"]]
+    groups = [f"{VQA_LABELS.get(row['benchmark'], row['benchmark'])}\n{row['kind'].replace('_', ' ')}" for row in record["rows"]]
     values = {n: [row["scores"][n]["mean"] for row in record["rows"]] for n in names}
     ranges = ({n: [(min(r["scores"][n]["per_seed"]), max(r["scores"][n]["per_seed"])) for r in record["rows"]] for n in names}
               if len(record["seeds"]) > 1 else None)
     grouped_bar_chart(out / "comparison.png", groups, values, [row["chance"] for row in record["rows"]],
-                      title=title, ylabel="accuracy (%)", ranges=ranges)
+                      title=title, ylabel="accuracy (%)", ranges=ranges, xlabel="benchmark / question kind")
     return out / "comparison.md", out / "comparison.json", out / "comparison.png"

@@ -207,7 +207,7 @@ def _bar_chart(table: dict[tuple[str, str], ResultRow], models: list[str], metri
 
 def grouped_bar_chart(path: str | Path, groups: Sequence[str], values: dict[str, Sequence[float | None]],
                       chance: Sequence[float | None], *, title: str, ylabel: str,
-                      ranges: dict[str, Sequence[tuple[float, float]]] | None = None) -> Path:
+                      ranges: dict[str, Sequence[tuple[float, float]]] | None = None, xlabel: str = "benchmark") -> Path:
     """Bars per group (x) and series (colour) on a 0-100 axis, each group's chance level as a dashed labelled line.
 
     ranges: optional (low, high) per series and group, drawn as error bars (e.g. the range over seeds).
@@ -239,8 +239,10 @@ def grouped_bar_chart(path: str | Path, groups: Sequence[str], values: dict[str,
                       va="bottom", fontsize=8)
         chance_drawn = True
     axes.set_xticks(range(len(groups)))
-    axes.set_xticklabels(groups, rotation=30 if max((len(g) for g in groups), default=0) > 10 else 0, ha="right", fontsize=9)
-    axes.set_xlabel("benchmark")
+    longest = max((len(line) for group in groups for line in group.splitlines()), default=0)
+    rotate = longest > 10 and not any("\n" in group for group in groups)  # two-line labels stay level
+    axes.set_xticklabels(groups, rotation=30 if rotate else 0, ha="right" if rotate else "center", fontsize=9 if longest <= 14 else 8)
+    axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel, fontsize=10)
     axes.set_ylim(0, 105)
     axes.set_title(title, fontsize=11)
