@@ -401,14 +401,21 @@ def comparison_markdown(record: dict[str, Any]) -> str:
 def reading(record: dict[str, Any]) -> str:
     """One plain line: per kind, what each encoder gained or lost against the first, only beyond the spread."""
     names = record["encoders"]
+
+    def label(row: dict) -> str:
+        return row["benchmark"] if row["kind"] == "all" else f"{row['benchmark']} {row['kind']}"
+
     parts = []
     for name in names[1:]:
-        found = [f"{row['kind'] if row['kind'] != 'all' else row['benchmark']} {row['diff'][name]['mean']:+.1f}"
-                 for row in record["rows"] if row["diff"][name]["beyond_spread"]]
+        found = [f"{label(row)} {row['diff'][name]['mean']:+.1f}" for row in record["rows"] if row["diff"][name]["beyond_spread"]]
         if found:
-            parts.append(f"{name} vs {names[0]}: beyond the spread on " + ", ".join(found) + " points")
+            parts.append(f"{name} vs {names[0]}: beyond the spread on " + ", ".join(found) + " points; every other difference is within it")
         else:
             parts.append(f"{name} vs {names[0]}: no difference beyond the spread ({record['spread']}) on any benchmark or kind")
+    at_chance = [label(row) for row in record["rows"] if row["chance"] is not None
+                 and all(row["scores"][n]["mean"] <= row["chance"] for n in names)]
+    if at_chance:
+        parts.append("no encoder above chance on " + ", ".join(at_chance))
     return "reading: " + "; ".join(parts)
 
 
