@@ -44,6 +44,7 @@ KIND_FIELDS = {"gqa": "semantic", "pope": "split", "mme": "subtask", "mmbench": 
 ARM_KEYS = ("model_name_or_path", "output_dir", "seed", "language_model", "vision_tower", "resume_from_checkpoint", "overwrite")
 CHANCE_RULE = ("chance = a uniform guess among the kind's distinct gold answers (the 'all' row: each item at its kind's "
                "chance)")
+MAJORITY_RULE = "majority = always the kind's most frequent gold answer (the best an image-blind model scores)"
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -317,6 +318,15 @@ def _gold(row: dict) -> Any:
     return row.get("answer", row.get("label"))
 
 
+def majority_level(rows: Sequence[dict]) -> float | None:
+    """Percent that always answering the most frequent gold answer scores: the best a model blind to the image
+    can do on these items (None where no gold answer is recorded)."""
+    from collections import Counter
+
+    golds = Counter(json.dumps(_gold(row), sort_keys=True) for row in rows if _gold(row) is not None)
+    return 100.0 * max(golds.values()) / sum(golds.values()) if golds else None
+
+
 def chance_level(rows: Sequence[dict]) -> float | None:
     """Percent a uniform guess among the distinct gold answers scores (None where no gold answer is recorded)."""
     golds = {json.dumps(_gold(row), sort_keys=True) for row in rows if _gold(row) is not None}
@@ -347,7 +357,8 @@ def summarise(arms: list[Arm], benchmarks: list[str], names: list[str], seeds: l
         for kind in ["all", *kinds] if len(kinds) > 1 else ["all"]:
             ids = [qid for qid, row in reference.items() if kind == "all" or _kind(row, benchmark) == kind]
             scores = {name: [100.0 * _mean([items[(name, s)][q]["score"] for q in ids]) for s in seeds] for name in names}
-            entry = {"benchmark": benchmark, "kind": kind, "n": len(ids), "chance": _chance(reference, ids, kinds, kind, benchmark),
+            entry = {"benchmark": benchmark, "kind": kind, "n": len(ids), "chance": _level(chance_level, reference, ids, kinds, kind, benchmark),
+                     "majority": _level(majority_level, reference, ids, kinds, kind, benchmark),
                      "scores": {name: {"mean": _mean(v), "per_seed": v} for name, v in scores.items()}, "diff": {}}
             for name in names[1:]:
                 per_seed = [b - a for a, b in zip(scores[names[0]], scores[name])]
@@ -359,15 +370,15 @@ def summarise(arms: list[Arm], benchmarks: list[str], names: list[str], seeds: l
                 entry["diff"][name] = {"mean": _mean(per_seed), "per_seed": per_seed, "low": low, "high": high,
                                        "beyond_spread": low > 0 or high < 0}
             rows.append(entry)
-    return {"format": FORMAT, "encoders": names, "seeds": seeds, "spread": spread, "chance_rule": CHANCE_RULE,
+    return {"format": FORMAT, "encoders": names, "seeds": seeds, "spread": spread, "chance_rule": CHANCE_RULE, "majority_rule": MAJORITY_RULE,
             "arms": {arm.label: str(arm.root) for arm in arms}, "rows": rows}
 
 
-def _chance(reference: dict[str, dict], ids: list[str], kinds: list[str], kind: str, benchmark: str) -> float | None:
-    # "all" over several kinds: each item at its own kind's chance (a guess among all answers would be too low)
+def _level(level, reference: dict[str, dict], ids: list[str], kinds: list[str], kind: str, benchmark: str) -> float | None:
+    # "all" over several kinds: each item at its own kind's level (a guess among all answers would be too low)
     if kind != "all" or len(kinds) < 2:
-        return chance_level([reference[q] for q in ids])
-    per_kind = {k: chance_level([row for row in reference.values() if _kind(row, benchmark) == k]) for k in kinds}
+        return level([reference[q] for q in ids])
+    per_kind = {k: level([row for row in reference.values() if _kind(row, benchmark) == k]) for k in kinds}
     if None in per_kind.values():
         return None
     return _mean([per_kind[_kind(reference[q], benchmark)] for q in ids])
@@ -383,13 +394,13 @@ def comparison_markdown(record: dict[str, Any]) -> str:
 
     names, spread = record["encoders"], record["spread"]
     seeds = f"{len(record['seeds'])} seeds, mean" if len(record["seeds"]) > 1 else "1 seed"
-    header = ["benchmark", "kind", "n", "chance %", *(f"{n} %" for n in names),
+    header = ["benchmark", "kind", "n", "chance %", "majority %", *(f"{n} %" for n in names),
               *(f"{n} − {names[0]} (points; [{spread}])" for n in names[1:])]
-    lines = [f"scores in % ({seeds}); {CHANCE_RULE}; a difference marked * lies outside its spread",
+    lines = [f"scores in % ({seeds}); {CHANCE_RULE}; {MAJORITY_RULE}; a difference marked * lies outside its spread",
              "", "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for row in record["rows"]:
-        chance = "–" if row["chance"] is None else f"{row['chance']:.1f}"
-        cells = [VQA_LABELS.get(row["benchmark"], row["benchmark"]), row["kind"], str(row["n"]), chance,
+        chance, majority = ("–" if row[key] is None else f"{row[key]:.1f}" for key in ("chance", "majority"))
+        cells = [VQA_LABELS.get(row["benchmark"], row["benchmark"]), row["kind"], str(row["n"]), chance, majority,
                  *(f"{row['scores'][n]['mean']:.1f}" for n in names)]
         for n in names[1:]:
             d = row["diff"][n]
@@ -412,10 +423,10 @@ def reading(record: dict[str, Any]) -> str:
             parts.append(f"{name} vs {names[0]}: beyond the spread on " + ", ".join(found) + " points; every other difference is within it")
         else:
             parts.append(f"{name} vs {names[0]}: no difference beyond the spread ({record['spread']}) on any benchmark or kind")
-    at_chance = [label(row) for row in record["rows"] if row["chance"] is not None
-                 and all(row["scores"][n]["mean"] <= row["chance"] for n in names)]
-    if at_chance:
-        parts.append("no encoder above chance on " + ", ".join(at_chance))
+    blind = [label(row) for row in record["rows"] if row["chance"] is not None
+             and all(row["scores"][n]["mean"] <= max(row["chance"], row["majority"] or 0.0) for n in names)]
+    if blind:
+        parts.append("no encoder above chance or the majority answer on " + ", ".join(blind))
     return "reading: " + "; ".join(parts)
 
 

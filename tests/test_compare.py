@@ -71,6 +71,8 @@ def test_table_scores_are_the_official_scorers_with_chance_and_bootstrap(compare
     for kind in QUESTION_KINDS:
         answers = {item.answer for item in items if item.meta["semantic"] == kind}
         assert rows[("gqa", kind)]["chance"] == pytest.approx(100 / len(answers))
+        counts = [sum(item.answer == a for item in items if item.meta["semantic"] == kind) for a in answers]
+        assert rows[("gqa", kind)]["majority"] == pytest.approx(100 * max(counts) / sum(counts))
     assert rows[("gqa", "relation")]["chance"] == 50.0 and rows[("pope", "all")]["chance"] == 50.0
     diff = rows[("gqa", "all")]["diff"]["other"]
     assert diff["mean"] == pytest.approx(rows[("gqa", "all")]["scores"]["other"]["mean"] - rows[("gqa", "all")]["scores"]["clip"]["mean"])
