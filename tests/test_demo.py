@@ -43,7 +43,7 @@ def test_demo_runs_every_stage_and_reruns(tmp_path, capsys):
     assert "chance %" in header and "stage2 − base" in header and "bootstrap" in header
     kinds = {line.split(" | ")[1] for line in printed.splitlines() if line.startswith("| GQA") or line.startswith("| POPE")}
     assert {"relation (needs relation)", "which_side (needs relation)", "colour_of_shape (needs attribute binding)",
-            "random (needs neither (presence, POPE))"} <= kinds
+            "presence (needs neither)"} <= kinds
     assert "reading: stage2 vs base:" in printed
     recipes = [(tmp_path / "llava" / "recipes" / f"{name}_seed0.yaml").read_text() for name in ("base", "stage2")]
     assert recipes[0].replace("/base", "/stage2") == recipes[1]  # only the encoder (and the arm's own paths) differs

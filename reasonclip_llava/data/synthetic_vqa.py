@@ -30,7 +30,7 @@ from .synthetic import PALETTE, SHAPES, OPPOSITE, Scene, make_item, relation_cap
 
 QUESTION_KINDS = ("colour_of_shape", "shape_of_colour", "relation", "which_side")
 KIND_NEEDS = {"relation": "relation", "which_side": "relation", "colour_of_shape": "attribute binding",
-              "shape_of_colour": "attribute binding", "random": "neither (presence, POPE)"}
+              "shape_of_colour": "attribute binding", "presence": "neither"}
 
 
 def _side_word(relation: str) -> str:
