@@ -51,7 +51,7 @@ BOOTSTRAP_RESAMPLES = 2000
 @dataclasses.dataclass(frozen=True)
 class Arm:
     name: str
-    encoder: Path
+    encoder: str  # a resolved local path or a Hub id
     seed: int
     root: Path
 
@@ -94,7 +94,7 @@ def compare_encoders(
     if len(names) != len(encoders) or len(set(names)) != len(names):
         raise ValueError(f"--names: one distinct name per encoder, got {names} for {len(encoders)} encoders")
     for encoder in encoders:
-        if not (Path(encoder) / "config.json").is_file():
+        if Path(encoder).exists() and not (Path(encoder) / "config.json").is_file():
             raise FileNotFoundError(f"--encoders: no config.json in {encoder}")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list or len(set(seed_list)) != len(seed_list):
@@ -110,7 +110,7 @@ def compare_encoders(
     if not present:
         raise FileNotFoundError(f"--data-root: no benchmark data under {root}")
     out = Path(out_dir)
-    arms = [Arm(name, Path(encoder).resolve(), seed, out / "arms" / name / f"seed{seed}")
+    arms = [Arm(name, _local_or_hub(encoder), seed, out / "arms" / name / f"seed{seed}")
             for seed in seed_list for name, encoder in zip(names, encoders)]
     stages = [_recipe_values(recipe) for recipe in recipes]
     arch = arch or stages[0].get("arch")
@@ -129,6 +129,11 @@ def compare_encoders(
 
 # ---- plan / resume ---------------------------------------------------------------------------------
 
+def _local_or_hub(name: str | Path) -> str:
+    # a local folder is recorded by its absolute path (the plan must not depend on the working directory)
+    return str(Path(name).resolve()) if Path(name).exists() else str(name)
+
+
 def _recipe_values(recipe: str | Path | dict) -> dict[str, Any]:
     from .config_utils import read_yaml_mapping
 
@@ -146,7 +151,7 @@ def _stage_config(arm: Arm, values: dict[str, Any], index: int, start: Path):
 def arm_plan(arm: Arm, lm, stages: list[dict], arch: str | None, root: Path, benchmarks: list[str], layout, limit, max_new_tokens) -> dict:
     """Everything that decides what an arm computes (its arm.json, compared on resume)."""
     first = stages[0]
-    build = {"language_model": str(Path(lm).resolve()), "encoder": str(arm.encoder), "arch": arch, "seed": arm.seed,
+    build = {"language_model": _local_or_hub(lm), "encoder": arm.encoder, "arch": arch, "seed": arm.seed,
              "image_aspect_ratio": first.get("image_aspect_ratio"), "mm_patch_merge_type": first.get("mm_patch_merge_type"),
              "image_grid_pinpoints": first.get("image_grid_pinpoints"),
              "vision_feature_layer": int(first.get("mm_vision_select_layer", -2))}
