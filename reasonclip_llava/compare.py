@@ -429,7 +429,7 @@ def reading(record: dict[str, Any]) -> str:
         else:
             parts.append(f"{name} vs {names[0]}: no difference beyond the spread ({record['spread']}) on any benchmark or kind")
     blind = [label(row) for row in record["rows"] if row["chance"] is not None
-             and all(row["scores"][n]["mean"] <= max(row["chance"], row["majority"] or 0.0) for n in names)]
+             and all(row["scores"][n]["mean"] <= max(row["chance"], row["majority"] or 0.0) + 1e-6 for n in names)]  # a tie is no gain
     if blind:
         parts.append("no encoder above chance or the majority answer on " + ", ".join(blind))
     return "reading: " + "; ".join(parts)

@@ -218,7 +218,9 @@ def grouped_bar_chart(path: str | Path, groups: Sequence[str], values: dict[str,
     from matplotlib.figure import Figure
 
     names = list(values)
-    figure = Figure(figsize=(min(16.0, max(6.0, 0.35 * len(groups) * max(2, len(names)) + 2.5)), 4.8), dpi=110)
+    longest = max((len(line) for group in groups for line in group.splitlines()), default=0)
+    per_group = max(0.35 * max(2, len(names)), 0.09 * longest)  # inches: room for the bars and the tick label
+    figure = Figure(figsize=(min(16.0, max(6.0, per_group * len(groups) + 2.5)), 4.8), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     width = 0.8 / max(1, len(names))
@@ -239,7 +241,6 @@ def grouped_bar_chart(path: str | Path, groups: Sequence[str], values: dict[str,
                       va="bottom", fontsize=8)
         chance_drawn = True
     axes.set_xticks(range(len(groups)))
-    longest = max((len(line) for group in groups for line in group.splitlines()), default=0)
     rotate = longest > 10 and not any("\n" in group for group in groups)  # two-line labels stay level
     axes.set_xticklabels(groups, rotation=30 if rotate else 0, ha="right" if rotate else "center", fontsize=9 if longest <= 14 else 8)
     axes.set_xlabel(xlabel)
