@@ -24,9 +24,9 @@ PROVENANCE = {"reasonclip_base_model": "openai/clip-vit-base-patch32", "reasoncl
 
 
 def markdown_table(text: str) -> dict[str, dict[str, str]]:
-    """The first markdown table as {row label: {column: cell}}."""
+    """The first markdown table as {row label: {column: cell}} (columns without their "(chance N%)")."""
     lines = [line for line in text.splitlines() if line.startswith("|")]
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    header = [re.sub(r" \(chance [^)]*\)$", "", cell.strip()) for cell in lines[0].strip("|").split("|")]
     rows = {}
     for line in lines[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
@@ -102,6 +102,30 @@ def test_labelled_folders_files_and_latest_rerun(tmp_path):
     assert {(row.model, row.value) for row in rows} == {("llava-stage2", 80.0), ("llava-stage2", 85.0)}
     markdown, _ = write_report([f"llava-stage2={tmp_path / 'run_a'}", rerun], tmp_path / "out")
     assert markdown_table(markdown.read_text())["llava-stage2"]["POPE"] == "85.0"  # the newer file wins
+    assert "| POPE (chance 50%) |" in markdown.read_text()  # yes / no: chance named in the header
+
+
+def test_chart_draws_each_chance_level_as_a_labelled_dashed_line(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from reasonclip_llava.evaluation import report
+
+    drawn = {}
+    original = Figure.savefig
+
+    def keep(figure, path, *args, **kwargs):
+        drawn["axes"] = figure.axes[0]
+        return original(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    report.grouped_bar_chart(tmp_path / "c.png", ["POPE", "GQA"], {"a": [60.0, 30.0], "b": [55.0, None]}, [50.0, None],
+                             title="t", ylabel="accuracy (%)")
+    axes = drawn["axes"]
+    dashed = [c for c in axes.collections if c.get_linestyle()[0][1] is not None]  # hlines with a dash pattern
+    assert len(dashed) == 1 and dashed[0].get_segments()[0][0][1] == 50.0  # only POPE has a chance level
+    assert "chance" in [t.get_text() for t in axes.get_legend().get_texts()]
+    assert axes.get_ylabel() == "accuracy (%)" and axes.get_xlabel() == "benchmark"
+    assert Image.open(tmp_path / "c.png").size[0] <= 1800  # natural size fits a README column
 
 
 def test_report_input_errors_name_the_path(tmp_path):
