@@ -104,10 +104,15 @@ def reader_dir(version: str) -> Path:
     return target
 
 
+BLOCKED_INTEGRATIONS = ("kernels",)
 # Runs inside the older transformers. argv: checkpoint, class name, output safetensors path.
 READER_SCRIPT = r"""
 import json, sys, warnings
 warnings.filterwarnings("ignore")
+# Optional integrations of the main env newer than the reader: `kernels` 0.19 breaks transformers 5.0.0 at
+# import (hub_kernels builds a LayerRepository without a version). A user of that version has none of them.
+for blocked in BLOCKED:
+    sys.modules[blocked] = None  # importlib.util.find_spec -> None: transformers sees it as not installed
 import torch, transformers
 from transformers import PreTrainedModel
 from transformers.utils import logging
@@ -142,6 +147,10 @@ print(json.dumps({
 """
 
 
+def reader_script() -> str:
+    return f"BLOCKED = {BLOCKED_INTEGRATIONS!r}\n" + READER_SCRIPT
+
+
 def reader_env(target: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(PYTHONPATH=str(target), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
@@ -157,7 +166,7 @@ def load_report(version: str, checkpoint: str | Path, class_name: str) -> dict[s
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "towers.safetensors"
         # -P: no script dir / cwd on sys.path, so the target dir is first and nothing of this checkout leaks in.
-        result = subprocess.run([sys.executable, "-P", "-c", READER_SCRIPT, str(checkpoint), class_name, str(out)],
+        result = subprocess.run([sys.executable, "-P", "-c", reader_script(), str(checkpoint), class_name, str(out)],
                                 capture_output=True, text=True, env=reader_env(target), cwd=scratch, timeout=300)
         if result.returncode != 0:
             raise AssertionError(f"transformers {READERS[version].version} failed to load {checkpoint} with "

@@ -14,9 +14,10 @@ import torch
 from transformers.image_processing_base import ImageProcessingMixin
 
 from ..encoder.tower import load_vision_config, load_vision_model
-from ..io_utils import atomic_directory, refuse_existing
+from ..io_utils import refuse_existing
 from .architectures import require_llava
 from .build import reset_projector
+from .hub_layout import save_vlm
 
 # Fields that decide the tower's tensors and its computation; anything else (dropout, names) may differ.
 ARCHITECTURE_FIELDS = (
@@ -85,10 +86,7 @@ def swap_vision_tower(
     if encoder_processor:
         processor.image_processor.image_mean = encoder_processor["image_mean"]
         processor.image_processor.image_std = encoder_processor["image_std"]
-    with atomic_directory(out_dir, overwrite) as staging:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-    return out_dir
+    return save_vlm(model, processor, out_dir, overwrite=overwrite)  # Hub layout (hub_layout.py)
 
 
 def _encoder_normalisation(encoder_dir: Path) -> dict | None:
