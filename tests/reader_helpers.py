@@ -105,7 +105,7 @@ def reader_dir(version: str) -> Path:
 
 
 BLOCKED_INTEGRATIONS = ("kernels",)
-# Runs inside the older transformers. argv: checkpoint, class name, output safetensors path.
+# Runs inside the older transformers. argv: a JSON list of [checkpoint, class name], the output safetensors path.
 READER_SCRIPT = r"""
 import json, sys, warnings
 warnings.filterwarnings("ignore")
@@ -119,36 +119,49 @@ from transformers.utils import logging
 logging.set_verbosity_error()
 from safetensors.torch import save_file
 
-checkpoint, class_name, out = sys.argv[1:4]
-model_class = getattr(transformers, class_name)
-model, info = model_class.from_pretrained(checkpoint, output_loading_info=True, torch_dtype=torch.float32)
-vision_type = model.config.vision_config.model_type
-towers, tensors = {}, {}
-for path, module in model.named_modules():
-    if not path or not isinstance(module, PreTrainedModel) or module.config.model_type != vision_type:
-        continue
-    if any(path.startswith(seen + ".") for seen in towers):
-        continue
-    inner = getattr(module, "vision_model", None)
-    names_from = inner if isinstance(inner, torch.nn.Module) else module  # nested (< 5.6) or flat
-    state = names_from.state_dict()
-    towers[path] = {"class": type(module).__name__, "nested": names_from is not module, "names": sorted(state)}
-    for name, tensor in state.items():
-        tensors[f"{path}|{name}"] = tensor.detach().contiguous().clone()
+jobs, out = json.loads(sys.argv[1]), sys.argv[2]
+reports, tensors = [], {}
+for number, (checkpoint, class_name) in enumerate(jobs):
+    model, info = getattr(transformers, class_name).from_pretrained(checkpoint, output_loading_info=True, torch_dtype=torch.float32)
+    model.eval()
+    towers = {}
+    for path, module in model.named_modules():
+        if path and isinstance(module, PreTrainedModel) and module.config.model_type == model.config.vision_config.model_type \
+                and not any(path.startswith(seen + ".") for seen in towers):
+            towers[path] = module
+    report = {"version": transformers.__version__, "class": type(model).__name__,
+              "missing_keys": sorted(info.get("missing_keys", [])),
+              "unexpected_keys": sorted(info.get("unexpected_keys", [])),
+              "mismatched_keys": sorted(str(k[0] if isinstance(k, (list, tuple)) else k) for k in info.get("mismatched_keys", [])),
+              "config": {k: v for k, v in model.config.to_dict().items() if not isinstance(v, dict)},
+              "towers": {}}
+    with torch.no_grad():
+        for path, module in towers.items():
+            inner = getattr(module, "vision_model", None)
+            names_from = inner if isinstance(inner, torch.nn.Module) else module  # nested (< 5.6) or flat
+            state = names_from.state_dict()
+            report["towers"][path] = {"class": type(module).__name__, "nested": names_from is not module, "names": sorted(state)}
+            for name, tensor in state.items():
+                tensors[f"{number}|{path}|{name}"] = tensor.detach().contiguous().clone()
+            tensors[f"{number}|{path}|@output"] = module(pixel_values=PIXELS(module.config)).last_hidden_state.contiguous()
+        tensors[f"{number}|@logits"] = model(input_ids=IDS, attention_mask=torch.ones_like(IDS)).logits.contiguous()
+    reports.append(report)
 save_file(tensors, out)
-print(json.dumps({
-    "version": transformers.__version__,
-    "class": type(model).__name__,
-    "missing_keys": sorted(info.get("missing_keys", [])),
-    "unexpected_keys": sorted(info.get("unexpected_keys", [])),
-    "mismatched_keys": sorted(str(k[0] if isinstance(k, (list, tuple)) else k) for k in info.get("mismatched_keys", [])),
-    "towers": towers,
-}))
+print(json.dumps(reports))
+"""
+# The same probe inputs in every version (the script and current_outputs run this code).
+PROBE_CODE = r"""
+import torch
+IDS = torch.arange(1, 9)[None]  # text only: the LM's config (RoPE, norms, windows) as each version reads it
+def PIXELS(vision_config):
+    generator = torch.Generator().manual_seed(0)
+    size = vision_config.image_size
+    return torch.randn(1, vision_config.num_channels, size, size, generator=generator)
 """
 
 
 def reader_script() -> str:
-    return f"BLOCKED = {BLOCKED_INTEGRATIONS!r}\n" + READER_SCRIPT
+    return f"BLOCKED = {BLOCKED_INTEGRATIONS!r}\n" + PROBE_CODE + READER_SCRIPT
 
 
 def reader_env(target: Path) -> dict[str, str]:
@@ -158,43 +171,60 @@ def reader_env(target: Path) -> dict[str, str]:
     return env
 
 
-def load_report(version: str, checkpoint: str | Path, class_name: str) -> dict[str, Any]:
-    """What transformers READERS[version] loads from `checkpoint` with `class_name` (see module doc)."""
+def load_reports(version: str, jobs: list[tuple[str | Path, str]]) -> list[dict[str, Any]]:
+    """What transformers READERS[version] loads from each (checkpoint, class name), in one interpreter.
+
+    Each report: version, class, missing / unexpected / mismatched keys, top-level config values, `towers`
+    (reader's module path -> {"tensors": {name inside the ViT: tensor}, "output": the tower's
+    last_hidden_state on PROBE pixels}) and `logits` (text-only forward on PROBE ids).
+    """
     from safetensors.torch import load_file
 
     target = reader_dir(version)
     with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "towers.safetensors"
+        out = Path(scratch) / "readers.safetensors"
+        argv = json.dumps([[str(checkpoint), class_name] for checkpoint, class_name in jobs])
         # -P: no script dir / cwd on sys.path, so the target dir is first and nothing of this checkout leaks in.
-        result = subprocess.run([sys.executable, "-P", "-c", reader_script(), str(checkpoint), class_name, str(out)],
-                                capture_output=True, text=True, env=reader_env(target), cwd=scratch, timeout=300)
+        result = subprocess.run([sys.executable, "-P", "-c", reader_script(), argv, str(out)],
+                                capture_output=True, text=True, env=reader_env(target), cwd=scratch, timeout=600)
         if result.returncode != 0:
-            raise AssertionError(f"transformers {READERS[version].version} failed to load {checkpoint} with "
-                                 f"{class_name}:\n{result.stderr[-3000:]}")
-        report = json.loads(result.stdout.strip().splitlines()[-1])
+            raise AssertionError(f"transformers {READERS[version].version} failed to load {jobs}:\n{result.stderr[-3000:]}")
+        reports = json.loads(result.stdout.strip().splitlines()[-1])
         loaded = load_file(str(out))
-    for path, tower in report["towers"].items():
-        tower["tensors"] = {name: loaded[f"{path}|{name}"] for name in tower["names"]}
-    if report["version"] != READERS[version].version:
-        raise AssertionError(f"reader {version}: imported transformers {report['version']}, not {READERS[version].version}")
-    return report
+    for number, report in enumerate(reports):
+        if report["version"] != READERS[version].version:
+            raise AssertionError(f"reader {version}: imported transformers {report['version']}, not {READERS[version].version}")
+        for path, tower in report["towers"].items():
+            tower["tensors"] = {name: loaded[f"{number}|{path}|{name}"] for name in tower["names"]}
+            tower["output"] = loaded[f"{number}|{path}|@output"]
+        report["logits"] = loaded[f"{number}|@logits"]
+    return reports
 
 
-def current_towers(model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    """The same view of a model of the current transformers: tower path -> {name inside the ViT: tensor}."""
+def current_report(model: torch.nn.Module) -> dict[str, Any]:
+    """The same view of a model of the current transformers (towers: tensors + output, logits, config)."""
     from transformers import PreTrainedModel
 
+    probe: dict[str, Any] = {}
+    exec(PROBE_CODE, probe)  # noqa: S102 - our own constant: the readers run the very same code
+    model.eval()
     vision_type = model.config.vision_config.model_type
-    towers: dict[str, dict[str, torch.Tensor]] = {}
-    for path, module in model.named_modules():
-        if not path or not isinstance(module, PreTrainedModel) or module.config.model_type != vision_type:
-            continue
-        if any(path.startswith(seen + ".") for seen in towers):
-            continue
-        inner = getattr(module, "vision_model", None)
-        names_from = inner if isinstance(inner, torch.nn.Module) else module
-        towers[path] = {name: t.detach().clone() for name, t in names_from.state_dict().items()}
-    return towers
+    towers: dict[str, Any] = {}
+    with torch.no_grad():
+        for path, module in model.named_modules():
+            if not path or not isinstance(module, PreTrainedModel) or module.config.model_type != vision_type:
+                continue
+            if any(path.startswith(seen + ".") for seen in towers):
+                continue
+            inner = getattr(module, "vision_model", None)
+            names_from = inner if isinstance(inner, torch.nn.Module) else module
+            towers[path] = {"class": type(module).__name__,
+                            "tensors": {name: t.detach().clone() for name, t in names_from.state_dict().items()},
+                            "output": module(pixel_values=probe["PIXELS"](module.config)).last_hidden_state}
+        ids = probe["IDS"]
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    config = {k: v for k, v in model.config.to_dict().items() if not isinstance(v, dict)}
+    return {"towers": towers, "logits": logits, "config": config}
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
