@@ -225,7 +225,10 @@ def legacy_config_fields(path: str | Path) -> list[str]:
     added: list[str] = []
 
     def visit(node: dict[str, Any], where: str) -> None:
-        for key, value in legacy_rope_fields(node).items():
+        fields = legacy_rope_fields(node)
+        if node.get("model_type") == "vipllava" and isinstance(node.get("vision_feature_layer"), list):
+            fields["vision_feature_layers"] = node["vision_feature_layer"]  # its name before 5.x (4.57: 5 layers by default)
+        for key, value in fields.items():
             if node.get(key) is None:
                 node[key] = value
                 added.append(f"{where}{key}")
