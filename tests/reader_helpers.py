@@ -7,10 +7,11 @@ regex, PyYAML, ... come from the main environment. The install runs under a file
 directory renamed into place, so two pytest processes that race wait for one another and a killed install
 leaves nothing that looks complete. No network (pip fails) -> `ReaderUnavailable`, which tests skip on.
 
-`load_report(version, checkpoint, class_name)` runs that transformers in a fresh interpreter with its
-directory first on sys.path, loads the checkpoint with `class_name.from_pretrained` and returns what the
-reader saw: its version, missing / unexpected / mismatched keys, and the vision tower(s) as tensors
-(`towers`: module path in that reader -> {name inside the vision transformer: tensor}). The tower is found
+`load_reports(version, [(checkpoint, class_name), ...])` runs that transformers in one fresh interpreter with its
+directory first on sys.path, loads each checkpoint with `class_name.from_pretrained` and returns what the
+reader saw: its version, missing / unexpected / mismatched keys, top-level config values, the vision
+tower(s) (`towers`: module path in that reader -> tensors named inside the vision transformer, and the
+tower's output on probe pixels) and text-only logits on probe ids (PROBE_CODE). The tower is found
 in the reader's own module tree (a sub-model whose config is the root's vision_config), and named inside
 the vision transformer itself (`embeddings.*`, `encoder.layers.*`, ...): the same names in every version,
 whether the reader nests it (`vision_model.*`, transformers < 5.6) or not.
