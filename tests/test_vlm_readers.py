@@ -161,8 +161,10 @@ def test_older_reader_loads_every_checkpoint_cleanly_and_the_same(version, insta
 
 # --------------------------------------------------------------------------- vLLM's names
 # vLLM 0.34.0's loaders for these classes (vllm/model_executor/models/{llava,llava_next,llava_onevision,
-# paligemma,gemma3_mm}.py, `hf_to_vllm_mapper = WeightsMapper(orig_to_new_prefix=...)`), restated, not run:
-# a checkpoint name is first renamed by the first matching prefix of
+# paligemma,gemma3_mm}.py: `load_weights` = AutoWeightsLoader(self).load_weights(weights,
+# mapper=self.hf_to_vllm_mapper), `hf_to_vllm_mapper = WeightsMapper(orig_to_new_prefix=...)`; read in
+# llava.py at vllm-project/vllm 35d3c24b, the rule /work/shared/reference/VLM.md records for 0.34.0),
+# restated here, vLLM not run: a checkpoint name is first renamed by the first matching prefix of
 VLLM_PREFIX_MAP = {
     "model.language_model.": "language_model.model.",  # the 4.52+ layout ...
     "model.vision_tower.": "vision_tower.",
@@ -170,10 +172,12 @@ VLLM_PREFIX_MAP = {
     "model.image_newline": "image_newline",
     "lm_head.": "language_model.lm_head.",
 }
-# ... and must then name a parameter of vLLM's module tree: its CLIPVisionModel / SiglipVisionModel
-# (vllm/model_executor/models/{clip,siglip}.py) keep `self.vision_model = ...VisionTransformer`, so the tower
-# is `vision_tower.vision_model.<name inside the ViT>`; the LM is `language_model.model.*` + `language_model.lm_head.*`
-# (AutoWeightsLoader raises "There is no module or parameter named ..." for anything else).
+# ... and must then name a parameter of vLLM's module tree: `init_vision_tower_for_llava` builds its own
+# CLIPVisionModel / SiglipVisionModel (vllm/model_executor/models/{clip,siglip}.py), which keep
+# `self.vision_model = ...VisionTransformer` (cut after the deepest feature layer, no post-norm / head: their
+# load_weights skips those names), so the tower is `vision_tower.vision_model.<name inside the ViT>`; the LM
+# is `language_model.model.*` + `language_model.lm_head.*` (init_vllm_registered_model), the projector
+# `multi_modal_projector.*`; AutoWeightsLoader raises "There is no module or parameter named ..." otherwise.
 VLLM_ROOTS = ("language_model.model.", "language_model.lm_head.", "multi_modal_projector.", "image_newline")
 VLLM_CLASSES = ("Llava", "LlavaNext", "LlavaOnevision", "PaliGemma", "Gemma3")
 
