@@ -200,3 +200,12 @@ def test_every_written_name_maps_to_a_vllm_parameter(written):
             assert unmapped and all(n.startswith("vision_tower.") for n in unmapped), name  # flat: vLLM refuses it
         else:
             assert unmapped == [], (name, unmapped[:3])
+
+
+def test_installed_reader_is_reused_without_pip(installed, monkeypatch):
+    def no_pip(*args, **kwargs):
+        raise AssertionError("pip ran again for an installed reader")
+
+    monkeypatch.setattr(readers.subprocess, "run", no_pip)
+    assert {version: readers.reader_dir(version) for version in readers.READERS} == installed
+    assert all((path / readers.INSTALLED_MARK).is_file() for path in installed.values())
