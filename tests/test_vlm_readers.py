@@ -153,8 +153,9 @@ def test_older_reader_loads_every_checkpoint_cleanly_and_the_same(version, insta
                 continue
             torch.testing.assert_close(report["towers"][path]["output"], current[name]["towers"][path]["output"],
                                        rtol=tolerance, atol=tolerance, msg=lambda m: f"{where}: tower output: {m}")
-        # Same LM as the current reader builds (RoPE, windows, norms as read from config.json).
-        torch.testing.assert_close(report["logits"], current[name]["logits"], rtol=1e-5, atol=1e-5, msg=lambda m: f"{where}: logits: {m}")
+        # Same LM as the current reader builds (RoPE, windows, norms as read from config.json). Measured: equal
+        # bitwise here; without the legacy RoPE fields 4.57 is off by 8e-6 (OneVision's Qwen2) / 1.3e-3 (Gemma 3).
+        torch.testing.assert_close(report["logits"], current[name]["logits"], rtol=0, atol=1e-6, msg=lambda m: f"{where}: logits: {m}")
         shared = report["config"].keys() & current[name]["config"].keys() - {"transformers_version", "dtype", "torch_dtype", "architectures"}
         assert {k: report["config"][k] for k in shared} == {k: current[name]["config"][k] for k in shared}, where
 
