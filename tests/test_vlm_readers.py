@@ -15,7 +15,7 @@ import transformers
 from transformers import CLIPVisionModel
 
 from reasonclip_llava.io_utils import load_pretrained_strict
-from reasonclip_llava.vlm.hub_layout import save_vlm, written_names
+from reasonclip_llava.vlm.hub_layout import save_vlm, to_hub_layout, written_names
 
 import reader_helpers as readers  # tests/ helper module
 
@@ -108,6 +108,13 @@ def written(tmp_path_factory, tiny_clip_dir):
         model = build_family(class_name)
         expected = {path: t["tensors"] for path, t in readers.current_report(model)["towers"].items()}
         cases[class_name.removesuffix("ForConditionalGeneration")] = (save_vlm(model, None, root / class_name), class_name, expected)
+    # Sharded weights: every shard's header and the index are renamed.
+    sharded = build_family("PaliGemmaForConditionalGeneration")
+    sharded.save_pretrained(root / "sharded", max_shard_size="40KB")
+    assert len(list((root / "sharded").glob("model-*.safetensors"))) > 1
+    to_hub_layout(sharded, root / "sharded")
+    cases["sharded PaliGemma"] = (root / "sharded", "PaliGemmaForConditionalGeneration",
+                                  {p: t["tensors"] for p, t in readers.current_report(sharded)["towers"].items()})
     # Control: what transformers writes by default for a model built from its config (flat tower).
     control = build_family("LlavaOnevisionForConditionalGeneration")
     control.save_pretrained(root / "flat_control")
