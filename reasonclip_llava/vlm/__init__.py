@@ -6,4 +6,5 @@ Submodules (import them directly; nothing heavy is imported here):
   build         -- `build_llava`: a LLaVA from a causal LM and an encoder
   swap          -- `swap_vision_tower`: replace the tower of an existing checkpoint
   tower_check   -- the saved tower read back with plain transformers; `verify --encoder`
+  hub_layout    -- `save_vlm`: every VLM checkpoint written in the published Hub layout (older readers load it)
 """

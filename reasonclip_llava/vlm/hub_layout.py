@@ -31,7 +31,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -42,7 +42,7 @@ LEGACY_ROPE_LAYER_FIELDS = {"full_attention": "rope_theta", "sliding_attention":
 
 
 def save_vlm(model: torch.nn.Module, processor: Any, out_dir: str | Path, overwrite: bool = False,
-             sources: tuple = ()) -> Path:
+             sources: Iterable[str | Path | None] = ()) -> Path:
     """save_pretrained model + processor into a staging dir, in the Hub layout, renamed to out_dir at the end.
 
     A non-empty out_dir needs `overwrite`; an out_dir that is one of `sources` is refused. The result loads
