@@ -28,11 +28,13 @@ def _convert_open_clip(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     if (args.base is None) == (args.encoder is None):
-        raise ValueError("give --base (an encoder export against its base) or --encoder (a LLaVA checkpoint's tower against an encoder)")
+        raise ValueError("give --base (an encoder export against its base) or --encoder (a VLM checkpoint's tower against an encoder)")
     if args.encoder is not None:
-        from .vlm.tower_check import verify_llava_tower
+        from .vlm.tower_check import verify_vlm_tower
 
-        report = verify_llava_tower(args.out_dir, args.encoder, require_equal=args.require_equal)
+        report = verify_vlm_tower(args.out_dir, args.encoder, expect_different=args.expect_different,
+                                  require_equal=args.require_equal)
+        print(f"verify: {report['verdict']} ({report['encoder']})", file=sys.stderr)
     else:
         from .encoder import verify_export
 
@@ -98,7 +100,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _llava_build(args: argparse.Namespace) -> int:
     from .vlm.build import build_and_save
 
-    pinpoints = json.loads(args.grid_pinpoints) if args.grid_pinpoints else None
+    pinpoints = args.grid_pinpoints  # build reads a JSON list or a "(1x1),...,(6x6)" range
     print(build_and_save(args.lm, args.encoder, args.out, arch=args.arch, image_aspect_ratio=args.image_aspect_ratio, image_grid_pinpoints=pinpoints, vision_feature_layer=args.select_layer, vision_feature_select_strategy=args.strategy, torch_dtype=args.dtype, overwrite=args.overwrite))
     return 0
 
@@ -106,7 +108,7 @@ def _llava_build(args: argparse.Namespace) -> int:
 def _swap(args: argparse.Namespace) -> int:
     from .vlm.swap import swap_vision_tower
 
-    print(swap_vision_tower(args.llava, args.encoder, args.out, reinit_projector=args.reinit_projector, seed=args.seed, overwrite=args.overwrite))
+    print(swap_vision_tower(args.vlm, args.encoder, args.out, reinit_projector=args.reinit_projector, seed=args.seed, overwrite=args.overwrite))
     return 0
 
 
@@ -213,11 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.set_defaults(handler=_convert_open_clip)
 
-    p = commands.add_parser("verify", help="prove an export is a drop-in for its base model, or compare a LLaVA checkpoint's tower with an encoder; prints a JSON report")
-    p.add_argument("out_dir", help="encoder export (with --base) or LLaVA checkpoint (with --encoder)")
+    p = commands.add_parser("verify", help="prove an export is a drop-in for its base model, or say what a VLM checkpoint's tower is (at the feature its projector reads); prints a JSON report")
+    p.add_argument("out_dir", help="encoder export (with --base) or VLM checkpoint of any supported family (with --encoder)")
     p.add_argument("--base", default=None, help="base checkpoint id or path")
-    p.add_argument("--encoder", default=None, help="LLaVA mode: the encoder the checkpoint's tower is compared with (bitwise, or how far it moved)")
-    p.add_argument("--require-equal", action="store_true", help="LLaVA mode: fail unless the tower is bitwise the encoder's (frozen-tower runs)")
+    p.add_argument("--encoder", default=None, help="VLM mode: the encoder the tower is compared with, at the projector's input; verdict equal / fine-tuned from ENC / not ENC")
+    p.add_argument("--expect-different", action="store_true", help="VLM mode: a 'not ENC' verdict is expected (exit 0)")
+    p.add_argument("--require-equal", action="store_true", help="VLM mode: fail unless the verdict is 'equal' (frozen-tower runs)")
     p.add_argument("--layer", type=int, default=-2, help="vision feature layer compared bitwise (LLaVA's select layer)")
     p.set_defaults(handler=_verify)
 
@@ -232,17 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm", required=True, help="causal LM id or path (Llama / Qwen / Mistral family)")
     p.add_argument("--encoder", required=True, help="CLIP/SigLIP (e.g. ReasonCLIP export) id or path")
     p.add_argument("--out", required=True)
-    p.add_argument("--arch", default="llava_next", choices=["llava_next", "llava"], help="llava_next: anyres LlavaNext; llava: one-tile LLaVA-1.5 format (ReasonCLIP's published MLLM)")
-    p.add_argument("--image-aspect-ratio", default=None, choices=["anyres", "pad", "square"], help="processor setting; default: anyres (llava_next), pad (llava)")
-    p.add_argument("--grid-pinpoints", default=None, help="JSON list of [h, w]; default: LLaVA-NeXT's, scaled to the tower")
+    p.add_argument("--arch", default="llava_next", choices=["llava_next", "llava", "llava_onevision"], help="llava_next: anyres LlavaNext; llava: one-tile LLaVA-1.5 format (ReasonCLIP's published MLLM); llava_onevision: LlavaOnevision (SigLIP, anyres_max_9)")
+    p.add_argument("--image-aspect-ratio", default=None, choices=["anyres", "anyres_max_9", "pad", "square"], help="processor setting; default: anyres (llava_next), pad (llava), anyres_max_9 (llava_onevision)")
+    p.add_argument("--grid-pinpoints", default=None, help="JSON list of [h, w] or LLaVA-NeXT's range '(1x1),...,(6x6)'; default: the arch's grid, scaled to the tower")
     p.add_argument("--select-layer", type=int, default=-2)
     p.add_argument("--strategy", default=None, choices=["default", "full"], help="default: 'default' for CLIP, 'full' for SigLIP")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(handler=_llava_build)
 
-    p = commands.add_parser("swap", help="replace the vision tower of a LLaVA-NeXT checkpoint with an encoder of the same architecture")
-    p.add_argument("--llava", required=True)
+    p = commands.add_parser("swap", help="replace the vision tower(s) of a VLM checkpoint (LLaVA family, PaliGemma, Gemma 3, Idefics, SmolVLM, ...) with an encoder of the same shape")
+    p.add_argument("--llava", "--vlm", dest="vlm", required=True, help="the VLM checkpoint (any family `verify` takes)")
     p.add_argument("--encoder", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--reinit-projector", action="store_true")

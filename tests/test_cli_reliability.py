@@ -43,7 +43,8 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 def test_swap_and_build_check_what_they_are_given(tiny_clip_dir, lm_dir, tmp_path, capsys):
     # `swap --llava <a CLIP dir>` used to write a LLaVA-NeXT with every weight random, exit 0
     assert main(["swap", "--llava", str(tiny_clip_dir), "--encoder", str(tiny_clip_dir), "--out", str(tmp_path / "x")]) == 2
-    assert "is a 'clip' checkpoint; expected a LLaVA-NeXT checkpoint" in one_error_line(capsys)
+    line = one_error_line(capsys)
+    assert "model_type 'clip' (tower 'clip_vision_model') is not a VLM family" in line
     assert main(["llava-build", "--lm", str(tiny_clip_dir), "--encoder", str(tiny_clip_dir), "--out", str(tmp_path / "y")]) == 2
     assert "language model" in one_error_line(capsys)
     # an LM directory whose weights lack a tensor: named, not initialised at random

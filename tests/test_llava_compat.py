@@ -1,6 +1,7 @@
 """Drop-in proof: an exported ReasonCLIP checkpoint in original LLaVA and in transformers' LlavaNext."""
 
 import os
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -140,77 +141,206 @@ def test_export_plugs_into_transformers_llava_next(exported):
     assert logits.shape == (1, n_features + 3, 64) and torch.isfinite(logits).all()
 
 
-# ---- SigLIP exports: the installed llava-torch, and LLaVA-NeXT's builder rule ------------------------
+# ---- SigLIP exports: every local one runs on our tower ---------------------------------------------
 
 
-def test_local_siglip_export_builds_our_tower_in_installed_llava(tiny_siglip_dir, caplog):
+def _so400m_export(root):
+    """A So400M/14-384-shaped SigLIP export, config only (the route and a delay_load tower read no weights)."""
+    from transformers import SiglipVisionConfig
+
+    SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                       image_size=384, patch_size=14).save_pretrained(root)
+    return root
+
+
+def test_local_siglip_export_builds_our_tower_in_installed_llava(tiny_siglip_dir, tmp_path):
     from transformers import SiglipVisionModel
 
-    from reasonclip_llava.encoder.llava_compat import llava_siglip_tower, register_with_llava
+    from reasonclip_llava.encoder.llava_compat import register_with_llava
 
-    assert llava_siglip_tower() is None  # llava-torch 1.2.2 (original LLaVA) ships a CLIP tower only
     register_with_llava()
-    with caplog.at_level("WARNING", logger="reasonclip_llava.encoder.llava_compat"):
-        tower = llava_builder.build_vision_tower(_llava_args(str(tiny_siglip_dir)))
-    assert isinstance(tower, ReasonCLIPVisionTower) and not caplog.records
+    tower = llava_builder.build_vision_tower(_llava_args(str(tiny_siglip_dir)))
+    assert isinstance(tower, ReasonCLIPVisionTower)
     images = torch.randn(1, 3, 32, 32)
     reference = SiglipVisionModel.from_pretrained(tiny_siglip_dir)(pixel_values=images, output_hidden_states=True)
     assert torch.equal(tower(images), reference.hidden_states[-2])  # no CLS: every patch kept
+    so400m = _so400m_export(tmp_path / "siglip-so400m-export")
+    tower = llava_builder.build_vision_tower(_llava_args(str(so400m)), delay_load=True)
+    assert isinstance(tower, ReasonCLIPVisionTower) and not tower.is_loaded
+    assert (tower.hidden_size, tower.num_patches) == (1152, 729)
 
 
-class _LlavaNextSiglipConfig:
-    """LLaVA-NeXT's SigLipVisionConfig defaults (siglip_encoder.py): So400M/14 at 384 px."""
+def test_tower_with_trained_weights_loads_at_once_under_delay_load(tiny_siglip_dir):
+    """LLaVA-NeXT's towers (clip_encoder.py, siglip_encoder.py) load in __init__ despite delay_load when
+    `unfreeze_mm_vision_tower` is set or `mm_tunable_parts` contains 'mm_vision_tower' (OneVision's stage 2),
+    so that the checkpoint's trained tower weights have modules to go into."""
+    def tower(**args):
+        return ReasonCLIPVisionTower(tiny_siglip_dir, args=SimpleNamespace(mm_vision_select_layer=-2, **args), delay_load=True)
 
-    def __init__(self, hidden_size=1152, image_size=384, patch_size=14, num_hidden_layers=27):
-        self.hidden_size, self.image_size, self.patch_size = hidden_size, image_size, patch_size
-        self.num_hidden_layers = num_hidden_layers
+    assert tower(mm_tunable_parts="mm_vision_tower,mm_mlp_adapter,mm_language_model").is_loaded
+    assert tower(unfreeze_mm_vision_tower=True).is_loaded
+    assert not tower(mm_tunable_parts="mm_mlp_adapter").is_loaded and not tower().is_loaded
 
 
-class _LlavaNextSiglipTower(torch.nn.Module):
-    """LLaVA-NeXT's SigLipVisionTower constructor: (vision_tower, vision_tower_cfg, delay_load=False)."""
+# LLaVA-NeXT's builder module path and rule (llava/model/multimodal_encoder/{builder,clip_encoder,siglip_encoder}.py,
+# LLaVA-VL/LLaVA-NeXT), restated: an existing path -> CLIPVisionTower, then a name containing 'siglip' ->
+# SigLipVisionTower, whose config defaults are So400M/14-384.
+_LLAVA_NEXT_STUB = {
+    "llava/__init__.py": "",
+    "llava/model/__init__.py": "",
+    "llava/model/llava_arch.py": "from .multimodal_encoder.builder import build_vision_tower\n",
+    "llava/model/multimodal_encoder/__init__.py": "",
+    "llava/model/multimodal_encoder/clip_encoder.py": """\
+class CLIPVisionTower:
+    def __init__(self, vision_tower, args, delay_load=False):
+        self.vision_tower_name = vision_tower
+""",
+    "llava/model/multimodal_encoder/siglip_encoder.py": """\
+from transformers import PretrainedConfig
 
+
+class SigLipVisionConfig(PretrainedConfig):
+    model_type = "siglip_vision_model"
+
+    def __init__(self, hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                 image_size=384, patch_size=14, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size, self.intermediate_size, self.num_hidden_layers = hidden_size, intermediate_size, num_hidden_layers
+        self.num_attention_heads, self.image_size, self.patch_size = num_attention_heads, image_size, patch_size
+
+
+class SigLipVisionTower:
     def __init__(self, vision_tower, vision_tower_cfg, delay_load=False):
-        super().__init__()
-        self.vision_tower_name, self.cfg, self.delay_load = vision_tower, vision_tower_cfg, delay_load
+        self.vision_tower_name = vision_tower
+""",
+    "llava/model/multimodal_encoder/builder.py": """\
+import os
+
+from .clip_encoder import CLIPVisionTower
+from .siglip_encoder import SigLipVisionTower
+
+
+def build_vision_tower(vision_tower_cfg, **kwargs):
+    vision_tower = getattr(vision_tower_cfg, "mm_vision_tower", getattr(vision_tower_cfg, "vision_tower", None))
+    if os.path.exists(vision_tower) or vision_tower.startswith("openai") or vision_tower.startswith("laion"):
+        return CLIPVisionTower(vision_tower, args=vision_tower_cfg, **kwargs)
+    elif "siglip" in vision_tower:
+        return SigLipVisionTower(vision_tower, vision_tower_cfg=vision_tower_cfg, **kwargs)
+    raise ValueError(f"Unknown vision tower: {vision_tower}")
+""",
+}
 
 
 @pytest.fixture
-def llava_next_siglip(monkeypatch):
-    """The installed `llava` as LLaVA-NeXT's: a multimodal_encoder.siglip_encoder module with its tower class."""
-    import sys
-    import types
+def stub_llava(tmp_path, monkeypatch):
+    """Put a stub `llava` package tree first on sys.path (the installed llava-torch hidden meanwhile).
 
-    module = types.ModuleType("llava.model.multimodal_encoder.siglip_encoder")
-    module.SigLipVisionConfig, module.SigLipVisionTower = _LlavaNextSiglipConfig, _LlavaNextSiglipTower
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    return module
+    Returns a writer: files (relative path -> source) -> the stub's root. On teardown our builder is
+    unregistered from the stub and the real `llava` modules come back.
+    """
+    from reasonclip_llava.encoder.llava_compat import unregister_from_llava
+
+    saved = {name: module for name, module in sys.modules.items() if name == "llava" or name.startswith("llava.")}
+    for name in saved:
+        del sys.modules[name]
+
+    def write(files):
+        root = tmp_path / "stub"
+        for relative, source in files.items():
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            (root / relative).write_text(source)
+        monkeypatch.syspath_prepend(str(root))
+        return root
+
+    yield write
+    unregister_from_llava()
+    for name in [name for name in sys.modules if name == "llava" or name.startswith("llava.")]:
+        del sys.modules[name]
+    sys.modules.update(saved)
 
 
-def test_llava_next_siglip_rule(llava_next_siglip, tiny_siglip_dir, exported, tmp_path, caplog):
-    from transformers import SiglipVisionConfig
-
+def test_llava_next_builder_routes_every_local_siglip_to_our_tower(stub_llava, tiny_siglip_dir, exported, tmp_path):
+    """The routing decision only, on a stub of LLaVA-NeXT's builder module path (its real package does not
+    import under transformers 5). That our tower gives LLaVA-NeXT's SigLipVisionTower features bitwise is
+    shown against its real class by bench/llava_next_siglip_parity.py, not here."""
     from reasonclip_llava.encoder.llava_compat import register_with_llava, tower_route
 
+    stub_llava(_LLAVA_NEXT_STUB)
+    from llava.model.multimodal_encoder import builder
+
+    so400m = _so400m_export(tmp_path / "siglip-so400m-export")
+    renamed_clip = tmp_path / "plain_clip"
+    os.symlink(exported, renamed_clip)
+    # LLaVA-NeXT's own rule: every local path, SigLIP included, goes to its CLIP tower
+    for path in (tiny_siglip_dir, so400m):
+        assert type(builder.build_vision_tower(_llava_args(str(path)))).__name__ == "CLIPVisionTower"
     register_with_llava()
-    # a So400M/14-384 SigLIP export (config only: the route reads no weights) -> LLaVA-NeXT's own class
-    so400m = tmp_path / "ReasonSigLIP-So14-384"
-    SiglipVisionConfig(hidden_size=1152, image_size=384, patch_size=14, num_hidden_layers=27).save_pretrained(so400m)
-    assert tower_route(str(so400m)) == "llava_siglip"
-    tower = llava_builder.build_vision_tower(_llava_args(str(so400m)), delay_load=True)
-    assert isinstance(tower, _LlavaNextSiglipTower) and tower.vision_tower_name == str(so400m) and tower.delay_load
+    for path in (tiny_siglip_dir, so400m):  # 32 px / 16 tokens and 384 px / 729 tokens alike
+        assert tower_route(str(path)) == "reasonclip"
+        tower = builder.build_vision_tower(_llava_args(str(path)), delay_load=True)
+        assert isinstance(tower, ReasonCLIPVisionTower) and tower.vision_tower_name == str(path)
+    from llava.model import llava_arch
 
-    # a SigLIP that class cannot take -> our tower, and one line saying why
-    with caplog.at_level("WARNING", logger="reasonclip_llava.encoder.llava_compat"):
-        tower = llava_builder.build_vision_tower(_llava_args(str(tiny_siglip_dir)))
-    assert isinstance(tower, ReasonCLIPVisionTower) and tower.num_patches == 16
-    [record] = caplog.records
-    message = record.getMessage()
-    assert "\n" not in message and "hard-wired to So400M/14-384 (729 tokens)" in message
-    assert "hidden_size 32 vs 1152" in message and "image_size 32 vs 384" in message
+    assert llava_arch.build_vision_tower is builder.build_vision_tower  # the reference llava_arch calls
+    # not ours: a local CLIP export and a SigLIP Hub name keep LLaVA-NeXT's own classes
+    assert tower_route(str(renamed_clip)) is None
+    from transformers import BertConfig
 
-    # a local CLIP export still goes to LLaVA's own CLIP tower
-    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path / "not_a_tower")
+    assert tower_route(str(tmp_path / "not_a_tower")) is None and tower_route(str(tmp_path / "empty_dir_absent")) is None
+    assert type(builder.build_vision_tower(_llava_args(str(renamed_clip)))).__name__ == "CLIPVisionTower"
+    hub_name = "google/siglip-so400m-patch14-384"
+    assert type(builder.build_vision_tower(_llava_args(hub_name), delay_load=True)).__name__ == "SigLipVisionTower"
 
-    os.symlink(exported, tmp_path / "plain_clip")
-    assert tower_route(str(tmp_path / "plain_clip")) is None
-    assert isinstance(llava_builder.build_vision_tower(_llava_args(str(tmp_path / "plain_clip"))), CLIPVisionTower)
+
+# ---- a `llava` that does not import: the real error, named ------------------------------------------
+
+
+def test_register_names_the_import_error_llava_next_swallows(stub_llava):
+    """LLaVA-NeXT's layout and its failure under transformers 5: llava/__init__ imports a class that
+    llava/model/__init__ failed to import (it prints the error and goes on), because
+    llava/model/multimodal_resampler/qformer.py imports a name transformers 5 removed."""
+    from reasonclip_llava.encoder.llava_compat import register_with_llava
+
+    qformer_import = "from transformers.modeling_utils import apply_chunking_to_forward\n"
+    try:  # the reference message: Python's own, for the same statement in this environment
+        exec(qformer_import, {})
+    except ImportError as error:
+        expected = f"llava.model.multimodal_resampler.qformer: ImportError: {error}"
+    else:
+        pytest.skip("this transformers still has apply_chunking_to_forward")
+    stub_llava({
+        "llava/__init__.py": "from .model import LlavaLlamaForCausalLM\n",
+        "llava/model/__init__.py": (
+            "try:\n    from .language_model.llava_llama import LlavaLlamaForCausalLM\n"
+            "except Exception as e:\n    print(f'Failed to import llava_llama. Error: {e}')\n"),
+        "llava/model/language_model/__init__.py": "",
+        "llava/model/language_model/llava_llama.py": "from ..llava_arch import LlavaMetaModel\n",
+        "llava/model/llava_arch.py": ("from .multimodal_encoder.builder import build_vision_tower\n"
+                                      "from .multimodal_resampler.builder import build_vision_resampler\n"),
+        "llava/model/multimodal_encoder/__init__.py": "",
+        "llava/model/multimodal_encoder/builder.py": "def build_vision_tower(cfg, **kwargs):\n    pass\n",
+        "llava/model/multimodal_resampler/__init__.py": "",
+        "llava/model/multimodal_resampler/builder.py": "from .qformer import Qformer\n",
+        "llava/model/multimodal_resampler/qformer.py": qformer_import,
+    })
+    with pytest.raises(ImportError) as raised:
+        register_with_llava()
+    message = str(raised.value)
+    assert "\n" not in message and "not installed" not in message
+    assert message.endswith(expected), message
+    assert "llava" not in sys.modules  # no bare package left behind by the diagnosis: a retry runs llava/__init__ again
+
+
+def test_register_says_not_installed_only_when_llava_itself_is_missing(stub_llava, monkeypatch, tmp_path):
+    from reasonclip_llava.encoder.llava_compat import register_with_llava
+
+    with monkeypatch.context() as hidden:  # a sys.path without llava-torch: Python's own "No module named 'llava'"
+        hidden.setattr(sys, "path", [str(tmp_path)])
+        with pytest.raises(ImportError, match="^LLaVA is not installed") as raised:
+            register_with_llava()
+    assert isinstance(raised.value.__cause__, ModuleNotFoundError) and raised.value.__cause__.name == "llava"
+    stub_llava({"llava/__init__.py": "import reasonclip_absent_dependency\n"})  # a missing dependency is not a missing llava
+    with pytest.raises(ImportError) as raised:
+        register_with_llava()
+    assert str(raised.value).endswith("llava: ModuleNotFoundError: No module named 'reasonclip_absent_dependency'")

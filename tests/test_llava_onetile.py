@@ -23,7 +23,7 @@ from transformers import (
 from reasonclip_llava.cli import main
 from reasonclip_llava.evaluation.benchmarks import VQAQuestion
 from reasonclip_llava.evaluation.generate import generate_answers
-from reasonclip_llava.vlm.architectures import LlavaImageProcessor, get_architecture, tokens_per_tile
+from reasonclip_llava.vlm.architectures import LlavaImageProcessor, tokens_per_tile
 from reasonclip_llava.vlm.build import build_llava, save_llava
 from reasonclip_llava.mllm_train.data import IGNORE_INDEX, LlavaConversationDataset
 from reasonclip_llava.mllm_train.merge import merge_and_export
@@ -251,7 +251,7 @@ def test_verify_llava_mode_says_how_far_the_tower_moved(setup, stage_a, stage_b_
     trained = tower_of(plain_load(stage_b_full)[0])
     delta = torch.cat([(trained[n] - t).flatten().double() for n, t in encoder.items()])
     norm = torch.cat([t.flatten().double() for t in encoder.values()])
-    assert not moved["bitwise_equal"] and moved["tensors_changed"] > 0
+    assert not moved["bitwise_equal"] and moved["tensors_changed"] > 0 and moved["verdict"] == "fine-tuned from ENC"
     assert moved["max_abs_diff"] == pytest.approx(float(delta.abs().max()))
     assert moved["relative_change"] == pytest.approx(float(delta.norm() / norm.norm()))
     assert main(["verify", str(stage_b_full), "--encoder", setup["encoder"], "--require-equal"]) == 1
@@ -264,7 +264,7 @@ def test_verify_llava_mode_says_how_far_the_tower_moved(setup, stage_a, stage_b_
         model.model.vision_tower.embeddings.patch_embedding.weight[0, 0, 0, 0] = float("nan")
     save_llava(model, processor, broken)
     assert main(["verify", str(broken), "--encoder", setup["encoder"]]) == 1
-    assert json.loads(capsys.readouterr().out)["failed"] == ["finite"]
+    assert "finite" in json.loads(capsys.readouterr().out)["failed"]
 
 
 def test_stale_or_nan_towers_are_refused():

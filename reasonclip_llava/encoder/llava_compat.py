@@ -2,79 +2,58 @@
 
 LLaVA's `build_vision_tower` accepts a name only if it is an existing path, starts with 'openai' or
 'laion', or contains 'ShareGPT4V' (all -> its CLIP tower); LLaVA-NeXT adds names containing 'siglip'
-(not a local path: that rule comes first) -> its `SigLipVisionTower`, which is hard-wired to
-So400M/14-384 (config defaults, 729 tokens asserted). So a Hub id such as 'org/ReasonCLIP-L14-336'
-raises 'Unknown vision tower', and a local SigLIP export goes to the CLIP tower and fails with a size
-mismatch. An exported CLIP checkpoint given as a local path already works unchanged.
+(not a local path: that rule comes first) -> its `SigLipVisionTower`. So a Hub id such as
+'org/ReasonCLIP-L14-336' raises 'Unknown vision tower', and a local SigLIP export goes to the CLIP tower
+and fails with a size mismatch. LLaVA-NeXT's `SigLipVisionTower` is no way out: under transformers 5 it
+fails to load anything (`_set_token_in_kwargs`, then an IndexError on position ids), it reports
+So400M/14-384's sizes whatever it loads, and it asserts 729 tokens. What it computes is a plain SigLIP
+forward with the last encoder layer and the head deleted, read at the new last layer, i.e. the full
+model's `hidden_states[-2]` with every token: `ReasonCLIPVisionTower` with `mm_vision_select_layer=-2`
+gives the same features bitwise (bench/llava_next_siglip_parity.py runs LLaVA-NeXT's class against it).
+An exported CLIP checkpoint given as a local path already works with LLaVA's own CLIP tower.
 
-`register_with_llava()` adds one rule in front of LLaVA's, decided in `tower_route(name)`:
-  * ReasonCLIP names (containing 'reasonclip' / 'reasonsiglip', or registered aliases) and local SigLIP
-    exports are ours;
-  * ours + SigLIP + the installed `llava` has a SigLIP tower class whose fixed size fits -> that class;
-  * ours otherwise -> `ReasonCLIPVisionTower` (any CLIP/SigLIP size; a SigLIP that LLaVA-NeXT's class
-    cannot take gets one warning line saying so instead of a size-mismatch traceback);
-  * everything else -> LLaVA's own builder, unchanged.
+`register_with_llava()` adds one rule in front of LLaVA's, decided in `tower_route(name)`: a ReasonCLIP
+name (containing 'reasonclip' / 'reasonsiglip', or a registered alias) or a local SigLIP export (any
+size) -> `ReasonCLIPVisionTower`; everything else (a local CLIP export included) -> LLaVA's own builder.
 """
 
 from __future__ import annotations
 
-import logging
+import importlib
+import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from transformers import PretrainedConfig
+import transformers
 
 from .tower import ReasonCLIPVisionTower, load_vision_config
-
-logger = logging.getLogger(__name__)
 
 # alias -> Hub id or local path, filled by register_with_llava(aliases=...)
 REGISTERED_TOWERS: dict[str, str] = {}
 OUR_NAME_MARKERS = ("reasonclip", "reasonsiglip")
-# What LLaVA-NeXT's SigLipVisionTower takes from its config defaults rather than from the checkpoint.
-LLAVA_SIGLIP_FIXED_FIELDS = ("hidden_size", "image_size", "patch_size")
+# The modules register_with_llava patches (llava_arch imported build_vision_tower by name).
+LLAVA_BUILDER_MODULES = ("llava.model.multimodal_encoder.builder", "llava.model.llava_arch")
 _original_builder: Callable[..., Any] | None = None
 
 
-def llava_siglip_tower() -> tuple[type, PretrainedConfig] | None:
-    """(LLaVA-NeXT's SigLipVisionTower, its hard-wired config) if the installed `llava` has them, else None."""
-    try:
-        from llava.model.multimodal_encoder.siglip_encoder import SigLipVisionConfig, SigLipVisionTower
-    except ImportError:  # original LLaVA (llava-torch) has a CLIP tower only
-        return None
-    return SigLipVisionTower, SigLipVisionConfig()
-
-
-def siglip_size_mismatch(config: PretrainedConfig, fixed: PretrainedConfig) -> str | None:
-    """Why LLaVA-NeXT's SigLIP class cannot take this SigLIP ('hidden_size 32 vs 1152, ...'), or None."""
-    differences = [f"{field} {getattr(config, field)} vs {getattr(fixed, field)}" for field in LLAVA_SIGLIP_FIXED_FIELDS
-                   if getattr(config, field) != getattr(fixed, field)]
-    return ", ".join(differences) or None
-
-
 def tower_route(name: str) -> str | None:
-    """The one decision point: 'llava_siglip' (LLaVA-NeXT's SigLIP class), 'reasonclip' (our tower) or
-    None (LLaVA's own rule)."""
-    ours = name in REGISTERED_TOWERS or any(marker in name.lower() for marker in OUR_NAME_MARKERS)
-    if not ours and not os.path.isdir(name):
-        return None
-    config = load_vision_config(REGISTERED_TOWERS.get(name, name))
-    if config.model_type == "clip_vision_model":
-        return "reasonclip" if ours else None  # a local CLIP export works with LLaVA's own CLIP tower
-    siglip = llava_siglip_tower()
-    if siglip is None:
+    """The one decision point: 'reasonclip' (our tower) or None (LLaVA's own rule).
+
+    Ours: a ReasonCLIP name or alias (CLIP or SigLIP), or a local SigLIP export of any size. A local CLIP
+    export that is not named ours stays with LLaVA's CLIP tower, which takes it unchanged, and a local folder
+    that is no CLIP / SigLIP checkpoint stays with LLaVA's rule.
+    """
+    if name in REGISTERED_TOWERS or any(marker in name.lower() for marker in OUR_NAME_MARKERS):
         return "reasonclip"
-    _, fixed = siglip
-    mismatch = siglip_size_mismatch(config, fixed)
-    if mismatch is None:
-        return "llava_siglip"
-    tokens = (fixed.image_size // fixed.patch_size) ** 2
-    logger.warning(
-        "%s: LLaVA-NeXT's SigLipVisionTower is hard-wired to So400M/%d-%d (%d tokens) and cannot take this SigLIP "
-        "(%s); using ReasonCLIPVisionTower", name, fixed.patch_size, fixed.image_size, tokens, mismatch,
-    )
-    return "reasonclip"
+    if not os.path.isdir(name):
+        return None
+    try:
+        model_type = load_vision_config(name).model_type
+    except (ValueError, FileNotFoundError):  # not a CLIP / SigLIP checkpoint: LLaVA's rule decides, as unregistered
+        return None
+    return "reasonclip" if model_type == "siglip_vision_model" else None
 
 
 def is_reasonclip_tower(name: str) -> bool:
@@ -85,16 +64,62 @@ def is_reasonclip_tower(name: str) -> bool:
 def build_vision_tower(vision_tower_cfg: Any, **kwargs: Any) -> Any:
     """Drop-in replacement for `llava.model.multimodal_encoder.builder.build_vision_tower`."""
     name = getattr(vision_tower_cfg, "mm_vision_tower", getattr(vision_tower_cfg, "vision_tower", None))
-    route = tower_route(str(name)) if name is not None else None
-    target = REGISTERED_TOWERS.get(str(name), str(name))
-    if route == "llava_siglip":
-        tower_class, _ = llava_siglip_tower()
-        return tower_class(target, vision_tower_cfg=vision_tower_cfg, **kwargs)  # LLaVA-NeXT's signature
-    if route == "reasonclip":
-        return ReasonCLIPVisionTower(target, args=vision_tower_cfg, **kwargs)
+    if name is not None and tower_route(str(name)) == "reasonclip":
+        return ReasonCLIPVisionTower(REGISTERED_TOWERS.get(str(name), str(name)), args=vision_tower_cfg, **kwargs)
     if _original_builder is None:
         raise RuntimeError("register_with_llava() has not been called")
     return _original_builder(vision_tower_cfg, **kwargs)
+
+
+def _innermost_llava_module(error: BaseException) -> str:
+    """The deepest `llava` module on the error's traceback: where the failing import statement is."""
+    module, frame = "llava", error.__traceback__
+    while frame is not None:
+        name = frame.tb_frame.f_globals.get("__name__", "")
+        if name == "llava" or name.startswith("llava."):
+            module = name
+        frame = frame.tb_next
+    return module
+
+
+def _import_skipping_package_inits(target: str) -> None:
+    """Import `target` with the `__init__` of every package above it left unexecuted.
+
+    LLaVA-NeXT's `llava/model/__init__.py` catches each language model's import error, prints it and goes
+    on, so `import llava` then fails on a name that is merely absent ('LlavaLlamaForCausalLM'); importing the
+    builder modules past those `__init__`s raises the error that was swallowed.
+    """
+    parts = target.split(".")
+    for depth in range(1, len(parts)):
+        package = ".".join(parts[:depth])
+        if package not in sys.modules:
+            spec = importlib.util.find_spec(package)
+            if spec is None or spec.submodule_search_locations is None:
+                return
+            sys.modules[package] = importlib.util.module_from_spec(spec)  # __path__ set, body not run
+    importlib.import_module(target)
+
+
+def llava_import_error(error: ImportError) -> str:
+    """One line naming why `import llava` failed: 'not installed', or the failing module and its error."""
+    if isinstance(error, ModuleNotFoundError) and error.name == "llava":
+        return "LLaVA is not installed (pip install --no-deps llava-torch, or LLaVA-NeXT's repo)"
+    cause: BaseException = error
+    saved = {name: module for name, module in sys.modules.items() if name == "llava" or name.startswith("llava.")}
+    try:
+        for name in saved:
+            del sys.modules[name]
+        for target in LLAVA_BUILDER_MODULES:
+            _import_skipping_package_inits(target)
+    except Exception as swallowed:  # any error here is the one to name
+        cause = swallowed
+    finally:  # leave sys.modules as the failed import left it
+        for name in [name for name in sys.modules if name == "llava" or name.startswith("llava.")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+    message = " ".join(str(cause).split())
+    return (f"LLaVA's `llava` package is installed but does not import (transformers {transformers.__version__}): "
+            f"{_innermost_llava_module(cause)}: {type(cause).__name__}: {message}")
 
 
 def register_with_llava(aliases: dict[str, str | Path] | None = None) -> None:
@@ -104,7 +129,7 @@ def register_with_llava(aliases: dict[str, str | Path] | None = None) -> None:
         from llava.model import llava_arch
         from llava.model.multimodal_encoder import builder
     except ImportError as error:
-        raise ImportError("LLaVA is not installed (pip install --no-deps llava-torch, or LLaVA-NeXT's repo)") from error
+        raise ImportError(llava_import_error(error)) from error
     REGISTERED_TOWERS.update({alias: str(target) for alias, target in (aliases or {}).items()})
     if _original_builder is None:
         _original_builder = builder.build_vision_tower

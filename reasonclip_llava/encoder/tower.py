@@ -76,7 +76,8 @@ class ReasonCLIPVisionTower(nn.Module):
     """LLaVA vision tower: `ReasonCLIPVisionTower(name, args, delay_load=False)`.
 
     `args` is LLaVA's model/config namespace; it provides `mm_vision_select_layer` (default -2),
-    `mm_vision_select_feature` ('patch' or 'cls_patch') and `unfreeze_mm_vision_tower`.
+    `mm_vision_select_feature` ('patch' or 'cls_patch'), `unfreeze_mm_vision_tower` and LLaVA-NeXT's
+    `mm_tunable_parts`.
     """
 
     def __init__(self, vision_tower: str | Path, args: Any = None, delay_load: bool = False):
@@ -92,7 +93,11 @@ class ReasonCLIPVisionTower(nn.Module):
         self._model_class, self.has_cls_token = VISION_MODELS[self.cfg_only.model_type]
         if not self.has_cls_token and self.select_feature == "cls_patch":
             raise ValueError(f"'{self.vision_tower_name}' is a SigLIP tower without a CLS token: use mm_vision_select_feature='patch'")
-        if not delay_load or getattr(args, "unfreeze_mm_vision_tower", False):
+        # LLaVA-NeXT's towers load at once, delay_load or not, when the checkpoint holds trained tower weights
+        # (unfreeze_mm_vision_tower, or mm_tunable_parts naming mm_vision_tower): the modules must exist
+        # before its from_pretrained fills them, or the trained tower is dropped and the encoder's reloaded.
+        tower_trained = getattr(args, "unfreeze_mm_vision_tower", False) or "mm_vision_tower" in (getattr(args, "mm_tunable_parts", None) or "")
+        if not delay_load or tower_trained:
             self.load_model()
 
     def load_model(self, device_map: str | dict | None = None) -> None:

@@ -207,15 +207,28 @@ def run_vqa(
 def load_llava_next(
     model_dir: str | Path, *, device: str = "cpu", dtype: torch.dtype | str | None = None
 ) -> tuple[LlavaNextForConditionalGeneration, ProcessorMixin]:
-    """The LlavaNext or Llava model (eval mode, on `device`) and its processor from a local checkpoint."""
-    from ..vlm.architectures import load_llava
+    """The VLM (eval mode, on `device`) and its processor from a local checkpoint: a LLaVA architecture, else
+    any family of vlm.families (PaliGemma, Idefics3, SmolVLM, Gemma 3, ...) with its own processor."""
+    from ..vlm.architectures import load_llava, model_types
+    from ..vlm.swap import load_vlm
 
     # Strict load: missing weights would be scored as random ones; the model_type picks the architecture.
-    model, processor = load_llava(model_dir, dtype=_resolve_dtype(dtype, device))
+    if _model_type(model_dir) in model_types():
+        model, processor = load_llava(model_dir, dtype=_resolve_dtype(dtype, device))
+    else:
+        _, model, processor = load_vlm(model_dir, "model", dtype=_resolve_dtype(dtype, device))
+        if processor is None:
+            raise FileNotFoundError(f"model {model_dir}: no processor files (processor_config.json / preprocessor_config.json)")
     model = model.to(device).eval()
     if processor.tokenizer.pad_token is None:  # batches need a pad id; left-padded rows are masked anyway
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
     return model, processor
+
+
+def _model_type(model_dir: str | Path) -> str | None:
+    from ..vlm.families import checkpoint_types
+
+    return checkpoint_types(model_dir)[0]
 
 
 def answer_questions(

@@ -331,8 +331,9 @@ class LlavaConversationDataset(Dataset):
         self.image_token_id = processor.image_token_id
         if self.image_token_id is None or self.tokenizer.convert_ids_to_tokens(self.image_token_id) != self.image_token:
             raise ValueError(f"the processor's tokenizer has no {self.image_token!r} token; add it as a special token first")
-        if getattr(processor, "patch_size", None) is None or getattr(processor, "vision_feature_select_strategy", None) is None:
-            raise ValueError("processor.patch_size and processor.vision_feature_select_strategy must be set (they fix the image token count)")
+        fields = self.architecture.processor_count_fields
+        if any(getattr(processor, field, None) is None for field in fields):
+            raise ValueError(f"{' and '.join(f'processor.{field}' for field in fields)} must be set (they fix the image token count)")
         self.prepend_bos = bool(self.template.prefix_bos and tokenizer_adds_bos(self.tokenizer))
         self.plans, self.length_summary = self._length_pre_pass(load_rows(self.data_path))
         if int(os.environ.get("RANK", "0")) == 0:
@@ -377,13 +378,7 @@ class LlavaConversationDataset(Dataset):
 
     def _image_token_bound(self) -> tuple[int, bool]:
         """(image tokens an image can take at most, whether every image takes exactly that)."""
-        if self.image_aspect_ratio != "anyres":
-            return self.architecture.num_image_tokens(self.processor, 1, 1, self.image_aspect_ratio), True
-        # An image's anyres grid is one of the pinpoints with padding removed, so a pinpoint-shaped image
-        # (no padding) takes the most tokens.
-        pinpoints = self.processor.image_processor.image_grid_pinpoints
-        counts = [self.architecture.num_image_tokens(self.processor, h, w, "anyres") for h, w in pinpoints]
-        return max(counts), False
+        return self.architecture.max_image_tokens(self.processor, self.image_aspect_ratio)
 
     # -- text -----------------------------------------------------------------------------------------
     def _conversations(self, row_id: str, row: dict[str, Any], has_image: bool) -> list[dict[str, Any]]:

@@ -1,8 +1,9 @@
 """LLaVA training on transformers' Trainer: projector pretraining and instruction tuning (full or LoRA).
 
-Two architectures (architectures.py): `llava_next` (anyres + spatial_unpad, train/llava_next_*.yaml) and
+Three architectures (architectures.py): `llava_next` (anyres + spatial_unpad, train/llava_next_*.yaml),
 `llava` (LLaVA-1.5: one tile, square/pad + flat; the recipe ReasonCLIP published,
-train/llava_reasonclip_*.yaml). `arch` picks one when building; a checkpoint brings its own.
+train/llava_reasonclip_*.yaml) and `llava_onevision` (SigLIP, anyres_max_9 + spatial_unpad,
+train/llava_onevision_*.yaml). `arch` picks one when building; a checkpoint brings its own.
 One trainer, two stages as configs:
   stage A  mm_tunable_parts=mm_mlp_adapter, template plain, lr 1e-3   (tower and LM frozen)
   stage B  mm_tunable_parts=mm_mlp_adapter,mm_language_model[,mm_vision_tower], a chat template,
@@ -85,18 +86,18 @@ class LlavaTrainConfig:
 
     # model: an existing LlavaNext / Llava checkpoint, or build one from a causal LM and a CLIP/SigLIP encoder
     model_name_or_path: str | None = None
-    arch: str | None = None  # llava_next (default) | llava; a model_name_or_path checkpoint brings its own
+    arch: str | None = None  # llava_next (default) | llava | llava_onevision; a model_name_or_path checkpoint brings its own
     language_model: str | None = None
     vision_tower: str | None = None
     mm_vision_select_layer: int = -2
     mm_projector_type: str = "mlp2x_gelu"
-    image_grid_pinpoints: list | None = None
+    image_grid_pinpoints: str | list | None = None  # [[h, w], ...] or LLaVA-NeXT's "(1x1),...,(6x6)"; None = the arch's grid
     # data (LLaVA JSON/JSONL)
     data_path: str | None = None
     image_folder: str | None = None
     template: str = "plain"  # LLaVA's --version: plain, vicuna_v1, llama_3, qwen_1_5, mistral_instruct, auto
     label_masking: str = "answers"  # answers (ours) | llava_next (LLaVA-NeXT preprocess_qwen, see templates.py)
-    image_aspect_ratio: str | None = None  # anyres (llava_next) | pad | square (llava); None = the arch's default
+    image_aspect_ratio: str | None = None  # anyres (llava_next) | pad | square (llava) | anyres_max_9 (llava_onevision); None = the arch's default
     mm_patch_merge_type: str | None = None  # spatial_unpad (llava_next) | flat (llava); None = the arch's default
     model_max_length: int = 2048
     long_rows: str = "skip"  # rows over model_max_length, found before step 1: skip | error | truncate_text
@@ -168,6 +169,7 @@ class LlavaTrainConfig:
             if part not in TUNABLE_PARTS:
                 raise ValueError(f"mm_tunable_parts: unknown part {part!r}; valid: {', '.join(TUNABLE_PARTS)}")
         self.image_flags()
+        self.architecture().check_available()
         if self.label_masking not in LABEL_MASKINGS:
             raise ValueError(f"label_masking {self.label_masking!r}: expected one of {', '.join(LABEL_MASKINGS)}")
         if self.long_rows not in LONG_ROWS:

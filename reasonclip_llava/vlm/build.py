@@ -1,24 +1,30 @@
 """Build a transformers-native LLaVA from a causal LM and a CLIP/SigLIP encoder (e.g. a ReasonCLIP export).
 
-Two architectures (architectures.py decides everything that differs): `llava_next` gives a plain
+Three architectures (architectures.py decides everything that differs): `llava_next` gives a plain
 `LlavaNextForConditionalGeneration` + `LlavaNextProcessor` (anyres), `llava` a plain
-`LlavaForConditionalGeneration` + `LlavaProcessor` (LLaVA-1.5: one tile, square or pad). Either saves and
-reloads with `from_pretrained` and needs nothing from this package at inference time.
+`LlavaForConditionalGeneration` + `LlavaProcessor` (LLaVA-1.5: one tile, square or pad), `llava_onevision`
+a plain `LlavaOnevisionForConditionalGeneration` + `LlavaOnevisionProcessor` (SigLIP, anyres_max_9). Each
+saves and reloads with `from_pretrained` and needs nothing from this package at inference time.
 
 Decisions (one place each):
   * tower: the encoder's vision transformer, loaded strictly by `encoder.tower.load_vision_model` (the
-    same registry and loader the LLaVA tower and `reasonclip verify` use), copied in unchanged;
+    same registry and loader the LLaVA tower and `reasonclip verify` use), copied in unchanged -- for
+    llava_onevision cut after the select layer, head dropped, read at -1 (the same feature);
   * features: hidden state of layer -2; strategy 'default' (drop CLS) for CLIP, 'full' for SigLIP,
     which has no CLS token -- 'default' would silently drop a real image patch;
   * projector: mlp2x_gelu (linear_1 - GELU - linear_2), initialised like LLaVA's (nn.Linear defaults);
   * llava_next: LLaVA-NeXT's 336 px pinpoints scaled to the tower's image size, spatial_unpad + image_newline;
-    llava: one tile of the tower's size, flat (576 tokens at 336 px / patch 14), processor square or pad;
-  * new vocabulary rows ("<image>") start at the mean of the existing rows, so a rebuild is deterministic.
+    llava_onevision: the (1x1),...,(6x6) grid of tower-sized tiles; llava: one tile of the tower's size,
+    flat (576 tokens at 336 px / patch 14), processor square or pad. `image_grid_pinpoints` also takes
+    LLaVA-NeXT's range string "(1x1),...,(6x6)";
+  * new vocabulary rows ("<image>", "<video>" for OneVision) start at the mean of the existing rows, so a
+    rebuild is deterministic.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -34,20 +40,44 @@ from transformers import (
 )
 
 from ..encoder.tower import VISION_MODELS, load_vision_model
+from ..config_utils import safe_yaml
 from ..io_utils import load_pretrained_strict, refuse_existing, require_model_type
 from ..value_checks import check_select_layer
-from .architectures import LlavaNextImageProcessor, architecture_of, get_architecture
+from .architectures import IMAGE_TOKEN, LLAVA_NEXT_GRID, LlavaNextImageProcessor, architecture_of, get_architecture
 from .hub_layout import save_vlm
 
-IMAGE_TOKEN = "<image>"
-
 # LLaVA-NeXT's anyres grid for 336 px towers, in units of the tower's image size.
-ANYRES_GRID_UNITS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))
+ANYRES_GRID_UNITS = LLAVA_NEXT_GRID
+_GRID_RANGE = re.compile(r"\((\d+)x(\d+)\)")
 
 
-def default_grid_pinpoints(image_size: int) -> list[list[int]]:
-    """LLaVA-NeXT's pinpoints ([[336,672],[672,336],[672,672],[1008,336],[336,1008]] at 336 px) for any size."""
-    return [[rows * image_size, cols * image_size] for rows, cols in ANYRES_GRID_UNITS]
+def default_grid_pinpoints(image_size: int, units: tuple[tuple[int, int], ...] = ANYRES_GRID_UNITS) -> list[list[int]]:
+    """Pinpoints [h, w] of a grid in tower sizes; by default LLaVA-NeXT's ([[336,672],[672,336],[672,672],
+    [1008,336],[336,1008]] at 336 px) for any size."""
+    return [[rows * image_size, cols * image_size] for rows, cols in units]
+
+
+def resolve_grid_pinpoints(value: list | str | None, image_size: int,
+                           units: tuple[tuple[int, int], ...] = ANYRES_GRID_UNITS) -> list[list[int]]:
+    """`image_grid_pinpoints` as LLaVA-NeXT's train.py reads it: None -> the default grid; a list of [h, w];
+    a string holding such a list; or a range "(1x1),...,(6x6)" -> every (i, j) from the first pair to the
+    last, times the tower's image size. One-line error otherwise."""
+    if value is None:
+        return default_grid_pinpoints(image_size, units)
+    if isinstance(value, str):
+        text = value.strip()
+        pairs = _GRID_RANGE.findall(text)
+        if pairs and "x" in text:
+            (first_rows, first_cols), (last_rows, last_cols) = (tuple(map(int, pair)) for pair in (pairs[0], pairs[-1]))
+            grid = tuple((i, j) for i in range(first_rows, last_rows + 1) for j in range(first_cols, last_cols + 1))
+            if not grid:
+                raise ValueError(f"image_grid_pinpoints {value!r}: the range from {pairs[0]} to {pairs[-1]} is empty")
+            return default_grid_pinpoints(image_size, grid)
+        value = safe_yaml(text, f"image_grid_pinpoints {value!r}")
+    if (not isinstance(value, (list, tuple)) or not value
+            or not all(isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, int) and x > 0 for x in p) for p in value)):
+        raise ValueError(f"image_grid_pinpoints {value!r}: expected [[height, width], ...] in pixels or a range like '(1x1),...,(6x6)'")
+    return [[int(h), int(w)] for h, w in value]
 
 
 def resolve_dtype(torch_dtype: torch.dtype | str | None) -> torch.dtype:
@@ -110,10 +140,12 @@ def multimodal_chat_template(text_template: str | None) -> str | None:
     return FLATTEN_MULTIMODAL_MESSAGES + text_template
 
 
-def add_image_token(tokenizer) -> int:
-    """Add "<image>" as a special token (and a pad token if the LM has none); return the image token id."""
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+def add_image_token(tokenizer, tokens: tuple[str, ...] = (IMAGE_TOKEN,)) -> int:
+    """Add "<image>" (and any other placeholder in `tokens`, in order) as special tokens, and a pad token if
+    the LM has none; return the image token id."""
+    for token in tokens:
+        if token not in tokenizer.get_vocab():
+            tokenizer.add_tokens([AddedToken(token, special=True, normalized=False)], special_tokens=True)
     if tokenizer.pad_token is None:
         # LLaVA pads Llama-family LMs with unk; LMs without unk pad with eos (labels mask the padding anyway).
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
@@ -138,7 +170,7 @@ def build_llava(
     arch: str | None = None,
     image_aspect_ratio: str | None = None,
     mm_patch_merge_type: str | None = None,
-    image_grid_pinpoints: list[list[int]] | None = None,
+    image_grid_pinpoints: list[list[int]] | str | None = None,
     vision_feature_layer: int = -2,
     vision_feature_select_strategy: str | None = None,
     projector_hidden_act: str = "gelu",
@@ -147,17 +179,22 @@ def build_llava(
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Assemble a LLaVA = encoder's vision tower + fresh mlp2x_gelu projector + the causal LM.
 
-    `arch` 'llava_next' (default) or 'llava'; `image_aspect_ratio` / `mm_patch_merge_type` are LLaVA's flags
-    (None = the architecture's default: anyres + spatial_unpad, or pad + flat), checked against it.
-    `vision_feature_select_strategy` None picks 'default' (drop CLS) for CLIP and 'full' for SigLIP.
-    The tower and LM tensors are the loaded ones (no copy, no random init of the big parts).
+    `arch` 'llava_next' (default), 'llava' or 'llava_onevision'; `image_aspect_ratio` / `mm_patch_merge_type`
+    are LLaVA's flags (None = the architecture's default: anyres + spatial_unpad, pad + flat, or
+    anyres_max_9 + spatial_unpad), checked against it. `vision_feature_layer` is LLaVA's select layer (the
+    hidden state the projector reads); `vision_feature_select_strategy` None picks 'default' (drop CLS) for
+    CLIP and 'full' for SigLIP. The tower and LM tensors are the loaded ones (no copy, no random init of the
+    big parts).
     """
     architecture = get_architecture(arch)
     aspect, _ = architecture.resolve_image_flags(image_aspect_ratio, mm_patch_merge_type)
+    architecture.check_available()  # before the (slow) loads
     dtype = resolve_dtype(torch_dtype)
     tower = load_vision_model(encoder, dtype=dtype)
+    architecture.check_encoder(tower.config, encoder)
+    check_select_layer(vision_feature_layer, tower.config.num_hidden_layers, "vision_feature_layer (--select-layer, mm_vision_select_layer)")
+    tower, vision_feature_layer = architecture.tower_for(tower, vision_feature_layer)
     vision_config = tower.config
-    check_select_layer(vision_feature_layer, vision_config.num_hidden_layers, "vision_feature_layer (--select-layer, mm_vision_select_layer)")
     _, has_cls_token = VISION_MODELS[vision_config.model_type]
     strategy = vision_feature_select_strategy or ("default" if has_cls_token else "full")
     if strategy not in ("default", "full"):
@@ -165,20 +202,20 @@ def build_llava(
     if strategy == "default" and not has_cls_token:
         raise ValueError(f"encoder {encoder}: {vision_config.model_type} has no CLS token; use strategy 'full'")
     grid_pinpoints = None
-    if architecture.has_image_newline:  # anyres
-        grid_pinpoints = image_grid_pinpoints or default_grid_pinpoints(vision_config.image_size)
+    if architecture.grid_units:  # anyres
+        grid_pinpoints = resolve_grid_pinpoints(image_grid_pinpoints or None, vision_config.image_size, architecture.grid_units)
     elif image_grid_pinpoints:
         raise ValueError(f"image_grid_pinpoints: architecture {architecture.name!r} takes one tile, not an anyres grid")
 
     lm_config = require_model_type(language_model, causal_lm_types(), "language model", "a causal LM (Llama / Qwen / Mistral family)")
     tokenizer = AutoTokenizer.from_pretrained(language_model)
-    image_token_id = add_image_token(tokenizer)
+    add_image_token(tokenizer, architecture.special_tokens)
     lm = load_pretrained_strict(AutoModelForCausalLM, language_model, f"language model ({lm_config.model_type})", dtype=dtype)
     resize_embeddings_to_mean(lm, len(tokenizer))
 
     config = architecture.build_config(
         vision_config, lm.config,
-        image_token_index=image_token_id,
+        **architecture.token_fields(tokenizer),
         projector_hidden_act=projector_hidden_act,
         vision_feature_select_strategy=strategy,
         vision_feature_layer=vision_feature_layer,
@@ -213,15 +250,8 @@ def build_llava(
 
     image_processor = architecture.image_processor(
         encoder, vision_config.image_size, image_aspect_ratio=aspect, image_grid_pinpoints=grid_pinpoints)
-    processor = architecture.processor_class(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=vision_config.patch_size,
-        vision_feature_select_strategy=strategy,
-        image_token=IMAGE_TOKEN,
-        num_additional_image_tokens=int(has_cls_token),  # tokens before the patches
-        chat_template=multimodal_chat_template(tokenizer.chat_template),
-    )
+    processor = architecture.build_processor(image_processor, tokenizer, vision_config, strategy,
+                                             multimodal_chat_template(tokenizer.chat_template))
     return model, processor
 
 
