@@ -111,15 +111,17 @@ def tower_renames(model: torch.nn.Module, written: set[str]) -> dict[str, str]:
             continue
         leaf = path.rsplit(".", 1)[-1]
         candidates = {name[: -len(own[0])] for name in written if name.endswith(own[0])}
-        candidates = {c for c in candidates if c == "" or c.endswith(".")}
-        matches = [c for c in candidates if all(c + name in written for name in own)
-                   and (c.removesuffix(f"{prefix}.").rstrip(".").rsplit(".", 1)[-1] == leaf)]
-        if len(matches) != 1:
+        candidates = {c for c in candidates if (c == "" or c.endswith(".")) and all(c + name in written for name in own)}
+        # Written nested already (a model loaded from a Hub-layout checkpoint): `...<leaf>.<prefix>.`;
+        # flat: `...<leaf>.` (DeepSeek-VL's tower is itself named `vision_model`: both forms end the same way).
+        nested = [c for c in candidates if c == f"{leaf}.{prefix}." or c.endswith(f".{leaf}.{prefix}.")]
+        flat = [c for c in candidates if c not in nested and (c == f"{leaf}." or c.endswith(f".{leaf}."))]
+        if len(nested) + len(flat) != 1:
             raise RuntimeError(f"cannot tell where {path} ({type(modules[path]).__name__}) was written: "
-                               f"{len(matches)} candidate prefixes {sorted(matches)[:3]} in the saved weights")
-        where = matches[0]
-        if where.endswith(f"{prefix}."):
-            continue  # written nested already (a model loaded from a Hub-layout checkpoint)
+                               f"{len(nested) + len(flat)} candidate prefixes {sorted(nested + flat)[:3]} in the saved weights")
+        if nested:
+            continue
+        where = flat[0]
         renames.update({where + name: f"{where}{prefix}.{name}" for name in own})
     return renames
 
