@@ -21,9 +21,10 @@ from transformers import PreTrainedModel
 
 from safetensors import safe_open
 
-from ..io_utils import UnreadableFileError, atomic_directory, check_state_file, refuse_existing, require_finite
+from ..io_utils import UnreadableFileError, check_state_file, refuse_existing, require_finite
 from ..vlm.architectures import architecture_of
 from ..vlm.build import build_llava
+from ..vlm.hub_layout import save_vlm
 from ..vlm.tower_check import require_saved_tower, saved_tower_state, vision_tower_state, write_tower_check
 from .train import NON_LORA_TRAINABLES, TRAIN_CONFIG_NAME, LlavaTrainConfig, load_non_lora_trainables, load_train_config, part_of
 
@@ -131,9 +132,7 @@ def merge_and_export(checkpoint_dir: str | Path, out_dir: str | Path, base: str 
         })
     tower = vision_tower_state(merged)  # LoRA never touches the tower: this is the trained (or base) one
     merged.config.use_cache = True
-    with atomic_directory(out_dir, overwrite, sources=(checkpoint_dir, base)) as staging:
-        merged.save_pretrained(staging)
-        processor.save_pretrained(staging)
+    save_vlm(merged, processor, out_dir, overwrite, sources=(checkpoint_dir, base))  # Hub layout (hub_layout.py)
     # Checked on what now sits at out_dir (after the rename), i.e. what a later load will read.
     saved = saved_tower_state(out_dir, dtype=next(iter(tower.values())).dtype)
     write_tower_check({"saved": True, **require_saved_tower(tower, saved, out_dir)}, out_dir)

@@ -45,6 +45,7 @@ from ..io_utils import claim_run_directory, is_main_launch_rank
 from ..value_checks import check_max_length, check_ranges
 from ..vlm.architectures import LlavaArchitecture, architecture_of, get_architecture
 from ..vlm.build import build_llava
+from ..vlm.hub_layout import to_hub_layout
 from .checkpoints import (
     RUN_CONFIG_NAME, STAGING_DIR, check_checkpoint, check_run_output_dir, clear_output_dir, latest_checkpoint,
     write_checkpoint_atomically,
@@ -571,6 +572,8 @@ def _train(config: LlavaTrainConfig, resume: str | None) -> Path:
     model = trainer.model
     (model.get_base_model() if is_peft(model) else model).config.use_cache = True
     trainer.save_model(config.output_dir)
+    if trainer.args.should_save:
+        to_hub_layout(model, config.output_dir)  # the final model in the Hub layout; checkpoint-N stay as written
     trainer.save_state()
     check_saved_tower(trainer, config.output_dir)
     return Path(config.output_dir)

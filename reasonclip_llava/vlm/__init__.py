@@ -8,4 +8,5 @@ Submodules (import them directly; nothing heavy is imported here):
                    probe inputs, encoder -> tower mapping); refuses own-ViT VLMs by tower type
   swap          -- `swap_vision_tower`: replace the tower(s) of an existing checkpoint of any family
   tower_check   -- the saved tower read back with plain transformers; `verify --encoder` at the projector input
+  hub_layout    -- `save_vlm`: every VLM checkpoint written in the published Hub layout (older readers load it)
 """

@@ -41,9 +41,10 @@ from transformers import (
 
 from ..encoder.tower import VISION_MODELS, load_vision_model
 from ..config_utils import safe_yaml
-from ..io_utils import atomic_directory, load_pretrained_strict, refuse_existing, require_model_type
+from ..io_utils import load_pretrained_strict, refuse_existing, require_model_type
 from ..value_checks import check_select_layer
 from .architectures import IMAGE_TOKEN, LLAVA_NEXT_GRID, LlavaNextImageProcessor, architecture_of, get_architecture
+from .hub_layout import save_vlm
 
 # LLaVA-NeXT's anyres grid for 336 px towers, in units of the tower's image size.
 ANYRES_GRID_UNITS = LLAVA_NEXT_GRID
@@ -269,14 +270,9 @@ def causal_lm_types() -> set[str]:
 
 
 def save_llava(model: PreTrainedModel, processor: ProcessorMixin, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """save_pretrained both (safetensors) into a temp dir renamed to out_dir; a non-empty out_dir needs `overwrite`.
-
-    Reload with the plain transformers classes."""
-    out_dir = Path(out_dir)
-    with atomic_directory(out_dir, overwrite) as staging:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-    return out_dir
+    """save_pretrained both (safetensors, Hub layout: hub_layout.save_vlm) into a temp dir renamed to out_dir;
+    a non-empty out_dir needs `overwrite`. Reload with the plain transformers classes."""
+    return save_vlm(model, processor, out_dir, overwrite=overwrite)  # Hub layout: every reader loads the tower
 
 
 save_llava_next = save_llava

@@ -16,8 +16,9 @@ import torch
 from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
 from transformers.image_processing_base import ImageProcessingMixin
 
-from ..io_utils import atomic_directory, check_model_files, load_pretrained_strict, refuse_existing
+from ..io_utils import check_model_files, load_pretrained_strict, refuse_existing
 from .families import VLMFamily, family_of, map_encoder_to_tower
+from .hub_layout import save_vlm  # the one writer of VLM checkpoints (Hub layout)
 
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
@@ -45,17 +46,6 @@ def load_encoder_into(model: PreTrainedModel, family: VLMFamily, encoder: str | 
         dtype = next(tower.parameters()).dtype
         tower.load_state_dict({name: t.to(dtype) for name, t in tower_map.state.items()}, strict=True)
     return tower_map.dropped
-
-
-def save_vlm(model: PreTrainedModel, processor: ProcessorMixin | None, out_dir: str | Path,
-             overwrite: bool = False) -> Path:
-    """The one place a swapped checkpoint is written (temp dir renamed into place)."""
-    out_dir = Path(out_dir)
-    with atomic_directory(out_dir, overwrite) as staging:
-        model.save_pretrained(staging)
-        if processor is not None:
-            processor.save_pretrained(staging)
-    return out_dir
 
 
 def swap_vision_tower(
