@@ -45,6 +45,18 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare_encoders, comparison_markdown, reading
+
+    record = compare_encoders(args.encoders, args.lm, args.recipe, args.data_root, args.out, benchmarks=args.benchmarks,
+                              layout=args.layout, names=args.names, seeds=args.seeds, arch=args.arch, limit=args.limit,
+                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, overwrite=args.overwrite)
+    if record:  # rank 0 prints; the other ranks of a torchrun launch return quietly
+        print(comparison_markdown(record) + "\n" + reading(record))
+        print(f"written: {os.path.join(args.out, 'comparison.md')}, comparison.json, comparison.png, recipes/")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -352,6 +364,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None)
     p.add_argument("--overwrite", action="store_true", help="replace a README.md that `card` did not write (default: keep it as README.previous.md)")
     p.set_defaults(handler=_card)
+
+    p = commands.add_parser("compare", help="the same LLaVA recipe on several encoders: build, train, merge, evaluate each; "
+                            "one table + figure with chance and the spread of the differences (resumes finished arms)")
+    p.add_argument("--encoders", nargs="+", required=True, help="CLIP/SigLIP checkpoints; the first is the reference")
+    p.add_argument("--names", nargs="+", default=None, help="one label per encoder (default: folder names)")
+    p.add_argument("--lm", required=True, help="causal LM path (every arm builds from it)")
+    p.add_argument("--recipe", nargs="+", required=True, help="the LLaVA stages in order (llava-train YAMLs, e.g. "
+                   "train/llava_reasonclip_pretrain.yaml train/llava_reasonclip_finetune.yaml)")
+    p.add_argument("--data-root", required=True, help="benchmark data root, laid out as for `eval suite`")
+    p.add_argument("--benchmarks", nargs="+", default=None, help="benchmark names (default: every one found under --data-root)")
+    p.add_argument("--layout", default=None, help="JSON overriding benchmark paths (as `eval suite --layout`)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per encoder; with N > 1 the spread is the range over seeds")
+    p.add_argument("--arch", default=None, choices=["llava_next", "llava"], help="default: the first recipe's arch, else llava_next")
+    p.add_argument("--limit", type=int, default=None, help="first N questions per benchmark (smoke runs)")
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--overwrite", action="store_true", help="retrain an arm whose recorded plan differs")
+    p.set_defaults(handler=_compare)
 
     p = commands.add_parser("demo", help="tiny offline end-to-end run of the whole pipeline")
     p.add_argument("--work-dir", default="reasonclip_demo")

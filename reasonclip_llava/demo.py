@@ -1,13 +1,19 @@
 """`reasonclip demo`: the whole pipeline, offline, on tiny models, in a few minutes on 2 CPU cores.
 
-synthetic data -> stage 1 -> stage 2 -> export -> verify -> original LLaVA tower -> LLaVA-NeXT build ->
-projector pretraining -> LoRA instruction tuning -> merge -> plain-transformers reload -> answers ->
-evaluation of the encoders (base / stage 1 / stage 2) and of the MLLM on held-out data -> report.
+synthetic data -> stage 1 -> stage 2 -> export -> verify -> original LLaVA tower -> `compare`: the same
+LLaVA-NeXT recipe (projector pretraining -> instruction tuning -> merge) on the base and the stage-2
+encoder -> plain-transformers reload -> answers -> evaluation of the encoders (base / stage 1 / stage 2)
+and of both MLLMs on held-out data, per question kind -> report.
+
+The demo owns its folder: `reasonclip_demo.json` (the manifest) lists what it writes there. A rerun in
+the same folder removes those entries and runs again (exit 0, the same tables); a non-empty folder
+without the manifest is refused, so the demo never deletes what it did not write.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +33,35 @@ class _Steps:
         print(f"\n== {self.number}. {title}  [{time.perf_counter() - self.start:.0f}s]", flush=True)
 
 
+MANIFEST = "reasonclip_demo.json"
+MANIFEST_FORMAT = "reasonclip.demo/1"
+OWNED = ("pretrain", "encoders", "llava", "eval")  # every entry the demo writes in its folder, beside the manifest
+# held-out images of the MLLM benchmarks (4 GQA kinds + POPE presence each); the 77 training images are
+# the tiny workspace's
+MLLM_EVAL_IMAGES = {False: 60, True: 8}
+
+
+def claim_demo_folder(work: Path) -> None:
+    """Make `work` the demo's: empty or absent -> manifest written; the demo's own -> its entries removed.
+
+    A non-empty folder without the manifest is refused in one line (ValueError): it holds something else.
+    """
+    manifest = work / MANIFEST
+    if work.is_dir() and any(work.iterdir()):
+        if not manifest.is_file():
+            raise ValueError(f"--work-dir {work} is not empty and is not a demo folder (no {MANIFEST}); "
+                             "choose an empty or new folder")
+        try:
+            owned = json.loads(manifest.read_text())["owns"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"--work-dir {work}: {MANIFEST} is not the demo's manifest; choose another folder") from None
+        for name in owned:
+            if name in OWNED:  # only names the demo writes, whatever the file says
+                shutil.rmtree(work / name, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps({"format": MANIFEST_FORMAT, "owns": list(OWNED)}, indent=2) + "\n")
+
+
 def run_demo(work_dir: str | Path = "reasonclip_demo", quick: bool = False) -> dict[str, Any]:
     """Run every stage on tiny models and synthetic data; returns the paths and the results."""
     from transformers.utils import logging as hf_logging
@@ -40,7 +75,7 @@ def run_demo(work_dir: str | Path = "reasonclip_demo", quick: bool = False) -> d
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)
     work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    claim_demo_folder(work)
     step = _Steps()
 
     step("ReasonCLIP pretraining on synthetic data: base (stage 0, descriptive) -> stage 1 (dual stream + L2 anchor) "
@@ -64,19 +99,25 @@ def run_demo(work_dir: str | Path = "reasonclip_demo", quick: bool = False) -> d
     step("original LLaVA: mm_vision_tower = the export")
     _load_in_original_llava(encoders["stage2"])
 
-    step("LLaVA-NeXT: tiny Qwen2-style LM + the stage-2 encoder")
-    # questions over exactly the images pretraining generated (same seed, count, size, held-out split)
+    step("LLaVA-NeXT, the same recipe on the base and the stage-2 encoder (reasonclip compare): tiny Qwen2-style LM")
+    # training questions over the images pretraining generated; held-out images drawn after them
     images = sorted((synthetic_root / "images").glob("*.png"))
-    vqa = generate_synthetic_vqa(synthetic_root, num_images=len(images), image_size=image_size(images[0])[0])
-    llava = _train_llava_next(work / "llava", encoders["stage2"], vqa, synthetic_root, quick, lora=quick)
+    num_train = len(images) - round(len(images) * 0.2)  # generate_synthetic's training images
+    vqa = generate_synthetic_vqa(synthetic_root, num_images=num_train + MLLM_EVAL_IMAGES[quick], num_eval=MLLM_EVAL_IMAGES[quick],
+                                 image_size=image_size(images[0])[0])
+    comparison = _compare_mllms(work / "llava", {name: encoders[name] for name in ("base", "stage2")}, vqa, synthetic_root, quick)
+    llava = Path(comparison["arms"]["stage2_seed0"]) / "merged"
 
-    step("answers from the merged checkpoint, loaded with plain transformers")
+    step("answers from the stage-2 arm's merged checkpoint, loaded with plain transformers")
     _show_answers(llava, vqa)
 
     step("evaluation on held-out synthetic data")
-    table = _evaluate(work / "eval", encoders, llava, pretrain, vqa, quick)
+    table = _evaluate(work / "eval", encoders, comparison, pretrain, vqa)
     print(table)
-    return {"encoders": encoders, "llava": llava, "verify": report, "report": work / "eval" / "report.md"}
+    print("\nthe MLLM inside: the same LLaVA-NeXT recipe on each encoder, per question kind (GQA-format questions; POPE = presence)")
+    print(mllm_table(comparison))
+    return {"encoders": encoders, "llava": llava, "verify": report, "report": work / "eval" / "report.md",
+            "comparison": work / "llava" / "comparison.md"}
 
 
 def _load_in_original_llava(encoder_dir: Path) -> None:
@@ -97,32 +138,42 @@ def _load_in_original_llava(encoder_dir: Path) -> None:
     print(f"   {type(tower).__module__}.{type(tower).__name__}: features {tuple(features.shape)}")
 
 
-def _train_llava_next(out: Path, encoder: Path, vqa: dict[str, Path], image_folder: Path, quick: bool, lora: bool = False) -> Path:
-    from .vlm.build import build_and_save
-    from .mllm_train.merge import merge_and_export
+def demo_recipe(vqa: dict[str, Path], image_folder: Path, quick: bool) -> list[dict[str, Any]]:
+    """The demo's two LLaVA stages (llava-train keys): projector pretraining, then instruction tuning."""
+    common = dict(image_folder=str(image_folder), per_device_train_batch_size=8, model_max_length=512, save_steps=1000, report_to="none")
+    stage_a = dict(common, data_path=str(vqa["pretrain"]), template="plain", mm_tunable_parts="mm_mlp_adapter", learning_rate=1e-2,
+                   max_steps=4 if quick else 20)
+    # The tiny LM starts random, so the demo tunes it fully; quick (the tests' path) adds LoRA adapters.
+    stage_b = dict(common, data_path=str(vqa["instruct"]), template="auto", mm_tunable_parts="mm_mlp_adapter,mm_language_model",
+                   lora_enable=quick, lora_r=16, lora_alpha=32, learning_rate=3e-3, mm_projector_lr=1e-3, max_steps=6 if quick else 150)
+    return [stage_a, stage_b]
+
+
+def _compare_mllms(out: Path, encoders: dict[str, Path], vqa: dict[str, Path], image_folder: Path, quick: bool) -> dict[str, Any]:
+    from .compare import compare_encoders
     from .testing.tiny_lm import build_tiny_lm
-    from .mllm_train.train import load_train_config, train_llava
 
     lm = build_tiny_lm(out / "tiny_lm", family="qwen2")
-    built = build_and_save(lm, encoder, out / "built", overwrite=True)  # a re-run replaces the demo's own outputs
-    print(f"   built {built}")
-    common = dict(image_folder=str(image_folder), per_device_train_batch_size=8, model_max_length=512, save_steps=1000, report_to="none", seed=0,
-                  overwrite=True)  # a re-run replaces the demo's own runs
-    stage_a = load_train_config(None, dict(
-        common, model_name_or_path=str(built), data_path=str(vqa["pretrain"]), template="plain",
-        mm_tunable_parts="mm_mlp_adapter", learning_rate=1e-2, max_steps=4 if quick else 20, output_dir=str(out / "stage_a"),
-    ))
-    print("   stage A: projector pretraining (tower and LM frozen, plain template)")
-    stage_a_dir = train_llava(stage_a)
-    stage_b = load_train_config(None, dict(
-        common, model_name_or_path=str(stage_a_dir), data_path=str(vqa["instruct"]), template="auto",
-        mm_tunable_parts="mm_mlp_adapter,mm_language_model", lora_enable=lora, lora_r=16, lora_alpha=32,
-        learning_rate=3e-3, mm_projector_lr=1e-3, max_steps=6 if quick else 150, output_dir=str(out / "stage_b"),
-    ))
-    # The tiny LM starts random, so the demo tunes it fully; `lora=True` (the tests' path) adds adapters.
-    print(f"   stage B: instruction tuning ({'LoRA on' if lora else 'full'} LM, projector at its own LR, tokenizer chat template)")
-    stage_b_dir = train_llava(stage_b)
-    return merge_and_export(stage_b_dir, out / "merged", overwrite=True)
+    print("   per encoder: build -> stage A projector pretraining (tower and LM frozen, plain template) -> stage B instruction "
+          f"tuning ({'LoRA on' if quick else 'full'} LM, projector at its own LR, tokenizer chat template) -> merge -> answers")
+    # one-word answers: 16 new tokens instead of LLaVA's 128 keep the demo short on a CPU
+    return compare_encoders(list(encoders.values()), lm, demo_recipe(vqa, image_folder, quick), vqa["gqa"].parents[1], out,
+                            names=list(encoders), benchmarks=["gqa", "pope"], seeds=1, max_new_tokens=16,
+                            title="tiny LLaVA-NeXT, same recipe: base vs stage-2 encoder")
+
+
+def mllm_table(comparison: dict[str, Any]) -> str:
+    """The comparison table with what each kind needs, and the one-line reading."""
+    from .compare import comparison_markdown, reading
+    from .data.synthetic_vqa import KIND_NEEDS
+
+    lines = comparison_markdown(comparison).splitlines()
+    for index, line in enumerate(lines):
+        cells = line.split(" | ")
+        if line.startswith("| ") and len(cells) > 2 and cells[1] in KIND_NEEDS:
+            cells[1] = f"{cells[1]} (needs {KIND_NEEDS[cells[1]]})"
+            lines[index] = " | ".join(cells)
+    return "\n".join(lines) + "\n" + reading(comparison) + "\n"
 
 
 def _show_answers(model_dir: Path, vqa: dict[str, Path]) -> None:
@@ -137,11 +188,9 @@ def _show_answers(model_dir: Path, vqa: dict[str, Path]) -> None:
             print(f"   Q: {question.prompt.splitlines()[0]}  A: {answer!r}  (truth: {truth[question.question_id]})")
 
 
-def _evaluate(out: Path, encoders: dict[str, Path], llava: Path, pretrain: dict, vqa: dict[str, Path], quick: bool) -> str:
+def _evaluate(out: Path, encoders: dict[str, Path], comparison: dict[str, Any], pretrain: dict, vqa: dict[str, Path]) -> str:
     from .evaluation.encoder import evaluate_encoder
-    from .evaluation.generate import run_vqa
     from .evaluation.report import write_report
-    from .evaluation.scoring import score_answers
 
     runs = []
     for name, encoder in encoders.items():
@@ -150,16 +199,11 @@ def _evaluate(out: Path, encoders: dict[str, Path], llava: Path, pretrain: dict,
         evaluate_encoder(encoder, "rclip_bench", study["rclip_bench"], study["root"], out_dir=run_dir, model_name=name)
         evaluate_encoder(encoder, "sugarcrepe", vqa["sugarcrepe"] / "swap_obj.json", vqa["encoder_images"], out_dir=run_dir, model_name=name)
         runs.append(f"{name}={run_dir}")
-    mllm_dir = out / "llava_next"
-    for benchmark, data, images in (("gqa", vqa["gqa"], vqa["gqa_images"]), ("pope", vqa["pope"].parent, vqa["pope_images"])):
-        # one-word answers: 16 new tokens instead of LLaVA's 128 keep the demo short on a CPU
-        answers = run_vqa(llava, benchmark, data, images, mllm_dir / f"{benchmark}_answers.jsonl", batch_size=8, progress=False,
-                          max_new_tokens=16, overwrite=True)  # a rerun of the demo retrains the model
-        score_answers(benchmark, answers, data, out_dir=mllm_dir)
-    runs.append(f"llava_next+stage2={mllm_dir}")
+    for label, arm in comparison["arms"].items():  # the MLLMs' answers and scores, as compare wrote them
+        runs.append(f"llava_next+{label.removesuffix('_seed0')}={Path(arm) / 'eval'}")
     markdown, _ = write_report(runs, out, title="reasonclip demo (tiny models, synthetic data)")
     return Path(markdown).read_text() + CHANCE_NOTE
 
 
-CHANCE_NOTE = ("\nchance levels: RCLIP-Bench 20% (5-way), SugarCrepe 50% (2-way), POPE 50% (yes/no); GQA: open answers. "
-               "The MLLM is a tiny random LM tuned for a few steps: its row shows the pipeline runs, not a skill.\n")
+CHANCE_NOTE = ("\nGQA has open answers (no chance column; per kind below). The MLLMs are a tiny random LM tuned for a few "
+               "steps on each encoder.\n")

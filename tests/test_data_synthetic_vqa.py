@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from reasonclip_llava.data import generate_synthetic
-from reasonclip_llava.data.synthetic_vqa import generate_synthetic_vqa
+from reasonclip_llava.data.synthetic_vqa import QUESTION_KINDS, generate_synthetic_vqa
 from reasonclip_llava.evaluation.benchmarks import load_questions, read_items
 
 
@@ -39,7 +39,9 @@ def test_held_out_benchmarks_load_with_the_released_format_readers(synthetic):
     held_out = pq.read_table(data["swap_eval"]).column("image_path").to_pylist()
     gqa = load_questions("gqa", vqa["gqa"], vqa["gqa_images"])
     pope = load_questions("pope", vqa["pope"].parent, vqa["pope_images"])
-    assert len(gqa) == len(pope) == len(set(held_out)) == 6
+    assert len(pope) == len(set(held_out)) == 6 and len(gqa) == 6 * len(QUESTION_KINDS)
+    kinds = [item.meta["semantic"] for item in read_items("gqa", vqa["gqa"])]  # one question of every kind per image
+    assert sorted(kinds) == sorted(QUESTION_KINDS * 6)
     labels = [item.answer for item in read_items("pope", vqa["pope"].parent)]
     assert set(labels) <= {"yes", "no"}
     sugarcrepe = {p.name for p in vqa["sugarcrepe"].iterdir()}

@@ -7,8 +7,14 @@ Scenes come from `synthetic.make_item(seed, index)`, so the questions describe e
 - ``llava_pretrain.json``  LLaVA LCS-558K style: "<image>" -> one descriptive caption (plain template)
 - ``llava_instruct.json``  LLaVA conversations: 2 question/answer turns per image
 - held-out images only, in the released formats the evaluators read:
-  ``vqa_eval/gqa/testdev_balanced_questions.json`` + ``vqa_eval/gqa/images/{imageId}.jpg`` (short answers)
+  ``vqa_eval/gqa/testdev_balanced_questions.json`` + ``vqa_eval/gqa/images/{imageId}.jpg``: one question
+  of every kind in `QUESTION_KINDS` per image (short answers; the kind is GQA's ``types.semantic``, so the
+  scorer's per-question rows and its per-type breakdown carry it)
   ``vqa_eval/pope/coco_pope_random.json`` + ``vqa_eval/pope/val2014/`` (yes/no object presence)
+
+What each kind needs (`KIND_NEEDS`): relation ("Is the red circle left of the blue square?") and
+which_side ("Which shape is at the left?") the spatial relation; colour_of_shape / shape_of_colour bind an
+attribute to its object; POPE's presence questions need neither (a bag of the image's objects answers them).
   ``encoder_eval/sugarcrepe/swap_{att,obj}.json`` + ``encoder_eval/images/`` (caption vs swap negative)
 """
 
@@ -23,6 +29,8 @@ from .hard_negatives import stable_seed
 from .synthetic import PALETTE, SHAPES, OPPOSITE, Scene, make_item, relation_caption, swap_negatives
 
 QUESTION_KINDS = ("colour_of_shape", "shape_of_colour", "relation", "which_side")
+KIND_NEEDS = {"relation": "relation", "which_side": "relation", "colour_of_shape": "attribute binding",
+              "shape_of_colour": "attribute binding", "random": "neither (presence, POPE)"}
 
 
 def _side_word(relation: str) -> str:
@@ -56,10 +64,19 @@ def presence_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
     return f"Is there a {rng.choice(absent)} in the image?", "no"
 
 
-def generate_synthetic_vqa(out_dir: str | Path, num_images: int, seed: int = 0, image_size: int = 64, eval_fraction: float = 0.2) -> dict[str, Path]:
-    """Write the instruction data and held-out benchmarks for the images of `generate_synthetic`."""
+def generate_synthetic_vqa(out_dir: str | Path, num_images: int, seed: int = 0, image_size: int = 64, eval_fraction: float = 0.2,
+                           write_images: bool = False, num_eval: int | None = None) -> dict[str, Path]:
+    """Write the instruction data and held-out benchmarks for the images of `generate_synthetic`.
+
+    write_images: also write the training images ``images/{index}.png`` that are not there yet (more
+    images than `generate_synthetic` wrote; the same pure function of (seed, index) draws them).
+    num_eval: the number of held-out images (the last indices), instead of `eval_fraction`; held-out
+    images are always written by this function, so more of them need no other files.
+    """
     root = Path(out_dir)
-    num_eval = min(num_images - 1, max(1, round(num_images * eval_fraction)))
+    if num_eval is None:
+        num_eval = round(num_images * eval_fraction)
+    num_eval = min(num_images - 1, max(1, num_eval))
     num_train = num_images - num_eval
     pretrain, instruct, gqa, pope = [], [], {}, []
     sugarcrepe: dict[str, dict] = {"swap_att": {}, "swap_obj": {}}
@@ -80,6 +97,9 @@ def generate_synthetic_vqa(out_dir: str | Path, num_images: int, seed: int = 0, 
         item = make_item(seed, index, image_size)
         rng = random.Random(stable_seed("reasonclip-synthetic-vqa", seed, index))
         image = f"images/{index:06d}.png"
+        if index < num_train and write_images and not (root / image).is_file():
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            item.image.save(root / image)
         if index < num_train:
             pretrain.append({"id": f"pre-{index}", "image": image, "conversations": [
                 {"from": "human", "value": "<image>"}, {"from": "gpt", "value": rng.choice(item.tb)}]})
@@ -95,8 +115,11 @@ def generate_synthetic_vqa(out_dir: str | Path, num_images: int, seed: int = 0, 
             continue
         image_id = f"syn{index:06d}"
         item.image.convert("RGB").save(paths["gqa_images"] / f"{image_id}.jpg", quality=95)
-        question, answer = question_answer(item.scene, rng.choice(QUESTION_KINDS), rng)
-        gqa[f"{image_id}-q"] = {"imageId": image_id, "question": question, "answer": answer, "fullAnswer": answer}
+        for kind in QUESTION_KINDS:
+            question, answer = question_answer(item.scene, kind, rng)
+            structural = "verify" if answer in ("yes", "no") else "query"  # GQA's structural types
+            gqa[f"{image_id}-{kind}"] = {"imageId": image_id, "question": question, "answer": answer, "fullAnswer": answer,
+                                         "types": {"structural": structural, "semantic": kind}}
         pope_name = f"COCO_val2014_{index:012d}.jpg"
         item.image.convert("RGB").save(paths["pope_images"] / pope_name, quality=95)
         question, label = presence_question(item.scene, rng)

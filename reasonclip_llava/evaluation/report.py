@@ -26,6 +26,9 @@ VQA_LABELS = {
     "scienceqa": "ScienceQA-IMG", "mmbench": "MMBench", "mmvp": "MMVP", "ai2d": "AI2D", "chartqa": "ChartQA",
     "seed": "SEED", "mmmu": "MMMU",
 }
+# Chance level (%) of a benchmark's headline, where one answer among a fixed number is picked: RCLIP-Bench
+# 1 of 5 captions, SugarCrepe / VALSE caption vs one negative, POPE yes / no. Open-answer benchmarks have none.
+CHANCE = {"rclip_bench": 20.0, "sugarcrepe": 50.0, "valse": 50.0, "pope": 50.0}
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,11 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
+def _with_chance(metric: str, table: dict[tuple[str, str], ResultRow]) -> str:
+    known = {chance_of(row) for row in table.values() if row.metric == metric} - {None}
+    return f"{metric} (chance {known.pop():.0f}%)" if len(known) == 1 else metric
+
+
 def _markdown_table(header: list[str], body: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     return lines + ["| " + " | ".join(cells) + " |" for cells in body]
@@ -160,11 +168,13 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, *, title: st
     out_dir.mkdir(parents=True, exist_ok=True)
 
     cells = [[model, *(_fmt(table[(model, m)].value) if (model, m) in table else "–" for m in metrics)] for model in models]
+    header = ["Model", *(_with_chance(m, table) for m in metrics)]
     plotted = [m for m in metrics if all(0 <= (row.value or 0) <= 100 for row in table.values() if row.metric == m)]
     lines = [f"# {title}", "",
              f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} from {len({r.source for r in rows})} result files. "
-             "Values are percentages (accuracy, recall@1), except MME (score).", "",
-             *_markdown_table(["Model", *metrics], cells), "", f"![headline metrics](report.png)", ""]
+             "Values are percentages (accuracy, recall@1), except MME (score); a column with a fixed number of "
+             "options names its chance level.", "",
+             *_markdown_table(header, cells), "", "![headline metrics](report.png)", ""]
     if len(plotted) < len(metrics):
         lines += [f"Not plotted (not a percentage): {', '.join(m for m in metrics if m not in plotted)}.", ""]
     aggregation = _aggregations(table.values())
@@ -180,26 +190,64 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, *, title: st
     return markdown_path, png_path
 
 
+def chance_of(row: ResultRow) -> float | None:
+    """Chance level in percent of a row's metric: the record's own "chance", else the benchmark's known one."""
+    value = _number(row.record.get("chance"))
+    return value if value is not None else CHANCE.get(row.benchmark)
+
+
 def _bar_chart(table: dict[tuple[str, str], ResultRow], models: list[str], metrics: list[str], path: Path, title: str) -> Path:
+    values = {model: [table[(model, m)].value if (model, m) in table else None for m in metrics] for model in models}
+    chance = []
+    for metric in metrics:
+        known = {chance_of(row) for row in table.values() if row.metric == metric} - {None}
+        chance.append(known.pop() if len(known) == 1 else None)
+    return grouped_bar_chart(path, metrics, values, chance, title=title, ylabel="score (%: accuracy, recall@1)")
+
+
+def grouped_bar_chart(path: str | Path, groups: Sequence[str], values: dict[str, Sequence[float | None]],
+                      chance: Sequence[float | None], *, title: str, ylabel: str,
+                      ranges: dict[str, Sequence[tuple[float, float]]] | None = None, xlabel: str = "benchmark") -> Path:
+    """Bars per group (x) and series (colour) on a 0-100 axis, each group's chance level as a dashed labelled line.
+
+    ranges: optional (low, high) per series and group, drawn as error bars (e.g. the range over seeds).
+    Sized for a README at natural size: ~0.9 inch per group, 10 pt labels, 110 dpi.
+    """
     # Figure + Agg canvas directly: no pyplot global state, no backend switch for the caller.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(max(6.0, 1.2 * len(metrics) * max(1, len(models)) / 2 + 2), 4.5), dpi=120)
+    names = list(values)
+    figure = Figure(figsize=(min(16.0, max(6.0, 0.35 * len(groups) * max(2, len(names)) + 2.5)), 4.8), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    width = 0.8 / max(1, len(models))
-    for index, model in enumerate(models):
-        values = [table[(model, m)].value if (model, m) in table and table[(model, m)].value is not None else 0.0 for m in metrics]
-        positions = [i + (index - (len(models) - 1) / 2) * width for i in range(len(metrics))]
-        axes.bar(positions, values, width=width, label=model)
-    axes.set_xticks(range(len(metrics)))
-    axes.set_xticklabels(metrics, rotation=30, ha="right", fontsize=8)
-    axes.set_ylabel("%")
-    axes.set_ylim(0, 100)
-    axes.set_title(title)
-    if models:
-        axes.legend(fontsize=8)
+    width = 0.8 / max(1, len(names))
+    for index, name in enumerate(names):
+        positions = [i + (index - (len(names) - 1) / 2) * width for i in range(len(groups))]
+        heights = [0.0 if v is None else v for v in values[name]]
+        errors = None
+        if ranges and name in ranges:
+            errors = [[h - low for h, (low, _) in zip(heights, ranges[name])], [high - h for h, (_, high) in zip(heights, ranges[name])]]
+        axes.bar(positions, heights, width=width, label=name, yerr=errors, capsize=3 if errors else 0)
+    chance_drawn = False
+    for i, level in enumerate(chance):
+        if level is None:
+            continue
+        axes.hlines(level, i - 0.45, i + 0.45, colors="black", linestyles="dashed", linewidth=1.2,
+                    label=None if chance_drawn else "chance")
+        axes.annotate(f"chance {level:.0f}%", (i + 0.45, level), xytext=(0, 2), textcoords="offset points", ha="right",
+                      va="bottom", fontsize=8)
+        chance_drawn = True
+    axes.set_xticks(range(len(groups)))
+    longest = max((len(line) for group in groups for line in group.splitlines()), default=0)
+    rotate = longest > 10 and not any("\n" in group for group in groups)  # two-line labels stay level
+    axes.set_xticklabels(groups, rotation=30 if rotate else 0, ha="right" if rotate else "center", fontsize=9 if longest <= 14 else 8)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel, fontsize=10)
+    axes.set_ylim(0, 105)
+    axes.set_title(title, fontsize=11)
+    if names or chance_drawn:
+        axes.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     figure.savefig(path)
-    return path
+    return Path(path)
