@@ -41,7 +41,9 @@ How the 5 ReasonPro categories are realised (each caption <= 30 words, true of i
 
 S, A, P apply to every image, H only with a triangle, T only with a trail. An image's 3 annotated
 categories (``trp_cls_ls``) are H and T where present, topped up at random from S, A, P; ``trp`` is a
-caption of one of those 3. RCLIP-Bench negatives re-render the true caption's template on scenes that
+caption of one of those 3. With ``SceneSpace(category_cues=True)`` (the category-head study) every
+category shows instead: 3 categories are drawn alike and the scene shows exactly their cues
+(`CATEGORY_CUES`: S side by side, A an outlined object, H a triangle, T a trail, P two sizes). RCLIP-Bench negatives re-render the true caption's template on scenes that
 vary the true one along one or two facts (`AXES`: colours or shapes exchanged, the first object's
 colour, the relation, sizes, fills, pointing, motion), keeping only captions whose facts differ from the
 true one, so every negative is false for the image. The five options are drawn alike from that small
@@ -111,6 +113,8 @@ class SceneSpace:
     sizes: tuple[str, ...] = tuple(SIZE_RADIUS)
     fills: tuple[str, ...] = FILLS
     relations: tuple[str, ...] = tuple(RELATIONS)
+    # True: every category an image is annotated with shows in it (`CATEGORY_CUES`), not only H and T
+    category_cues: bool = False
 
     def __post_init__(self) -> None:
         known = {"colours": COLOURS, "shapes": SHAPES, "sizes": SIZE_RADIUS, "fills": FILLS, "relations": RELATIONS}
@@ -122,9 +126,24 @@ class SceneSpace:
         for name in ("colours", "shapes"):  # the two objects of a scene differ in both
             if len(set(getattr(self, name))) < 2:
                 raise ValueError(f"SceneSpace.{name} needs at least 2 distinct values, got {getattr(self, name)}")
+        if self.category_cues:  # each cue must be able to be present and absent
+            horizontal = {RELATIONS[r] in ("left", "right") for r in self.relations}
+            if "triangle" not in self.shapes or len(self.shapes) < 3 or len(self.sizes) < 2 or len(self.fills) < 2 or len(horizontal) < 2:
+                raise ValueError("SceneSpace.category_cues needs the triangle and 2 other shapes, both sizes, both fills "
+                                 f"and a horizontal and a vertical relation, got {self}")
 
 
 DEFAULT_SPACE = SceneSpace()
+
+# What shows each category in an image of a `SceneSpace(category_cues=True)` world: an image is annotated
+# with a category exactly when its cue is there (3 of the 5, drawn alike, so each one 60% of images).
+CATEGORY_CUES: dict[str, Callable[["Scene"], bool]] = {
+    "S": lambda s: RELATIONS[s.relation] in ("left", "right"),  # side by side, not one above the other
+    "A": lambda s: any(o.fill == "outlined" for o in s.objects),
+    "H": lambda s: any(o.shape == "triangle" for o in s.objects),
+    "T": lambda s: s.mover is not None,  # a motion trail
+    "P": lambda s: s.objects[0].size != s.objects[1].size,
+}
 
 
 @dataclass(frozen=True)
@@ -487,17 +506,23 @@ class SyntheticItem:
 def make_item(seed: int, index: int, image_size: int = 64, space: SceneSpace = DEFAULT_SPACE) -> SyntheticItem:
     """Image and captions of synthetic image `index`; a pure function of (seed, index, image_size, space)."""
     rng = random.Random(stable_seed("reasonclip-synthetic", seed, index))
+    cued = sorted(rng.sample(CATEGORIES, 3), key=CATEGORIES.index) if space.category_cues else None
     while True:
         scene = sample_scene(rng, space)
+        if cued is not None and [c for c in CATEGORIES if CATEGORY_CUES[c](scene)] != cued:
+            continue  # a scene that shows exactly the drawn categories
         centres = _layout(scene, image_size, rng)
         if centres is not None:
             break
     applicable = scene.categories()
     trl_categories = rng.sample(applicable, 3)
     trl = [rng.choice(TEMPLATES[c])(scene) for c in trl_categories]
-    image_categories = [c for c in ("H", "T") if c in applicable]
-    image_categories += rng.sample(["S", "A", "P"], 3 - len(image_categories))
-    image_categories = [c for c in CATEGORIES if c in image_categories]
+    if cued is not None:
+        image_categories = cued
+    else:
+        image_categories = [c for c in ("H", "T") if c in applicable]
+        image_categories += rng.sample(["S", "A", "P"], 3 - len(image_categories))
+        image_categories = [c for c in CATEGORIES if c in image_categories]
     trp_text = rng.choice(image_categories)
     trp = rng.choice(TEMPLATES[trp_text])(scene)
     return SyntheticItem(

@@ -159,8 +159,9 @@ def measure_heads(checkpoint: str | Path, paths: dict[str, Path]) -> dict[str, f
     """Held-out accuracy of a stage-2 checkpoint's category heads, applied to plain-CLIPModel embeddings.
 
     text head: argmax over the 5 categories = the reasoning caption's category. image head: per category,
-    sigmoid > 0.5 = "the image is annotated with it". H and T follow from the pixels (a triangle, a trail);
-    S, A and P top the three up at random, so no image tells them (best rule: the majority answer).
+    sigmoid > 0.5 = "the image is annotated with it". In the default world H and T follow from the pixels
+    (a triangle, a trail) and S, A and P top the three up at random, so no image tells them (best rule: the
+    majority answer); in a `SceneSpace(category_cues=True)` world every category shows.
     """
     from safetensors.torch import load_file
     from transformers import CLIPModel, CLIPProcessor
@@ -184,3 +185,48 @@ def measure_heads(checkpoint: str | Path, paths: dict[str, Path]) -> dict[str, f
         result[f"image head {category}"] = ((image_logits[:, i] > 0) == annotated[:, i]).float().mean().item()
         result[f"majority {category}"] = max(annotated[:, i].float().mean().item(), 1 - annotated[:, i].float().mean().item())
     return result
+
+
+@torch.no_grad()
+def _image_embeddings(checkpoint: str | Path, root: Path, image_paths: list[str]) -> torch.Tensor:
+    from transformers import CLIPModel, CLIPProcessor
+
+    model, processor = CLIPModel.from_pretrained(checkpoint).eval(), CLIPProcessor.from_pretrained(checkpoint)
+    out = []
+    for start in range(0, len(image_paths), 500):
+        pixels = processor(images=[load_image(root / p) for p in image_paths[start:start + 500]], return_tensors="pt")["pixel_values"]
+        out.append(F.normalize(projected(model.get_image_features(pixel_values=pixels)), dim=-1))
+    return torch.cat(out)
+
+
+def probe_categories(checkpoint: str | Path, paths: dict[str, Path], steps: int = 500) -> dict[str, float]:
+    """Held-out accuracy per category of a linear probe on a checkpoint's L2-normalised image embeddings.
+
+    The probe has the image head's form (Linear(embed_dim, 5), BCE on the image's 3 categories as multi-hot)
+    but is fitted to convergence (full-batch LBFGS on the training images, encoder frozen), so it says what
+    the embedding holds, apart from how the head was trained: a head at the majority rule beside a probe
+    above it was undertrained; a probe at the majority rule too means the features lack the cue.
+    """
+    from ..data.categories import CATEGORIES
+
+    root = Path(paths["root"])
+    train = pq.read_table(paths["pro"]).to_pylist()
+    held_out = pq.read_table(paths["eval"]).to_pylist()
+    x_train = _image_embeddings(checkpoint, root, [r["image_path"] for r in train])
+    x_test = _image_embeddings(checkpoint, root, [r["image_path"] for r in held_out])
+    y_train = torch.tensor([[float(c in r["trp_cls_ls"]) for c in CATEGORIES] for r in train])
+    y_test = torch.tensor([[c in r["image_categories"] for c in CATEGORIES] for r in held_out])
+    torch.manual_seed(0)
+    probe = torch.nn.Linear(x_train.shape[1], len(CATEGORIES))
+    optimizer = torch.optim.LBFGS(probe.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(probe(x_train), y_train)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        predicted = probe(x_test) > 0
+    return {f"probe {c}": (predicted[:, i] == y_test[:, i]).float().mean().item() for i, c in enumerate(CATEGORIES)}
