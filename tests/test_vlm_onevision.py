@@ -358,7 +358,7 @@ def answer_once(model_dir: Path, image_folder: str, out: Path) -> None:
 @pytest.mark.slow
 def test_both_stages_reload_plainly_and_answer(stages, video_processor, tmp_path):
     from reasonclip_llava.mllm_train.train import LlavaTrainConfig, train_llava
-    from reasonclip_llava.vlm.tower_check import TOWER_CHECK_NAME
+    from reasonclip_llava.vlm.tower_check import TOWER_CHECK_NAME, verify_vlm_tower
 
     setup, stage_a = stages
     recipe = load_train_config(REPO / "train/llava_onevision_finetune.yaml")
@@ -373,6 +373,9 @@ def test_both_stages_reload_plainly_and_answer(stages, video_processor, tmp_path
     assert json.loads((stage_b / "processor_config.json").read_text())["video_processor"]["video_processor_type"] == \
         "LlavaOnevisionVideoProcessor"
     assert json.loads((stage_b / TOWER_CHECK_NAME).read_text())["bitwise_equal"]
+    # verify at the projector input: stage A froze the (shorter) tower, so it reads the encoder's hidden_states[-2]
+    verified = verify_vlm_tower(stage_a, setup["encoder"])
+    assert (verified["verdict"], verified["ok"]) == ("equal", True), verified
     before = LlavaOnevisionForConditionalGeneration.from_pretrained(stage_a).model.vision_tower.state_dict()
     assert any(not torch.equal(before[k], v) for k, v in model.model.vision_tower.state_dict().items())
     for height, width in IMAGE_SIZES:
