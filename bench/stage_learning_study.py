@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from reasonclip_llava.pretrain.demo import tiny_recipe
-from reasonclip_llava.pretrain.study import measure, measure_heads, study_overrides, study_paths, write_study_data
+from reasonclip_llava.pretrain.study import add_study_arguments, measure, measure_heads, study_overrides, study_paths, write_study_data
 from reasonclip_llava.pretrain.trainer import pretrain_from_yaml
 from reasonclip_llava.testing.tiny import save_learnable_tiny_clip
 
@@ -64,13 +64,7 @@ def run_seed(out: Path, seed: int, args: argparse.Namespace) -> dict[str, dict[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--train", type=int, default=3000)
-    parser.add_argument("--eval", type=int, default=250)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--start-steps", type=int, default=1000)
+    parser = add_study_arguments(argparse.ArgumentParser())
     parser.add_argument("--start-lr", default="2e-3")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--lr", default="1e-3")

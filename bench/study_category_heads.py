@@ -24,7 +24,7 @@ import torch
 
 from reasonclip_llava.data.synthetic import SceneSpace
 from reasonclip_llava.pretrain.demo import tiny_recipe
-from reasonclip_llava.pretrain.study import measure, measure_heads, probe_categories, study_overrides, study_paths, write_study_data
+from reasonclip_llava.pretrain.study import add_study_arguments, measure, measure_heads, probe_categories, study_overrides, study_paths, write_study_data
 from reasonclip_llava.pretrain.trainer import pretrain_from_yaml
 from reasonclip_llava.testing.tiny import save_learnable_tiny_clip
 
@@ -70,13 +70,7 @@ def run_seed(out: Path, seed: int, args: argparse.Namespace) -> dict[str, dict[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--train", type=int, default=3000)
-    parser.add_argument("--eval", type=int, default=250)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--start-steps", type=int, default=1000)
+    parser = add_study_arguments(argparse.ArgumentParser())
     parser.add_argument("--steps", type=int, default=800, help="stage-1 steps")
     parser.add_argument("--stage2", type=int, default=1500, help="stage-2 steps per gamma")
     parser.add_argument("--gammas", nargs="+", default=["0", "0.05", "0.5"])

@@ -19,6 +19,8 @@ from `synthetic.rclip_items`: one true caption, four false ones from the same te
 
 from __future__ import annotations
 
+import argparse
+
 import random
 from pathlib import Path
 
@@ -230,3 +232,14 @@ def probe_categories(checkpoint: str | Path, paths: dict[str, Path], steps: int 
     with torch.no_grad():
         predicted = probe(x_test) > 0
     return {f"probe {c}": (predicted[:, i] == y_test[:, i]).float().mean().item() for i, c in enumerate(CATEGORIES)}
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The study world's command-line arguments every learning-study script takes (bench/*study*.py)."""
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--train", type=int, default=3000)
+    parser.add_argument("--eval", type=int, default=250)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--start-steps", type=int, default=1000)
+    return parser
